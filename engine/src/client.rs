@@ -1,0 +1,582 @@
+//! The engine's Redis client: the Lua scripts of `engine/scripts/` and typed calls to them.
+//!
+//! Every call is one `EVALSHA` (the script is loaded on first use and reloaded when Redis
+//! answers `NOSCRIPT`), so placing a bid costs one network round trip. All keys a script
+//! touches belong to one auction and share its hash tag.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use serde::Serialize;
+
+use crate::event::AuctionEvent;
+use crate::keys::{AuctionId, FLUSH_GROUP, REGISTRY_KEY};
+use crate::rules::{AuctionResult, BidAccepted, BidRequest, CloseOutcome, RejectCode, Rejection};
+use crate::settings::{Amount, AuctionSettings, Millis, SettingsError};
+
+/// Source of the place-bid script as sent to Redis (shared prelude included), so that
+/// benchmarks can run the very same script with `redis-benchmark`.
+pub const PLACE_BID_LUA: &str = concat!(
+    include_str!("../scripts/prelude.lua"),
+    include_str!("../scripts/place_bid.lua")
+);
+const PROVISION_LUA: &str = concat!(
+    include_str!("../scripts/prelude.lua"),
+    include_str!("../scripts/provision.lua")
+);
+const CLOSE_LUA: &str = concat!(
+    include_str!("../scripts/prelude.lua"),
+    include_str!("../scripts/close.lua")
+);
+const SNAPSHOT_LUA: &str = concat!(
+    include_str!("../scripts/prelude.lua"),
+    include_str!("../scripts/snapshot.lua")
+);
+
+/// Longest accepted bidder id, in bytes.
+pub const MAX_BIDDER_ID_BYTES: usize = 128;
+
+/// Longest accepted display name, in characters.
+pub const MAX_BIDDER_NAME_CHARS: usize = 64;
+
+/// Failures of the engine itself, as opposed to a bid's rejection by the rules.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Redis could not be reached or answered with an error.
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// No auction is provisioned under this id.
+    #[error("unknown auction {0}")]
+    UnknownAuction(AuctionId),
+    /// The settings break a rule.
+    #[error("invalid auction settings: {0}")]
+    Settings(#[from] SettingsError),
+    /// The auction already has bids, so its starting price, reserve and increments can
+    /// no longer change.
+    #[error("auction {0} already has bids: startingPrice, reservePrice and increments are frozen")]
+    PricingFrozen(AuctionId),
+    /// The bidder id or display name is empty, too long or has control characters.
+    #[error("invalid bidder: {0}")]
+    InvalidBidder(String),
+    /// A script answered something this version does not understand.
+    #[error("unexpected reply from a Gavel script: {0}")]
+    Protocol(String),
+}
+
+/// Why a bid did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum BidError {
+    /// The rules refused it; nothing changed.
+    #[error("bid rejected: {0}")]
+    Rejected(Rejection),
+    /// The engine failed; the bid may or may not have been applied only if the failure
+    /// happened after Redis received it (a timeout).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Who is bidding: the token's `sub` and `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Bidder {
+    /// Stable bidder id.
+    pub id: String,
+    /// Name shown to others when this bidder leads.
+    pub name: String,
+}
+
+impl Bidder {
+    /// Checks the id and name: non-empty, bounded, no control characters.
+    pub fn new(id: impl Into<String>, name: impl Into<String>) -> Result<Self, EngineError> {
+        let (id, name) = (id.into(), name.into());
+        let clean = |s: &str| !s.is_empty() && !s.chars().any(char::is_control);
+        if !clean(&id) || id.len() > MAX_BIDDER_ID_BYTES {
+            return Err(EngineError::InvalidBidder(format!(
+                "id must be 1 to {MAX_BIDDER_ID_BYTES} bytes without control characters"
+            )));
+        }
+        if !clean(&name) || name.chars().count() > MAX_BIDDER_NAME_CHARS {
+            return Err(EngineError::InvalidBidder(format!(
+                "name must be 1 to {MAX_BIDDER_NAME_CHARS} characters without control characters"
+            )));
+        }
+        Ok(Self { id, name })
+    }
+}
+
+/// What provisioning did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provisioned {
+    /// The auction did not exist and now does.
+    Created,
+    /// Some settings changed; bids and state were kept.
+    Updated,
+    /// Nothing differed.
+    Unchanged,
+    /// The auction is closed; nothing was changed.
+    AlreadyClosed,
+}
+
+/// How to close an auction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Only at or after the effective end; earlier calls answer `NotEnded`.
+    AtEnd,
+    /// At once, with no winner.
+    Cancel,
+}
+
+/// Where an auction stands, as seen from Redis at the time of a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum LivePhase {
+    /// Before `startsAt`.
+    Scheduled,
+    /// Taking bids.
+    Open,
+    /// Past the effective end; bids are refused and the operator is about to close it.
+    Closing,
+    /// Closed with a result.
+    Closed,
+    /// Closed by cancellation.
+    Cancelled,
+}
+
+/// An auction's public state plus, for its owner, the viewer's own ceiling.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// Human title.
+    pub title: String,
+    /// Currency code.
+    pub currency: String,
+    /// Last event sequence number.
+    pub seq: u64,
+    /// Live phase at `server_time`.
+    pub phase: LivePhase,
+    /// Current price, `None` before the first bid.
+    pub price: Option<Amount>,
+    /// Leader's bidder id.
+    pub leader: Option<String>,
+    /// Leader's display name.
+    pub leader_name: Option<String>,
+    /// Accepted bids.
+    pub bid_count: u64,
+    /// Lowest amount that takes the lead now.
+    pub min_next: Amount,
+    /// Opening time, if scheduled.
+    pub starts_at: Option<Millis>,
+    /// Effective end (after soft-close extensions).
+    pub ends_at: Millis,
+    /// Scheduled end before extensions.
+    pub scheduled_ends_at: Millis,
+    /// Whether the reserve is met (true without a reserve).
+    pub reserve_met: bool,
+    /// The viewer's own latest ceiling, if the viewer has bid.
+    pub your_max: Option<Amount>,
+    /// The result, once closed.
+    pub result: Option<AuctionResult>,
+    /// Redis server time of the snapshot.
+    pub server_time: Millis,
+}
+
+struct Scripts {
+    provision: Script,
+    place_bid: Script,
+    close: Script,
+    snapshot: Script,
+}
+
+/// A handle on the engine's Redis; cheap to clone and safe to share between tasks.
+#[derive(Clone)]
+pub struct Engine {
+    pool: Pool,
+    scripts: Arc<Scripts>,
+}
+
+impl Engine {
+    /// Connects to Redis at `url` (`redis://host:port/db`) with `connections` multiplexed
+    /// connections, retrying the connection forever with backoff once established.
+    pub async fn connect(url: &str, connections: usize) -> Result<Self, EngineError> {
+        let config = Config::from_url(url)?;
+        let pool = Builder::from_config(config)
+            .with_performance_config(|perf| {
+                perf.default_command_timeout = Duration::from_secs(5);
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = Duration::from_secs(5);
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build_pool(connections.max(1))?;
+        pool.init().await?;
+        Ok(Self {
+            pool,
+            scripts: Arc::new(Scripts {
+                provision: Script::from_lua(PROVISION_LUA),
+                place_bid: Script::from_lua(PLACE_BID_LUA),
+                close: Script::from_lua(CLOSE_LUA),
+                snapshot: Script::from_lua(SNAPSHOT_LUA),
+            }),
+        })
+    }
+
+    /// A client of the pool, for commands outside the scripts (flusher, readiness).
+    pub fn redis(&self) -> &Client {
+        self.pool.next()
+    }
+
+    /// SHA1 of the place-bid script, as `EVALSHA` needs it.
+    pub fn place_bid_sha(&self) -> &str {
+        self.scripts.place_bid.sha1()
+    }
+
+    /// Loads every script now, so that the first bid does not pay for it.
+    pub async fn load_scripts(&self) -> Result<(), EngineError> {
+        let s = &self.scripts;
+        for script in [&s.provision, &s.place_bid, &s.close, &s.snapshot] {
+            script.load(self.pool.next()).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        let _: String = self.pool.next().ping(None).await?;
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<String>, EngineError> {
+        Ok(script
+            .evalsha_with_reload(self.pool.next(), keys, args)
+            .await?)
+    }
+
+    /// Creates the auction or updates its settings. Idempotent; once the auction has bids
+    /// only non-pricing settings may change, and a closed auction is left alone. Also
+    /// registers the auction with the flushers.
+    pub async fn provision(
+        &self,
+        id: &AuctionId,
+        settings: &AuctionSettings,
+    ) -> Result<Provisioned, EngineError> {
+        settings.validate()?;
+        let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let args = vec![
+            settings.title.clone(),
+            settings.currency.clone(),
+            settings.starting_price.to_string(),
+            opt(settings.reserve_price),
+            settings.increments.encode(),
+            opt(settings.starts_at),
+            settings.ends_at.to_string(),
+            opt(settings.soft_close.map(|s| s.window_ms)),
+            opt(settings.soft_close.map(|s| s.extension_ms)),
+            opt(settings.bid_limit.map(|l| i64::from(l.per_second))),
+            opt(settings.bid_limit.map(|l| i64::from(l.burst))),
+        ];
+        let reply = self
+            .run(
+                &self.scripts.provision,
+                vec![id.state_key(), id.events_key()],
+                args,
+            )
+            .await?;
+        let outcome = match reply.first().map(String::as_str) {
+            Some("created") => Provisioned::Created,
+            Some("updated") => Provisioned::Updated,
+            Some("unchanged") => Provisioned::Unchanged,
+            Some("closed") => return Ok(Provisioned::AlreadyClosed),
+            Some("pricing_frozen") => return Err(EngineError::PricingFrozen(id.clone())),
+            _ => return Err(EngineError::Protocol(format!("provision: {reply:?}"))),
+        };
+        let _: i64 = self.pool.next().sadd(REGISTRY_KEY, id.to_string()).await?;
+        Ok(outcome)
+    }
+
+    /// Places a bid at Redis server time: one `EVALSHA`, one round trip.
+    pub async fn place_bid(
+        &self,
+        id: &AuctionId,
+        bidder: &Bidder,
+        request: BidRequest,
+    ) -> Result<BidAccepted, BidError> {
+        self.place_bid_at(id, bidder, request, None).await
+    }
+
+    /// Places a bid as if Redis's clock read `now` (server time when `None`). A pinned
+    /// clock exists for deterministic tests and replays; production paths pass `None`.
+    pub async fn place_bid_at(
+        &self,
+        id: &AuctionId,
+        bidder: &Bidder,
+        request: BidRequest,
+        now: Option<Millis>,
+    ) -> Result<BidAccepted, BidError> {
+        request.validate().map_err(BidError::Rejected)?;
+        let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let keys = vec![
+            id.state_key(),
+            id.ceilings_key(),
+            id.rate_key(),
+            id.events_key(),
+        ];
+        let args = vec![
+            bidder.id.clone(),
+            bidder.name.clone(),
+            opt(request.amount),
+            opt(request.max),
+            id.channel(),
+            opt(now),
+        ];
+        let reply = self.run(&self.scripts.place_bid, keys, args).await?;
+        match reply.as_slice() {
+            [tag, event] if tag == "accepted" => match AuctionEvent::from_json(event.as_bytes()) {
+                Ok(AuctionEvent::Bid(bid)) => Ok(bid.into()),
+                _ => Err(EngineError::Protocol(format!("place_bid event: {event}")).into()),
+            },
+            [tag, code, min_next, retry] if tag == "rejected" => {
+                let code = RejectCode::parse(code)
+                    .ok_or_else(|| EngineError::Protocol(format!("reject code {code}")))?;
+                Err(BidError::Rejected(Rejection {
+                    code,
+                    min_next: min_next.parse().ok(),
+                    retry_after_ms: retry.parse().ok(),
+                }))
+            }
+            _ => Err(EngineError::Protocol(format!("place_bid: {reply:?}")).into()),
+        }
+    }
+
+    /// Closes the auction (see [`CloseMode`]). Calling it again returns the same result.
+    pub async fn close(
+        &self,
+        id: &AuctionId,
+        mode: CloseMode,
+    ) -> Result<CloseOutcome, EngineError> {
+        self.close_at(id, mode, None).await
+    }
+
+    /// [`Engine::close`] with a pinned clock; see [`Engine::place_bid_at`].
+    pub async fn close_at(
+        &self,
+        id: &AuctionId,
+        mode: CloseMode,
+        now: Option<Millis>,
+    ) -> Result<CloseOutcome, EngineError> {
+        let mode_arg = match mode {
+            CloseMode::AtEnd => "end",
+            CloseMode::Cancel => "cancel",
+        };
+        let args = vec![
+            mode_arg.to_owned(),
+            id.channel(),
+            now.map(|n| n.to_string()).unwrap_or_default(),
+        ];
+        let reply = self
+            .run(
+                &self.scripts.close,
+                vec![id.state_key(), id.events_key()],
+                args,
+            )
+            .await?;
+        match reply.as_slice() {
+            [tag, json] if tag == "closed" => match AuctionEvent::from_json(json.as_bytes()) {
+                Ok(AuctionEvent::Closed(result)) => Ok(CloseOutcome::Closed(result)),
+                _ => Err(EngineError::Protocol(format!("close result: {json}"))),
+            },
+            [tag, ends] if tag == "not_ended" => Ok(CloseOutcome::NotEnded {
+                ends_at: ends
+                    .parse()
+                    .map_err(|_| EngineError::Protocol(format!("close end: {ends}")))?,
+            }),
+            [tag] if tag == "unknown" => Err(EngineError::UnknownAuction(id.clone())),
+            _ => Err(EngineError::Protocol(format!("close: {reply:?}"))),
+        }
+    }
+
+    /// Reads the auction's public state; `viewer`'s own ceiling is included for it alone.
+    pub async fn snapshot(
+        &self,
+        id: &AuctionId,
+        viewer: Option<&str>,
+    ) -> Result<Snapshot, EngineError> {
+        self.snapshot_at(id, viewer, None).await
+    }
+
+    /// [`Engine::snapshot`] with a pinned clock; see [`Engine::place_bid_at`].
+    pub async fn snapshot_at(
+        &self,
+        id: &AuctionId,
+        viewer: Option<&str>,
+        now: Option<Millis>,
+    ) -> Result<Snapshot, EngineError> {
+        let args = vec![
+            viewer.unwrap_or_default().to_owned(),
+            now.map(|n| n.to_string()).unwrap_or_default(),
+        ];
+        let reply = self
+            .run(
+                &self.scripts.snapshot,
+                vec![id.state_key(), id.ceilings_key()],
+                args,
+            )
+            .await?;
+        if reply.is_empty() {
+            return Err(EngineError::UnknownAuction(id.clone()));
+        }
+        parse_snapshot(&reply).ok_or_else(|| EngineError::Protocol(format!("snapshot: {reply:?}")))
+    }
+
+    /// Events with a sequence number above `after`, oldest first, at most `limit`.
+    pub async fn events_since(
+        &self,
+        id: &AuctionId,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<AuctionEvent>, EngineError> {
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .pool
+            .next()
+            .xrange_values(
+                id.events_key(),
+                format!("{}-0", after + 1),
+                "+",
+                Some(limit),
+            )
+            .await?;
+        entries
+            .into_iter()
+            .map(|(entry, fields)| {
+                fields
+                    .get("e")
+                    .and_then(|json| AuctionEvent::from_json(json.as_bytes()).ok())
+                    .ok_or_else(|| EngineError::Protocol(format!("stream entry {entry}")))
+            })
+            .collect()
+    }
+
+    /// Events appended but not yet written to PostgreSQL (pending or never delivered).
+    pub async fn unflushed(&self, id: &AuctionId) -> Result<u64, EngineError> {
+        let groups: Value = self.pool.next().xinfo_groups(id.events_key()).await?;
+        let groups = match groups {
+            Value::Array(groups) => groups,
+            _ => return Ok(0),
+        };
+        for group in groups {
+            let fields = value_map(group);
+            if fields.get("name").map(String::as_str) == Some(FLUSH_GROUP) {
+                let get = |k: &str| {
+                    fields
+                        .get(k)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                return Ok(get("pending") + get("lag"));
+            }
+        }
+        Ok(0)
+    }
+
+    /// Deletes the auction's live state (settings, bids in flight, event stream) and
+    /// unregisters it. PostgreSQL records are not touched.
+    pub async fn remove(&self, id: &AuctionId) -> Result<(), EngineError> {
+        let client = self.pool.next();
+        let _: i64 = client.del(id.all_keys().to_vec()).await?;
+        let _: i64 = client.srem(REGISTRY_KEY, id.to_string()).await?;
+        Ok(())
+    }
+}
+
+fn value_map(value: Value) -> HashMap<String, String> {
+    let text = |v: &Value| v.as_string().unwrap_or_default();
+    match value {
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => Some((text(k), text(v))),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(k, v)| (k.as_str().unwrap_or_default().to_owned(), text(&v)))
+            .collect(),
+        _ => HashMap::new(),
+    }
+}
+
+fn parse_snapshot(reply: &[String]) -> Option<Snapshot> {
+    let fields: HashMap<&str, &str> = reply
+        .chunks(2)
+        .filter_map(|kv| match kv {
+            [k, v] => Some((k.as_str(), v.as_str())),
+            _ => None,
+        })
+        .collect();
+    let text = |k: &str| fields.get(k).copied();
+    let opt_int = |k: &str| {
+        text(k)
+            .filter(|v| !v.is_empty())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let int = |k: &str| opt_int(k);
+    let leader = text("leader").filter(|l| !l.is_empty()).map(str::to_owned);
+    let price = int("price")?;
+    let starting = int("start_price")?;
+    let increments: Vec<(i64, i64)> = text("tiers")?
+        .split(',')
+        .filter_map(|t| t.split_once(':'))
+        .filter_map(|(f, s)| Some((f.parse().ok()?, s.parse().ok()?)))
+        .collect();
+    let step = increments
+        .iter()
+        .take_while(|(from, _)| *from <= price)
+        .last()
+        .map(|(_, step)| *step)?;
+    let scheduled_ends_at = int("ends_at")?;
+    let ends_at = crate::rules::effective_end(scheduled_ends_at, opt_int("ext_end"));
+    let starts_at = opt_int("starts_at");
+    let server_time = int("now")?;
+    let result = match text("result") {
+        Some(json) if !json.is_empty() => match AuctionEvent::from_json(json.as_bytes()).ok()? {
+            AuctionEvent::Closed(result) => Some(result),
+            AuctionEvent::Bid(_) => return None,
+        },
+        _ => None,
+    };
+    let phase = match &result {
+        Some(r) if r.cancelled => LivePhase::Cancelled,
+        Some(_) => LivePhase::Closed,
+        None if server_time >= ends_at => LivePhase::Closing,
+        None if starts_at.is_some_and(|s| server_time < s) => LivePhase::Scheduled,
+        None => LivePhase::Open,
+    };
+    Some(Snapshot {
+        title: text("title")?.to_owned(),
+        currency: text("currency")?.to_owned(),
+        seq: int("seq")?.try_into().ok()?,
+        phase,
+        price: leader.as_ref().map(|_| price),
+        leader_name: leader.as_ref().and(text("leader_name")).map(str::to_owned),
+        min_next: if leader.is_some() {
+            price + step
+        } else {
+            starting
+        },
+        leader,
+        bid_count: int("bid_count")?.try_into().ok()?,
+        starts_at,
+        ends_at,
+        scheduled_ends_at,
+        reserve_met: text("reserve_met")? == "1",
+        your_max: opt_int("your_max"),
+        result,
+        server_time,
+    })
+}

@@ -1,0 +1,32 @@
+//! Gavel's bidding engine, shared by the operator and the bid-api.
+//!
+//! - [`settings`] and [`rules`]: the auction's settings and the proxy-bid rules as a pure
+//!   reference model (DESIGN.md §3), no I/O.
+//! - [`client`]: the Redis Lua scripts that apply the same rules atomically, one
+//!   `EVALSHA` per bid, and their typed client [`Engine`].
+//! - [`event`]: the JSON events the scripts append to each auction's stream and publish.
+//! - [`store`]: the PostgreSQL schema (sqlx migrations) and its queries.
+//! - [`flusher`]: moves accepted bids and results from the Redis streams to PostgreSQL,
+//!   exactly once per `(auction, seq)`.
+//! - `testing` (feature `testing`): throw-away Redis and PostgreSQL servers for tests.
+
+pub mod client;
+pub mod event;
+pub mod flusher;
+pub mod keys;
+pub mod rules;
+pub mod settings;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use client::{
+    BidError, Bidder, CloseMode, Engine, EngineError, LivePhase, Provisioned, Snapshot,
+};
+pub use event::{AuctionEvent, BidEvent};
+pub use keys::AuctionId;
+pub use rules::{
+    AuctionModel, AuctionResult, BidAccepted, BidRequest, CloseOutcome, Outcome, RejectCode,
+    Rejection,
+};
+pub use settings::{Amount, AuctionSettings, BidLimit, Increments, Millis, SoftClose, Tier};

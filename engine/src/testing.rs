@@ -1,0 +1,368 @@
+//! Throw-away Redis and PostgreSQL servers for the tests of every crate.
+//!
+//! Each server runs from the installed binaries on a free port in a temporary directory
+//! and is stopped (and its directory removed) when its handle drops. A watchdog shell
+//! also stops it if the test process dies without dropping the handle, so no server
+//! outlives its test run. When `GAVEL_TEST_REDIS_URL` / `GAVEL_TEST_DATABASE_URL` are set,
+//! [`redis_url`] and [`database_url`] use those servers instead (fault-injection tests,
+//! which must stop and start their server, always start their own).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Picks a port that is free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free TCP port on 127.0.0.1")
+}
+
+/// A fresh directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("gavel-{prefix}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("cannot create a temporary directory");
+    dir
+}
+
+/// Finds an executable on PATH or in `extra` directories; panics naming the Debian
+/// package that provides it.
+fn find_binary(name: &str, extra: &[PathBuf], package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().cloned())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` not found: install the Debian package `{package}` (apt-get install {package})")
+        })
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} exited with {status} before listening on {port}:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port} within 30s");
+}
+
+/// Starts a shell that kills `pid` and removes `dir` once this test process is gone.
+fn watchdog(pid: u32, dir: &Path) {
+    let script = format!(
+        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 {pid} 2>/dev/null; rm -rf '{dir}'",
+        parent = std::process::id(),
+        dir = dir.display()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// A `redis-server` of this test alone.
+pub struct TestRedis {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl TestRedis {
+    /// Starts a server with no persistence on a free port.
+    pub fn start() -> Self {
+        let bin = find_binary("redis-server", &[], "redis-server");
+        let dir = temp_dir("redis");
+        let port = free_port();
+        let log = dir.join("redis.log");
+        let mut child = Command::new(bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start redis-server");
+        wait_for_port(port, &mut child, "redis-server", &log);
+        watchdog(child.id(), &dir);
+        Self { child, dir, port }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL cluster of this test alone (`initdb` + `postgres` in a temp dir), with
+/// trust authentication for the `postgres` user. It can be stopped and started again
+/// on the same port and data, for fault tests.
+pub struct TestPostgres {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    postgres: PathBuf,
+    run_as: Option<(u32, u32)>,
+}
+
+fn postgres_bin_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.reverse();
+    dirs
+}
+
+/// PostgreSQL refuses to run as root: find the uid/gid of the `postgres` (or `nobody`)
+/// account to run it as.
+fn unprivileged_account() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+        != 0
+    {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    ["postgres", "nobody"].iter().find_map(|user| {
+        passwd.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() > 3 && f[0] == *user)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+    })
+}
+
+impl TestPostgres {
+    /// Creates and starts a cluster on a free port.
+    pub fn start() -> Self {
+        use std::os::unix::process::CommandExt;
+        let dirs = postgres_bin_dirs();
+        let initdb = find_binary("initdb", &dirs, "postgresql");
+        let postgres = find_binary("postgres", &dirs, "postgresql");
+        let dir = temp_dir("pg");
+        let run_as = unprivileged_account();
+        if let Some((uid, gid)) = run_as {
+            let status = Command::new("chown")
+                .arg(format!("{uid}:{gid}"))
+                .arg(&dir)
+                .status()
+                .expect("cannot run chown");
+            assert!(status.success(), "chown of {} failed", dir.display());
+        }
+        let mut cmd = Command::new(initdb);
+        cmd.arg("-D")
+            .arg(dir.join("data"))
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().expect("cannot run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Self {
+            child: None,
+            dir,
+            port: free_port(),
+            postgres,
+            run_as,
+        };
+        pg.start_server();
+        pg
+    }
+
+    fn start_server(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let log = self.dir.join("postgres.log");
+        let log_file = std::fs::File::create(&log).expect("cannot create the postgres log");
+        if let Some((uid, gid)) = self.run_as {
+            let _ = Command::new("chown")
+                .arg(format!("{uid}:{gid}"))
+                .arg(&log)
+                .status();
+        }
+        let mut cmd = Command::new(&self.postgres);
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(&self.dir)
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .args(["-c", "max_connections=200"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = cmd.spawn().expect("cannot start postgres");
+        wait_for_port(self.port, &mut child, "postgres", &log);
+        watchdog(child.id(), &self.dir);
+        self.child = Some(child);
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    /// URL of database `db` on this server.
+    pub fn url_for(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Stops the server at once (SIGKILL), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            // A killed postmaster leaves its children to notice; wait for the port to free.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = std::fs::remove_file(self.dir.join("data").join("postmaster.pid"));
+        }
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_server();
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis URL for one test: `GAVEL_TEST_REDIS_URL` if set, else a new [`TestRedis`]
+/// (returned so that the caller keeps it alive).
+pub fn redis_url() -> (String, Option<TestRedis>) {
+    match std::env::var("GAVEL_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let redis = TestRedis::start();
+            (redis.url(), Some(redis))
+        }
+    }
+}
+
+static SHARED_POSTGRES: OnceCell<(String, Option<TestPostgres>)> = OnceCell::const_new();
+
+/// A URL of a new, empty, migrated database for one test, on `GAVEL_TEST_DATABASE_URL`'s
+/// server if set, else on one [`TestPostgres`] shared by the test process.
+pub async fn database_url() -> String {
+    let (base, _) = SHARED_POSTGRES
+        .get_or_init(|| async {
+            match std::env::var("GAVEL_TEST_DATABASE_URL") {
+                Ok(url) if !url.is_empty() => (url, None),
+                _ => {
+                    let pg = tokio::task::spawn_blocking(TestPostgres::start)
+                        .await
+                        .expect("starting postgres panicked");
+                    (pg.url(), Some(pg))
+                }
+            }
+        })
+        .await;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("gavel_test_{}_{n}", std::process::id());
+    create_database(base, &name).await
+}
+
+/// Creates database `name` on the server of `base_url`, migrates it, returns its URL.
+pub async fn create_database(base_url: &str, name: &str) -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(base_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {base_url}: {e}"));
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("drop database");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let url = match base_url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("database URL without a database name: {base_url}"),
+    };
+    let store = crate::store::Store::connect_lazy(&url).expect("pool");
+    store.migrate().await.expect("migrations");
+    store.pool().close().await;
+    url
+}
