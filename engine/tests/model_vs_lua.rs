@@ -1,0 +1,175 @@
+//! Property test: for random settings and random sequences of bids, clocks and closes,
+//! the Lua scripts in a real Redis and the pure Rust model give the same answer to every
+//! call (outcome, price, leader, seq, ends, rejection code and hints) and end in the
+//! same state.
+
+mod common;
+
+use common::*;
+use gavel_engine::{
+    AuctionModel, AuctionSettings, BidError, BidLimit, BidRequest, CloseMode, Increments,
+    SoftClose, Tier,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// A bid by bidder `who`; the amounts are offsets from the minimum next bid.
+    Bid {
+        who: u8,
+        kind: u8,
+        offset: i64,
+        extra: i64,
+        dt: i64,
+    },
+    /// A close attempt.
+    Close { cancel: bool, dt: i64 },
+}
+
+fn settings_strategy() -> impl Strategy<Value = AuctionSettings> {
+    let tiers = prop::collection::vec((1i64..400, 1i64..60), 0..4).prop_flat_map(|rest| {
+        (1i64..60).prop_map(move |first| {
+            let mut tiers = vec![Tier {
+                from: 0,
+                step: first,
+            }];
+            let mut from = 0;
+            for (gap, step) in &rest {
+                from += gap;
+                tiers.push(Tier { from, step: *step });
+            }
+            tiers
+        })
+    });
+    (
+        tiers,
+        1i64..300,
+        prop::option::of(0i64..1_500),
+        prop::option::of((100i64..4_000, 100i64..4_000)),
+        prop::option::of((1u32..6, 1u32..5)),
+        prop::option::of(0i64..3_000),
+    )
+        .prop_map(
+            |(tiers, start, reserve, soft, limit, starts)| AuctionSettings {
+                title: "prop".into(),
+                currency: "EUR".into(),
+                starting_price: start,
+                reserve_price: reserve.map(|r| start + r),
+                increments: Increments::new(tiers).expect("generated tiers are valid"),
+                starts_at: starts.map(|s| 1_000 + s),
+                ends_at: 15_000,
+                soft_close: soft.map(|(window_ms, extension_ms)| SoftClose {
+                    window_ms,
+                    extension_ms,
+                }),
+                bid_limit: limit.map(|(per_second, burst)| BidLimit { per_second, burst }),
+            },
+        )
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => (0u8..4, 0u8..4, -30i64..120, 0i64..400, 0i64..900)
+            .prop_map(|(who, kind, offset, extra, dt)| Op::Bid { who, kind, offset, extra, dt }),
+        1 => (any::<bool>(), 0i64..3_000).prop_map(|(cancel, dt)| Op::Close { cancel, dt }),
+    ]
+}
+
+fn request(kind: u8, min_next: i64, offset: i64, extra: i64) -> BidRequest {
+    let a = min_next + offset;
+    match kind {
+        0 => BidRequest {
+            amount: Some(a),
+            max: None,
+        },
+        1 => BidRequest {
+            amount: None,
+            max: Some(a + extra),
+        },
+        2 => BidRequest {
+            amount: Some(a),
+            max: Some(a + extra),
+        },
+        // Deliberately malformed: max below amount, or non-positive.
+        _ => BidRequest {
+            amount: Some(a),
+            max: Some(a - 1 - extra),
+        },
+    }
+}
+
+#[test]
+fn lua_agrees_with_the_model() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (engine, _redis) = runtime.block_on(engine());
+    let cases = std::env::var("GAVEL_PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(300);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        ..Config::default()
+    });
+    let strategy = (
+        settings_strategy(),
+        prop::collection::vec(op_strategy(), 1..45),
+    );
+    let result = runner.run(&strategy, |(settings, ops)| {
+        runtime.block_on(async {
+            let id = auction_id();
+            engine.provision(&id, &settings).await.unwrap();
+            let mut model = AuctionModel::new(settings.clone());
+            let mut now = 500;
+            for (step, op) in ops.iter().enumerate() {
+                match *op {
+                    Op::Bid {
+                        who,
+                        kind,
+                        offset,
+                        extra,
+                        dt,
+                    } => {
+                        now += dt;
+                        let name = format!("b{who}");
+                        let req = request(kind, model.min_next(), offset, extra);
+                        let expected = model.place_bid(&name, &name.to_uppercase(), req, now);
+                        let actual = engine
+                            .place_bid_at(&id, &bidder(&name), req, Some(now))
+                            .await;
+                        let actual = match actual {
+                            Ok(accepted) => Ok(accepted),
+                            Err(BidError::Rejected(r)) => Err(r),
+                            Err(e) => panic!("engine failure: {e}"),
+                        };
+                        prop_assert_eq!(actual, expected, "step {} {:?} at {}", step, req, now);
+                    }
+                    Op::Close { cancel, dt } => {
+                        now += dt;
+                        let mode = if cancel {
+                            CloseMode::Cancel
+                        } else {
+                            CloseMode::AtEnd
+                        };
+                        let actual = engine.close_at(&id, mode, Some(now)).await.unwrap();
+                        prop_assert_eq!(actual, model.close(now, cancel), "close at step {}", step);
+                    }
+                }
+            }
+            let snap = engine.snapshot_at(&id, None, Some(now)).await.unwrap();
+            let st = model.state();
+            prop_assert_eq!(snap.seq, st.seq);
+            prop_assert_eq!(snap.bid_count, st.bid_count);
+            prop_assert_eq!(snap.price, st.leader.as_ref().map(|_| st.price));
+            prop_assert_eq!(snap.leader, st.leader.as_ref().map(|l| l.bidder.clone()));
+            prop_assert_eq!(snap.min_next, model.min_next());
+            prop_assert_eq!(snap.ends_at, model.effective_end());
+            prop_assert_eq!(snap.reserve_met, st.reserve_met);
+            prop_assert_eq!(snap.result, st.result.clone());
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
