@@ -285,9 +285,10 @@ impl Flusher {
     }
 
     async fn read(&mut self, key: &str, from: &str) -> Result<Vec<Entry>, FlushError> {
-        let reply: Result<HashMap<String, Vec<Entry>>, _> = self
+        // Redis answers nil when nothing is new.
+        let reply: Result<Value, _> = self
             .redis
-            .xreadgroup_map(
+            .xreadgroup(
                 FLUSH_GROUP,
                 &self.config.consumer,
                 Some(self.config.batch),
@@ -298,7 +299,11 @@ impl Flusher {
             )
             .await;
         match reply {
-            Ok(mut streams) => Ok(streams.remove(key).unwrap_or_default()),
+            Ok(Value::Null) => Ok(Vec::new()),
+            Ok(value) => {
+                let mut streams: HashMap<String, Vec<Entry>> = value.into_xread_response()?;
+                Ok(streams.remove(key).unwrap_or_default())
+            }
             Err(e) if e.details().starts_with("NOGROUP") => {
                 // A stream created before its group (or a group deleted by hand): recreate it
                 // from the start so nothing is skipped.

@@ -151,6 +151,11 @@ impl Store {
             })
             .collect();
         let mut tx = self.pool.begin().await?;
+        // The flusher acknowledges entries in Redis once this commit returns, so the commit
+        // must be durable whatever the server's default is.
+        sqlx::query("SET LOCAL synchronous_commit TO on")
+            .execute(&mut *tx)
+            .await?;
         if !bids.is_empty() {
             let col = |f: fn(&BidEvent) -> i64| bids.iter().map(|b| f(b)).collect::<Vec<i64>>();
             let text = |f: fn(&BidEvent) -> &str| {

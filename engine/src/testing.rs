@@ -65,7 +65,7 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
 /// Starts a shell that kills `pid` and removes `dir` once this test process is gone.
 fn watchdog(pid: u32, dir: &Path) {
     let script = format!(
-        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 {pid} 2>/dev/null; rm -rf '{dir}'",
+        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -QUIT {pid} 2>/dev/null; sleep 2; kill -9 {pid} 2>/dev/null; rm -rf '{dir}'",
         parent = std::process::id(),
         dir = dir.display()
     );
@@ -279,10 +279,13 @@ impl TestPostgres {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Stops the server at once (SIGKILL), keeping its data.
+    /// Stops the server at once, as a crash would (immediate shutdown: SIGQUIT makes the
+    /// postmaster kill every backend without a checkpoint), keeping its data.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            let _ = Command::new("kill")
+                .args(["-QUIT", &child.id().to_string()])
+                .status();
             let _ = child.wait();
             // A killed postmaster leaves its children to notice; wait for the port to free.
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -346,9 +349,17 @@ pub async fn database_url() -> String {
 /// Creates database `name` on the server of `base_url`, migrates it, returns its URL.
 pub async fn create_database(base_url: &str, name: &str) -> String {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(base_url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {base_url}: {e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        match sqlx::PgConnection::connect(base_url).await {
+            Ok(conn) => break conn,
+            // "the database system is starting up" right after the port opens.
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("cannot connect to {base_url}: {e}"),
+        }
+    };
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
         .execute(&mut conn)
         .await
