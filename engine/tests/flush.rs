@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::*;
@@ -152,10 +152,7 @@ async fn a_consumer_killed_between_write_and_ack_loses_and_duplicates_nothing() 
             .unwrap();
     }
     // A consumer reads 20 entries, commits them to PostgreSQL, and dies before XACK.
-    let entries: std::collections::HashMap<
-        String,
-        Vec<(String, std::collections::HashMap<String, String>)>,
-    > = engine
+    let entries: HashMap<String, Vec<(String, HashMap<String, String>)>> = engine
         .redis()
         .xreadgroup_map(
             FLUSH_GROUP,
@@ -300,7 +297,7 @@ async fn poison_entries_go_to_the_dead_letter_stream_without_blocking_the_rest()
     }
     assert_eq!(seqs_in_db(&store, &id).await, (1..=6).collect::<Vec<_>>());
     assert_eq!(metrics.dead_letters.get(), 2);
-    let dead: Vec<(String, std::collections::HashMap<String, String>)> = redis
+    let dead: Vec<(String, HashMap<String, String>)> = redis
         .xrange_values(DEAD_LETTER_KEY, "-", "+", None)
         .await
         .unwrap();
