@@ -13,6 +13,9 @@ use gavel_engine::store::Store;
 use gavel_engine::testing::{TestPostgres, create_database, database_url};
 use gavel_engine::{AuctionEvent, AuctionId, AuctionModel, BidError, BidRequest, Engine};
 
+/// One stream entry as fred returns it.
+type Entry = (String, HashMap<String, String>);
+
 fn flusher(engine: &Engine, store: &Store, name: &str) -> (Flusher, FlushMetrics) {
     let metrics = FlushMetrics::unregistered();
     let mut config = FlusherConfig::new(name);
@@ -152,7 +155,7 @@ async fn a_consumer_killed_between_write_and_ack_loses_and_duplicates_nothing() 
             .unwrap();
     }
     // A consumer reads 20 entries, commits them to PostgreSQL, and dies before XACK.
-    let entries: HashMap<String, Vec<(String, HashMap<String, String>)>> = engine
+    let entries: HashMap<String, Vec<Entry>> = engine
         .redis()
         .xreadgroup_map(
             FLUSH_GROUP,
@@ -297,7 +300,7 @@ async fn poison_entries_go_to_the_dead_letter_stream_without_blocking_the_rest()
     }
     assert_eq!(seqs_in_db(&store, &id).await, (1..=6).collect::<Vec<_>>());
     assert_eq!(metrics.dead_letters.get(), 2);
-    let dead: Vec<(String, HashMap<String, String>)> = redis
+    let dead: Vec<Entry> = redis
         .xrange_values(DEAD_LETTER_KEY, "-", "+", None)
         .await
         .unwrap();
