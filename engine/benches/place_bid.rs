@@ -1,1 +1,161 @@
-fn main() {}
+//! Place-bid throughput: the engine client with many concurrent callers against the raw
+//! `redis-benchmark` rate of `EVALSHA` of the very same script on the same Redis, and
+//! their ratio. Both run the same path: an accepted bid (the leader raising its ceiling),
+//! with the stream append and the PUBLISH.
+//!
+//! Settings (environment): `GAVEL_BENCH_SECONDS` (5), `GAVEL_BENCH_CALLERS` (64),
+//! `GAVEL_BENCH_CONNECTIONS` (2), `GAVEL_BENCH_REDIS_URL` (a throw-away server when unset;
+//! must be `redis://host:port`). Results are also written to `target/bench/engine.json`.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gavel_engine::testing::TestRedis;
+use gavel_engine::{AuctionId, AuctionSettings, BidError, BidRequest, Bidder, Engine, Increments};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let seconds: u64 = env_or("GAVEL_BENCH_SECONDS", 5);
+    let callers: usize = env_or("GAVEL_BENCH_CALLERS", 64);
+    let connections: usize = env_or("GAVEL_BENCH_CONNECTIONS", 2);
+    let (url, _redis) = match std::env::var("GAVEL_BENCH_REDIS_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let redis = TestRedis::start();
+            (redis.url(), Some(redis))
+        }
+    };
+    let (host, port) = url
+        .trim_start_matches("redis://")
+        .split_once(':')
+        .map(|(h, p)| (h.to_owned(), p.trim_end_matches('/').to_owned()))
+        .expect("GAVEL_BENCH_REDIS_URL must be redis://host:port");
+
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let id = AuctionId::new("bench", "hot").expect("valid id");
+    let (engine_rate, sha) = runtime.block_on(async {
+        let engine = Engine::connect(&url, connections).await.expect("connect");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        let settings = AuctionSettings {
+            title: "Benchmark".into(),
+            currency: "USD".into(),
+            starting_price: 1,
+            reserve_price: None,
+            increments: Increments::flat(1).expect("step"),
+            starts_at: None,
+            ends_at: now + 3_600_000,
+            soft_close: None,
+            bid_limit: None,
+        };
+        engine.provision(&id, &settings).await.expect("provision");
+        let leader = Bidder::new("bench", "Bench").expect("bidder");
+        let ceiling = BidRequest {
+            amount: None,
+            max: Some(1_000),
+        };
+        engine
+            .place_bid(&id, &leader, ceiling)
+            .await
+            .expect("first bid");
+        engine.load_scripts().await.expect("load scripts");
+
+        let accepted = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let (engine, id, leader, accepted) =
+                    (engine.clone(), id.clone(), leader.clone(), accepted.clone());
+                tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        match engine.place_bid(&id, &leader, ceiling).await {
+                            Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                            Err(BidError::Rejected(r)) => panic!("bid rejected: {r}"),
+                            Err(e) => panic!("engine error: {e}"),
+                        };
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("bench task");
+        }
+        let rate = accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+        (rate, engine.place_bid_sha().to_owned())
+    });
+
+    // The same script, the same accepted path, driven by redis-benchmark: one request
+    // in flight per client (its default), and pipelined 16 deep (Redis's own ceiling).
+    let requests = ((engine_rate * seconds as f64) as u64).max(50_000);
+    let keys = [
+        id.state_key(),
+        id.ceilings_key(),
+        id.rate_key(),
+        id.events_key(),
+    ];
+    let raw = |pipeline: &str| {
+        let output = Command::new("redis-benchmark")
+            .args(["-h", &host, "-p", &port, "-c", "50", "-P", pipeline])
+            .args(["-n", &requests.to_string(), "--csv", "EVALSHA", &sha, "4"])
+            .args(&keys)
+            .args(["bench", "Bench", "", "1000", &id.channel(), ""])
+            .output()
+            .expect("redis-benchmark not found: install the Debian package redis-tools");
+        let csv = String::from_utf8_lossy(&output.stdout);
+        csv.lines()
+            .filter_map(|line| line.split(',').nth(1))
+            .filter_map(|field| field.trim_matches('"').parse::<f64>().ok())
+            .next()
+            .unwrap_or_else(|| {
+                panic!(
+                    "cannot read redis-benchmark output:\n{csv}\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })
+    };
+    let raw_rate = raw("1");
+    let raw_pipelined = raw("16");
+
+    let ratio = engine_rate / raw_rate;
+    let ratio_pipelined = engine_rate / raw_pipelined;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("place-bid throughput, Redis and callers on the same {cores}-core machine");
+    println!(
+        "  engine client ({callers} callers, {connections} connections): {engine_rate:>10.0} bids/s"
+    );
+    println!("  redis-benchmark EVALSHA, 50 clients:            {raw_rate:>10.0} bids/s");
+    println!("  redis-benchmark EVALSHA, 50 clients, -P 16:     {raw_pipelined:>10.0} bids/s");
+    println!(
+        "  ratio engine / raw EVALSHA:                     {:>10.1} %",
+        ratio * 100.0
+    );
+    println!(
+        "  ratio engine / raw pipelined EVALSHA:           {:>10.1} %",
+        ratio_pipelined * 100.0
+    );
+    let json = serde_json::json!({
+        "engine_bids_per_second": engine_rate,
+        "raw_evalsha_per_second": raw_rate,
+        "raw_evalsha_pipelined_per_second": raw_pipelined,
+        "ratio": ratio,
+        "ratio_pipelined": ratio_pipelined,
+        "callers": callers,
+        "connections": connections,
+        "seconds": seconds,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("engine.json"), json.to_string());
+    }
+}
