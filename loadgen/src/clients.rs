@@ -1,0 +1,308 @@
+//! The three kinds of connection, speaking WebSocket protocol v1 (DESIGN.md §4).
+//!
+//! Each connection runs in its own task: it connects, subscribes, reports itself ready,
+//! waits for the common start, does its work until the deadline and returns its
+//! [`ConnStats`]. Messages are parsed into a small borrowed view of the fields used here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::stats::{ConnStats, Live, SeqTracker};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a connection waits for replies after the deadline before giving up on them.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// What a connection does.
+#[derive(Clone, Copy, Debug)]
+pub enum Role {
+    /// Bids on one auction under the name `bidder-<index>`.
+    Bidder {
+        /// Bidder number.
+        index: usize,
+        /// Time between bids; `None` waits for each reply before the next bid.
+        interval: Option<Duration>,
+    },
+    /// Follows every auction's feed; a timed watcher records each `price` receipt.
+    Watcher {
+        /// Whether receipts are recorded for the broadcast latency.
+        timed: bool,
+    },
+    /// Subscribes to the first auction and stays silent.
+    Idle,
+}
+
+/// Shared inputs of every connection.
+#[derive(Clone)]
+pub struct Shared {
+    /// Auctions, by index.
+    pub auctions: Arc<Vec<String>>,
+    /// Live counters.
+    pub live: Arc<Live>,
+    /// Fires once with the start instant when every connection is ready.
+    pub start: watch::Receiver<Option<Instant>>,
+    /// How long the run lasts after the start.
+    pub duration: Duration,
+}
+
+/// The fields of server messages that the load generator reads.
+#[derive(Deserialize)]
+struct ServerMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    auction: Option<String>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default, rename = "ref")]
+    reference: Option<serde_json::Value>,
+    #[serde(default)]
+    min_next: Option<i64>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// Opens one connection; bidders identify themselves with development auth.
+pub async fn connect(
+    url: &str,
+    bidder: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let url = match bidder {
+        Some(name) => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}bidder={name}")
+        }
+        None => url.to_owned(),
+    };
+    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    Ok(ws)
+}
+
+/// Runs one connection to the end; failures are counted, never propagated.
+/// `permit` is released once the connection is subscribed (it paces the ramp-up).
+pub async fn run(
+    url: String,
+    role: Role,
+    shared: Shared,
+    mut permit: Option<OwnedSemaphorePermit>,
+) -> ConnStats {
+    let live = shared.live.clone();
+    let bidder = match role {
+        Role::Bidder { index, .. } => Some(format!("bidder-{index}")),
+        _ => None,
+    };
+    let mut ws = match connect(&url, bidder.as_deref()).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(error = %e, "connect failed");
+            Live::inc(&live.failed);
+            drop(permit);
+            return ConnStats {
+                errored: true,
+                ..ConnStats::default()
+            };
+        }
+    };
+    live.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stats = match role {
+        Role::Bidder { index, interval } => {
+            drop(permit);
+            bid(&mut ws, index, interval, &shared).await
+        }
+        Role::Watcher { timed } => {
+            watch(&mut ws, timed, &shared, shared.auctions.len(), &mut permit).await
+        }
+        Role::Idle => watch(&mut ws, false, &shared, 1, &mut permit).await,
+    };
+    live.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = ws.close(None).await;
+    stats
+}
+
+async fn wait_for_start(shared: &Shared) -> Option<Instant> {
+    let mut start = shared.start.clone();
+    start.wait_for(Option::is_some).await.ok().and_then(|s| *s)
+}
+
+fn note_close(stats: &mut ConnStats, message: &Message) {
+    if let Message::Close(frame) = message {
+        let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
+        *stats.close_codes.entry(code).or_default() += 1;
+    }
+}
+
+/// A bidder: bids `max = min_next + jitter` (proxy bids are accepted whenever they reach
+/// the server's minimum next bid) and times each reply.
+async fn bid(ws: &mut Ws, index: usize, interval: Option<Duration>, shared: &Shared) -> ConnStats {
+    let mut stats = ConnStats::default();
+    let live = &shared.live;
+    let auction_index = index % shared.auctions.len();
+    let auction = &shared.auctions[auction_index];
+    Live::inc(&live.ready);
+    let Some(start) = wait_for_start(shared).await else {
+        return stats;
+    };
+    let deadline = start + shared.duration;
+    let mut min_next: i64 = 1;
+    let mut pending: std::collections::HashMap<u64, Instant> = Default::default();
+    let mut counter: u64 = 0;
+    // Spread interval bidders over the interval so the rate is smooth.
+    let mut next_send = match interval {
+        Some(every) => start + every.mul_f64((index as f64 * 0.618_034) % 1.0),
+        None => start,
+    };
+    loop {
+        let now = Instant::now();
+        if now >= deadline && (pending.is_empty() || now >= deadline + DRAIN) {
+            break;
+        }
+        let may_send = now < deadline && (interval.is_some() || pending.is_empty());
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_send.into()), if may_send => {
+                counter += 1;
+                let jitter = (counter * 7 + index as u64) % 50;
+                let frame = format!(
+                    r#"{{"type":"bid","auction":"{auction}","max":{},"ref":"{counter}"}}"#,
+                    min_next + jitter as i64
+                );
+                if ws.send(Message::text(frame)).await.is_err() {
+                    stats.errored = true;
+                    break;
+                }
+                pending.insert(counter, Instant::now());
+                Live::inc(&live.sent);
+                next_send = match interval {
+                    Some(every) => next_send + every,
+                    None => Instant::now(),
+                };
+            }
+            _ = tokio::time::sleep_until((deadline + DRAIN).into()) => break,
+            message = ws.next() => {
+                let Some(Ok(message)) = message else {
+                    stats.errored = true;
+                    break;
+                };
+                note_close(&mut stats, &message);
+                let Message::Text(text) = message else { continue };
+                let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else { continue };
+                let reference = msg
+                    .reference
+                    .as_ref()
+                    .and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or_else(|| r.as_u64()));
+                let Some(sent_at) = reference.and_then(|r| pending.remove(&r)) else { continue };
+                let micros = sent_at.elapsed().as_micros() as u64;
+                let _ = stats.reply_latency.record(micros.max(1));
+                if let Some(next) = msg.min_next {
+                    min_next = min_next.max(next);
+                }
+                match msg.kind {
+                    "bid_result" => {
+                        Live::inc(&live.accepted);
+                        if let Some(seq) = msg.seq {
+                            stats.accepted_sent_at.push(((auction_index, seq), sent_at));
+                        }
+                    }
+                    "bid_rejected" => {
+                        Live::inc(&live.rejected);
+                        let code = msg.code.unwrap_or_default();
+                        *stats.rejections.entry(code).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    stats.unanswered = pending.len() as u64;
+    stats
+}
+
+/// A watcher (or an idle connection): subscribes to the first `count` auctions, checks
+/// that every `price` arrives once and in order, and times receipts when `timed`.
+async fn watch(
+    ws: &mut Ws,
+    timed: bool,
+    shared: &Shared,
+    count: usize,
+    permit: &mut Option<OwnedSemaphorePermit>,
+) -> ConnStats {
+    let mut stats = ConnStats::default();
+    let live = &shared.live;
+    let auctions = &shared.auctions[..count.min(shared.auctions.len())];
+    for auction in auctions {
+        let frame = format!(r#"{{"type":"subscribe","auction":"{auction}"}}"#);
+        if ws.send(Message::text(frame)).await.is_err() {
+            Live::inc(&live.failed);
+            stats.errored = true;
+            return stats;
+        }
+    }
+    let mut trackers = vec![SeqTracker::default(); auctions.len()];
+    let mut snapshots = 0;
+    let mut ready = false;
+    let mut start = shared.start.clone();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = until_deadline => break,
+            changed = start.changed(), if deadline.is_none() => {
+                if changed.is_err() { break; }
+                deadline = start.borrow().map(|s| s + shared.duration);
+            }
+            message = ws.next() => {
+                let Some(Ok(message)) = message else {
+                    stats.errored = true;
+                    break;
+                };
+                note_close(&mut stats, &message);
+                let Message::Text(text) = message else { continue };
+                let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else { continue };
+                let index = msg
+                    .auction
+                    .as_deref()
+                    .and_then(|a| auctions.iter().position(|x| x == a));
+                let (Some(index), Some(seq)) = (index, msg.seq) else { continue };
+                match msg.kind {
+                    "snapshot" => {
+                        trackers[index].reset(seq);
+                        snapshots += 1;
+                        if !ready && snapshots >= auctions.len() {
+                            ready = true;
+                            permit.take();
+                            Live::inc(&live.ready);
+                        }
+                    }
+                    "price" | "closed" => {
+                        if msg.kind == "price" {
+                            Live::inc(&live.prices);
+                        }
+                        let (lost, reordered) = trackers[index].observe(seq);
+                        stats.lost += lost;
+                        stats.out_of_order += reordered;
+                        if timed && msg.kind == "price" {
+                            stats.price_seen_at.push(((index, seq), Instant::now()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if !ready {
+        Live::inc(&live.failed);
+    }
+    stats
+}

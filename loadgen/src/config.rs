@@ -1,0 +1,106 @@
+//! Command-line configuration of a load run.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Drive bid-api servers with real WebSocket bidders, watchers and idle connections.
+///
+/// Example (after `make up`): `gavel-load --scenario hot --bidders 1000 --duration 20s
+/// --provision` reads the URLs from `.gavel/env`-style environment variables.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "gavel-load", version)]
+pub struct Config {
+    /// Name of this run, used for the result files (`target/bench/<name>.json|svg`).
+    #[arg(long, default_value = "load")]
+    pub scenario: String,
+
+    /// WebSocket URLs of the bid-api servers (comma-separated); connections are spread
+    /// over them round-robin.
+    #[arg(long, env = "GAVEL_WS_URLS", value_delimiter = ',', required = true)]
+    pub ws_urls: Vec<String>,
+
+    /// Auctions to bid on (`namespace/name`, comma-separated). With `--provision` they are
+    /// created (open now, flat step 1, no per-bidder limit) in Redis first.
+    #[arg(long, value_delimiter = ',', default_value = "load/hot-0")]
+    pub auctions: Vec<String>,
+
+    /// Provision the auctions directly in Redis (needs `--redis-url`): a benchmark shortcut
+    /// that skips the operator.
+    #[arg(long)]
+    pub provision: bool,
+
+    /// Redis of the platform, for `--provision`.
+    #[arg(long, env = "GAVEL_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Bidder connections (each bids as `bidder-<i>` in development auth mode).
+    #[arg(long, default_value_t = 100)]
+    pub bidders: usize,
+
+    /// Watcher connections subscribed to every auction's live feed.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
+
+    /// Idle connections: subscribed to a quiet auction, otherwise silent.
+    #[arg(long, default_value_t = 0)]
+    pub idle: usize,
+
+    /// Watchers whose every `price` message is timed for the broadcast latency (the others
+    /// still check order and gaps).
+    #[arg(long, default_value_t = 200)]
+    pub timed_watchers: usize,
+
+    /// Total bids per second across all bidders; 0 bids as fast as possible (each bidder
+    /// waits for the reply to its previous bid).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+
+    /// How long to bid, e.g. `20s`, `1m`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Connections opened at once while ramping up.
+    #[arg(long, default_value_t = 256)]
+    pub connect_parallelism: usize,
+
+    /// PIDs of the bid-api processes, to report their memory per connection.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+
+    /// Directory for the JSON and SVG results.
+    #[arg(long, default_value = "target/bench")]
+    pub out_dir: std::path::PathBuf,
+}
+
+/// Parses `250ms`, `20s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+}
