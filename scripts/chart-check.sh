@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Offline checks of the Helm chart and the manifests (`make chart-check`); quiet on success.
+#
+# 1. helm lint --strict with the default and the development values;
+# 2. helm template with the default, development and feature variants of the values,
+#    and refusal of values the schema or the chart must reject;
+# 3. every rendered object, the example Auctions and install.yaml parse as Kubernetes
+#    objects and validate strictly against the Kubernetes schemas (scripts/check-manifests.py);
+# 4. charts/gavel/crds/auction.yaml equals the generated crds/auction.yaml (`make chart-sync`);
+# 5. manifests/install.yaml is what `make manifests` renders now.
+# Needs helm and tools/venv (`make tools`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CHART=charts/gavel
+PY=tools/venv/bin/python
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+fail=0
+
+# Runs a command; shows its output only when it fails.
+quiet() {
+  local log
+  if ! log=$("$@" 2>&1); then
+    echo "chart-check: FAILED: $*" >&2
+    echo "$log" >&2
+    fail=1
+    return 1
+  fi
+}
+
+quiet helm lint --strict "$CHART"
+quiet helm lint --strict "$CHART" -f "$CHART/values-dev.yaml"
+
+pem='MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE' # any single-word stand-in for a PEM key
+declare -A variants=(
+  [default]=""
+  [dev]="-f $CHART/values-dev.yaml"
+  [dev-full]="-f $CHART/values-dev.yaml --set dev.persistence.enabled=true --set serviceMonitor.enabled=true --set bidApi.podDisruptionBudget.enabled=true"
+  [external]="--set redis.url=rediss://redis.example:6380/0 --set database.url=postgres://gavel:x@pg.example:5432/gavel --set-string auth.jwt.publicKey=$pem --set operator.image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef --set bidApi.allowedOrigins={https://a.example,https://b.example} --set bidApi.autoscaling.enabled=false --set operator.replicaCount=1 --set operator.leaderElection.enabled=false --set networkPolicy.enabled=false --set fullnameOverride=auctions"
+  [restricted-egress]="--set networkPolicy.egress.redis.to[0].ipBlock.cidr=10.0.0.0/24 --set-string networkPolicy.bidApiFrom[0].namespaceSelector.matchLabels.ingress=true --set serviceMonitor.enabled=true"
+)
+for name in "${!variants[@]}"; do
+  # shellcheck disable=SC2086 # the variant arguments are split on purpose
+  if ! helm template gavel "$CHART" --namespace gavel --include-crds ${variants[$name]} >"$out/$name.yaml" 2>"$out/$name.err"; then
+    echo "chart-check: FAILED: helm template with the $name values" >&2
+    cat "$out/$name.err" >&2
+    fail=1
+  fi
+done
+
+# Values that must be refused.
+must_fail() {
+  if helm template gavel "$CHART" "$@" >/dev/null 2>&1; then
+    echo "chart-check: FAILED: helm template accepted bad values: $*" >&2
+    fail=1
+  fi
+}
+must_fail --set unknownValue=1
+must_fail --set operator.replicas=3
+must_fail --set operator.leaderElection.enabled=false
+must_fail --set bidApi.image.pullPolicy=Sometimes
+must_fail --set auth.jwt.secret=s --set-string auth.jwt.publicKey=p
+
+examples=(manifests/auction-*.yaml)
+[ -e "${examples[0]}" ] || examples=()
+quiet "$PY" scripts/check-manifests.py --crd "$CHART/crds/auction.yaml" "$out"/*.yaml "${examples[@]}" manifests/install.yaml
+
+if [ -f crds/auction.yaml ] && ! cmp -s crds/auction.yaml "$CHART/crds/auction.yaml"; then
+  echo "chart-check: FAILED: $CHART/crds/auction.yaml differs from crds/auction.yaml; run 'make chart-sync'" >&2
+  fail=1
+fi
+
+scripts/render-install.sh > "$out/install.yaml"
+if ! cmp -s "$out/install.yaml" manifests/install.yaml; then
+  echo "chart-check: FAILED: manifests/install.yaml is stale; run 'make manifests'" >&2
+  diff -u manifests/install.yaml "$out/install.yaml" | head -40 >&2 || true
+  fail=1
+fi
+
+exit "$fail"
