@@ -37,7 +37,7 @@ declare -A variants=(
   [default]=""
   [dev]="-f $CHART/values-dev.yaml"
   [dev-full]="-f $CHART/values-dev.yaml --set dev.persistence.enabled=true --set serviceMonitor.enabled=true --set bidApi.podDisruptionBudget.enabled=true"
-  [external]="--set redis.url=rediss://redis.example:6380/0 --set database.url=postgres://gavel:x@pg.example:5432/gavel --set-string auth.jwt.publicKey=$pem --set operator.image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef --set bidApi.allowedOrigins={https://a.example,https://b.example} --set bidApi.autoscaling.enabled=false --set operator.replicaCount=1 --set operator.leaderElection.enabled=false --set networkPolicy.enabled=false --set fullnameOverride=auctions"
+  [external]="--set redis.url=rediss://redis.example:6380/0 --set database.url=postgres://gavel:x@pg.example:5432/gavel --set-string auth.jwt.publicKey=$pem --set operator.image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef --set bidApi.allowedOrigins={https://a.example,https://b.example} --set bidApi.autoscaling.enabled=false --set operator.replicaCount=1 --set operator.leaderElection.leaseName=auctions-leader --set operator.leaderElection.leaseDuration=30s --set networkPolicy.enabled=false --set fullnameOverride=auctions"
   [restricted-egress]="--set networkPolicy.egress.redis.to[0].ipBlock.cidr=10.0.0.0/24 --set-string networkPolicy.bidApiFrom[0].namespaceSelector.matchLabels.ingress=true --set serviceMonitor.enabled=true"
 )
 for name in "${!variants[@]}"; do
@@ -58,7 +58,8 @@ must_fail() {
 }
 must_fail --set unknownValue=1
 must_fail --set operator.replicas=3
-must_fail --set operator.leaderElection.enabled=false
+must_fail --set bidApi.autoscaling.minReplicas=5 --set bidApi.autoscaling.maxReplicas=3
+must_fail --set operator.leaderElection.leaseDuration=soon
 must_fail --set bidApi.image.pullPolicy=Sometimes
 must_fail --set auth.jwt.secret=s --set-string auth.jwt.publicKey=p
 
