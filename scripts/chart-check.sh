@@ -33,21 +33,28 @@ quiet helm lint --strict "$CHART"
 quiet helm lint --strict "$CHART" -f "$CHART/values-dev.yaml"
 
 pem='MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE' # any single-word stand-in for a PEM key
-declare -A variants=(
-  [default]=""
-  [dev]="-f $CHART/values-dev.yaml"
-  [dev-full]="-f $CHART/values-dev.yaml --set dev.persistence.enabled=true --set serviceMonitor.enabled=true --set bidApi.podDisruptionBudget.enabled=true"
-  [external]="--set redis.url=rediss://redis.example:6380/0 --set database.url=postgres://gavel:x@pg.example:5432/gavel --set-string auth.jwt.publicKey=$pem --set operator.image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef --set bidApi.allowedOrigins={https://a.example,https://b.example} --set bidApi.autoscaling.enabled=false --set operator.replicaCount=1 --set operator.leaderElection.leaseName=auctions-leader --set operator.leaderElection.leaseDuration=30s --set networkPolicy.enabled=false --set fullnameOverride=auctions"
-  [restricted-egress]="--set networkPolicy.egress.redis.to[0].ipBlock.cidr=10.0.0.0/24 --set-string networkPolicy.bidApiFrom[0].namespaceSelector.matchLabels.ingress=true --set serviceMonitor.enabled=true"
-)
-for name in "${!variants[@]}"; do
-  # shellcheck disable=SC2086 # the variant arguments are split on purpose
-  if ! helm template gavel "$CHART" --namespace gavel --include-crds ${variants[$name]} >"$out/$name.yaml" 2>"$out/$name.err"; then
+# Renders the chart with one set of values into $out/NAME.yaml.
+render() {
+  local name=$1
+  shift
+  if ! helm template gavel "$CHART" --namespace gavel --include-crds "$@" >"$out/$name.yaml" 2>"$out/$name.err"; then
     echo "chart-check: FAILED: helm template with the $name values" >&2
     cat "$out/$name.err" >&2
     fail=1
   fi
-done
+}
+render default
+render dev -f "$CHART/values-dev.yaml"
+render dev-full -f "$CHART/values-dev.yaml" --set dev.persistence.enabled=true \
+  --set serviceMonitor.enabled=true --set bidApi.podDisruptionBudget.enabled=true
+render external --set redis.url=rediss://redis.example:6380/0 \
+  --set database.url=postgres://gavel:x@pg.example:5432/gavel --set-string "auth.jwt.publicKey=$pem" \
+  --set operator.image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
+  --set "bidApi.allowedOrigins={https://a.example,https://b.example}" --set bidApi.autoscaling.enabled=false \
+  --set operator.replicaCount=1 --set operator.leaderElection.leaseName=auctions-leader \
+  --set operator.leaderElection.leaseDuration=30s --set networkPolicy.enabled=false --set fullnameOverride=auctions
+render restricted-egress --set "networkPolicy.egress.redis.to[0].ipBlock.cidr=10.0.0.0/24" \
+  --set-string "networkPolicy.bidApiFrom[0].namespaceSelector.matchLabels.ingress=true" --set serviceMonitor.enabled=true
 
 # Values that must be refused.
 must_fail() {
