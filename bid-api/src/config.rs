@@ -1,0 +1,192 @@
+//! Command-line flags and their environment variables (DESIGN.md §5), documented by
+//! `--help`: where to listen, Redis and PostgreSQL, token verification, development
+//! auth, the origin allow-list and every per-connection limit.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `500ms`, `30s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 30s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
+    }
+}
+
+/// The bid-api server's configuration.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "gavel-bid-api",
+    version,
+    about = "Gavel bid-api: live WebSocket bidding (GET /v1/ws), REST reads, health and metrics",
+    long_about = None
+)]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "GAVEL_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (redis://host:port/db): the live state of every auction.
+    #[arg(
+        long,
+        env = "GAVEL_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Multiplexed Redis connections used for bids and reads.
+    #[arg(long, env = "GAVEL_REDIS_CONNECTIONS", default_value_t = 4)]
+    pub redis_connections: usize,
+
+    /// PostgreSQL URL: bid history for REST reads, and the flusher's target.
+    #[arg(
+        long,
+        env = "GAVEL_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/gavel"
+    )]
+    pub database_url: String,
+
+    /// HS256 secret that bidder tokens are signed with.
+    #[arg(long, env = "GAVEL_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// RS256 public key (PEM text, or the path of a PEM file) that verifies bidder tokens.
+    #[arg(long, env = "GAVEL_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+
+    /// Required `iss` claim of tokens, if set.
+    #[arg(long, env = "GAVEL_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim of tokens, if set.
+    #[arg(long, env = "GAVEL_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[arg(long, env = "GAVEL_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// DEVELOPMENT ONLY: accept `?bidder=<name>` without a token. Never enable in production.
+    #[arg(long, env = "GAVEL_DEV_AUTH", default_value_t = false, action = clap::ArgAction::Set,
+        num_args = 0..=1, default_missing_value = "true")]
+    pub dev_auth: bool,
+
+    /// Origins allowed to open WebSockets, comma-separated (e.g. https://shop.example.com);
+    /// `*` allows any. Requests without an Origin header (non-browser clients) and
+    /// same-origin requests are always allowed.
+    #[arg(long, env = "GAVEL_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest WebSocket frame and message, in bytes; larger ones close the connection
+    /// with code 1009.
+    #[arg(long, env = "GAVEL_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
+
+    /// Sustained client messages per second per connection.
+    #[arg(long, env = "GAVEL_MESSAGES_PER_SECOND", default_value_t = 20)]
+    pub messages_per_second: u32,
+
+    /// Client messages a connection may send at once after being idle.
+    #[arg(long, env = "GAVEL_MESSAGE_BURST", default_value_t = 40)]
+    pub message_burst: u32,
+
+    /// Events queued for one connection before it counts as a slow consumer and is
+    /// disconnected with code 1013.
+    #[arg(long, env = "GAVEL_SEND_QUEUE", default_value_t = 1024)]
+    pub send_queue: usize,
+
+    /// Auctions one connection may subscribe to at once.
+    #[arg(long, env = "GAVEL_MAX_SUBSCRIPTIONS", default_value_t = 64)]
+    pub max_subscriptions: usize,
+
+    /// Most open WebSocket connections per process; more are refused with 503.
+    #[arg(long, env = "GAVEL_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Interval of WebSocket pings to each client.
+    #[arg(long, env = "GAVEL_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// A connection silent (no frame, no pong) for this long, or whose writes are stuck
+    /// this long, is dropped.
+    #[arg(long, env = "GAVEL_HEARTBEAT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// On SIGTERM: time to close sockets, finish in-flight bids and flush before exiting.
+    #[arg(long, env = "GAVEL_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Flusher consumer name; unique per process. Defaults to `<hostname>-<pid>`.
+    #[arg(long, env = "GAVEL_FLUSH_CONSUMER")]
+    pub flush_consumer: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "GAVEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The flusher consumer name to use.
+    pub fn consumer_name(&self) -> String {
+        self.flush_consumer.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "bid-api".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = Config::try_parse_from(["gavel-bid-api"]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert!(!c.dev_auth);
+        let c = Config::try_parse_from([
+            "gavel-bid-api",
+            "--dev-auth",
+            "true",
+            "--allowed-origins",
+            "https://a.example,https://b.example",
+        ])
+        .unwrap();
+        assert!(c.dev_auth);
+        assert_eq!(c.allowed_origins.len(), 2);
+    }
+}

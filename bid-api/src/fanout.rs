@@ -1,0 +1,321 @@
+//! Fan-out of auction events to this process's WebSocket connections.
+//!
+//! The process holds one Redis pub/sub connection and subscribes to an auction's channel
+//! once, while at least one local connection is interested in it (subscribed to it, or
+//! bid on it and may need `outbid`), never once per socket. One dispatcher task reads
+//! every message in order, parses it once, serialises each protocol message once and
+//! hands the shared bytes ([`Utf8Bytes`], reference counted) to every interested
+//! connection's bounded queue with `try_send`. A connection whose queue is full is a slow
+//! consumer: it is dropped from every topic and told to close with 1013, so it never
+//! slows the others and its memory stays bounded by the queue length.
+//!
+//! Pub/sub may lose messages (a Redis reconnect, a lagging dispatcher): each connection
+//! checks `seq` continuity and fills any gap from the auction's stream (see `ws`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use gavel_engine::{AuctionEvent, AuctionId};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+use crate::protocol::event_messages;
+
+/// Failures of the fan-out.
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    /// Redis refused or timed out.
+    #[error("redis pub/sub: {0}")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// One event, ready to send: every frame serialised once, shared by all connections.
+#[derive(Debug)]
+pub struct FanoutEvent {
+    /// The auction.
+    pub auction: AuctionId,
+    /// The event's seq.
+    pub seq: u64,
+    /// Frames for every subscriber, in order (`price` [+ `extended`], or `closed`).
+    pub public: Vec<Utf8Bytes>,
+    /// The displaced bidder's id and its `outbid` frame.
+    pub outbid: Option<(String, Utf8Bytes)>,
+}
+
+/// Tells a connection it has been dropped as a slow consumer.
+#[derive(Debug, Default)]
+pub struct Kick {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Kick {
+    /// Marks the connection kicked and wakes it.
+    pub fn kick(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// Whether it was kicked.
+    pub fn is_kicked(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once kicked.
+    pub async fn kicked(&self) {
+        while !self.is_kicked() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// A connection as the fan-out sees it.
+#[derive(Debug)]
+pub struct ConnHandle {
+    /// Unique id within the process.
+    pub id: u64,
+    /// The connection's bounded event queue.
+    pub tx: mpsc::Sender<Arc<FanoutEvent>>,
+    /// Set when the queue overflowed.
+    pub kick: Arc<Kick>,
+    /// The bidder on the connection, for `outbid`.
+    pub bidder: Option<String>,
+}
+
+struct Member {
+    handle: Arc<ConnHandle>,
+    watching: bool,
+}
+
+#[derive(Default)]
+struct Topic {
+    members: HashMap<u64, Member>,
+    subscribed: bool,
+}
+
+struct Inner {
+    subscriber: SubscriberClient,
+    topics: Mutex<HashMap<AuctionId, Topic>>,
+    /// Serialises SUBSCRIBE/UNSUBSCRIBE so that they reach Redis in decision order.
+    commands: tokio::sync::Mutex<()>,
+    metrics: Metrics,
+}
+
+/// The process's fan-out; cheap to clone.
+#[derive(Clone)]
+pub struct Fanout {
+    inner: Arc<Inner>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Fanout {
+    /// Connects the pub/sub client and starts the dispatcher task.
+    pub async fn start(
+        redis_url: &str,
+        metrics: Metrics,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), FanoutError> {
+        let config = fred::types::config::Config::from_url(redis_url)?;
+        let subscriber = Builder::from_config(config)
+            .with_performance_config(|perf| {
+                perf.default_command_timeout = Duration::from_secs(5);
+                perf.broadcast_channel_capacity = 16_384;
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = Duration::from_secs(5);
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build_subscriber_client()?;
+        let rx = subscriber.message_rx();
+        subscriber.init().await?;
+        let _resubscriber = subscriber.manage_subscriptions();
+        let fanout = Self {
+            inner: Arc::new(Inner {
+                subscriber,
+                topics: Mutex::new(HashMap::new()),
+                commands: tokio::sync::Mutex::new(()),
+                metrics,
+            }),
+        };
+        let task = tokio::spawn(fanout.clone().dispatch(rx));
+        Ok((fanout, task))
+    }
+
+    fn topics(&self) -> MutexGuard<'_, HashMap<AuctionId, Topic>> {
+        // A poisoned lock only means another thread panicked mid-update of a map that
+        // stays structurally valid; keep serving.
+        self.inner
+            .topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a connection's interest in an auction (`watching`: every event; otherwise
+    /// only its own `outbid`), subscribing this process in Redis if it was not yet. When
+    /// this returns, every later event of the auction reaches the connection's queue.
+    pub async fn join(
+        &self,
+        auction: &AuctionId,
+        handle: &Arc<ConnHandle>,
+        watching: bool,
+    ) -> Result<(), FanoutError> {
+        let _order = self.inner.commands.lock().await;
+        let need_subscribe = {
+            let mut topics = self.topics();
+            let topic = topics.entry(auction.clone()).or_default();
+            topic
+                .members
+                .entry(handle.id)
+                .and_modify(|m| m.watching |= watching)
+                .or_insert_with(|| Member {
+                    handle: handle.clone(),
+                    watching,
+                });
+            !topic.subscribed
+        };
+        if need_subscribe {
+            if let Err(e) = self.inner.subscriber.subscribe(auction.channel()).await {
+                let mut topics = self.topics();
+                if let Some(topic) = topics.get_mut(auction) {
+                    topic.members.remove(&handle.id);
+                    if topic.members.is_empty() && !topic.subscribed {
+                        topics.remove(auction);
+                    }
+                }
+                return Err(e.into());
+            }
+            let mut topics = self.topics();
+            if let Some(topic) = topics.get_mut(auction) {
+                topic.subscribed = true;
+            }
+            self.inner.metrics.fanout_auctions.set(topics.len() as i64);
+            debug!(%auction, "subscribed to auction channel");
+        }
+        Ok(())
+    }
+
+    /// Stops `watching` an auction but keeps `outbid` delivery (after a bid on it).
+    pub fn stop_watching(&self, auction: &AuctionId, conn: u64) {
+        if let Some(member) = self
+            .topics()
+            .get_mut(auction)
+            .and_then(|t| t.members.get_mut(&conn))
+        {
+            member.watching = false;
+        }
+    }
+
+    /// Removes a connection from an auction; the last one out unsubscribes the process.
+    pub async fn leave(&self, auction: &AuctionId, conn: u64) {
+        let _order = self.inner.commands.lock().await;
+        let unsubscribe = {
+            let mut topics = self.topics();
+            let empty = match topics.get_mut(auction) {
+                Some(topic) => {
+                    topic.members.remove(&conn);
+                    topic.members.is_empty()
+                }
+                None => false,
+            };
+            let subscribed = empty && topics.remove(auction).is_some_and(|t| t.subscribed);
+            self.inner.metrics.fanout_auctions.set(topics.len() as i64);
+            subscribed
+        };
+        if unsubscribe {
+            if let Err(e) = self.inner.subscriber.unsubscribe(auction.channel()).await {
+                warn!(%auction, error = %e, "cannot unsubscribe from auction channel");
+            }
+            debug!(%auction, "unsubscribed from auction channel");
+        }
+    }
+
+    /// Number of auctions this process is subscribed to.
+    pub fn auctions(&self) -> usize {
+        self.topics().len()
+    }
+
+    async fn dispatch(self, mut rx: broadcast::Receiver<fred::types::Message>) {
+        loop {
+            match rx.recv().await {
+                Ok(message) => self.deliver(message),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(
+                        missed = n,
+                        "fan-out dispatcher lagged; subscribers will fill the gap from the streams"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn deliver(&self, message: fred::types::Message) {
+        let Some(auction) = AuctionId::from_key(&message.channel) else {
+            return;
+        };
+        let Some(payload) = message.value.as_bytes() else {
+            return;
+        };
+        let event = match AuctionEvent::from_json(payload) {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(%auction, error = %e, "ignoring unparseable event");
+                return;
+            }
+        };
+        self.inner.metrics.fanout_events.inc();
+        let lag_from = match &event {
+            AuctionEvent::Bid(b) => Some(b.at),
+            AuctionEvent::Closed(_) => None,
+        };
+        let messages = event_messages(&auction, &event);
+        let shared = Arc::new(FanoutEvent {
+            auction: auction.clone(),
+            seq: messages.seq,
+            public: messages
+                .public
+                .iter()
+                .map(|m| Utf8Bytes::from(m.to_json()))
+                .collect(),
+            outbid: messages
+                .outbid
+                .map(|(who, m)| (who, Utf8Bytes::from(m.to_json()))),
+        });
+        let target = shared.outbid.as_ref().map(|(who, _)| who.as_str());
+        let mut topics = self.topics();
+        let Some(topic) = topics.get_mut(&auction) else {
+            return;
+        };
+        topic.members.retain(|_, member| {
+            let for_me = target.is_some() && member.handle.bidder.as_deref() == target;
+            if !member.watching && !for_me {
+                return true;
+            }
+            match member.handle.tx.try_send(shared.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.inner.metrics.slow_consumers.inc();
+                    member.handle.kick.kick();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        drop(topics);
+        if let Some(at) = lag_from {
+            let lag = (now_ms() - at).max(0) as f64 / 1000.0;
+            self.inner.metrics.fanout_lag.observe(lag);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The HTTP side: the router, the REST read endpoints (snapshot from Redis, bid history
+//! from PostgreSQL without ceilings), liveness, readiness and Prometheus metrics.
+//!
+//! Errors are JSON `{"code": ..., "message": ...}` with the protocol's codes:
+//! 400 `INVALID_MESSAGE` (bad name or query), 404 `UNKNOWN_AUCTION`, 503 `UNAVAILABLE`.
+//! The REST snapshot is the `snapshot` message of the WebSocket protocol, as seen by an
+//! anonymous viewer (never `your_max`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use gavel_engine::store::MAX_HISTORY_PAGE;
+use gavel_engine::{AuctionId, EngineError};
+use serde_json::json;
+use tracing::warn;
+
+use crate::protocol::ServerMessage;
+use crate::state::AppState;
+
+/// Default page size of the bid history.
+pub const DEFAULT_HISTORY_PAGE: u32 = 100;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "code": code, "message": message.into() }).to_string(),
+    )
+        .into_response()
+}
+
+fn json_ok(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// Every route of the server.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/auctions/{ns}/{name}", get(snapshot))
+        .route("/v1/auctions/{ns}/{name}/bids", get(bids))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn invalid_name(e: gavel_engine::keys::InvalidAuctionId) -> Response {
+    error(StatusCode::BAD_REQUEST, "INVALID_MESSAGE", e.to_string())
+}
+
+async fn snapshot(
+    State(state): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let id = match AuctionId::new(&ns, &name) {
+        Ok(id) => id,
+        Err(e) => return invalid_name(e),
+    };
+    match state.engine.snapshot(&id, None).await {
+        Ok(s) => json_ok(ServerMessage::snapshot(&id, &s).to_json()),
+        Err(EngineError::UnknownAuction(_)) => error(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_AUCTION",
+            format!("no auction {id}"),
+        ),
+        Err(e) => {
+            warn!(auction = %id, error = %e, "snapshot failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "auction state unavailable",
+            )
+        }
+    }
+}
+
+async fn bids(
+    State(state): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let id = match AuctionId::new(&ns, &name) {
+        Ok(id) => id,
+        Err(e) => return invalid_name(e),
+    };
+    let after = match query.get("after").map(|a| a.parse::<u64>()) {
+        None => 0,
+        Some(Ok(a)) => a,
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_MESSAGE",
+                "`after` must be a non-negative integer seq",
+            );
+        }
+    };
+    let limit = match query.get("limit").map(|l| l.parse::<u32>()) {
+        None => DEFAULT_HISTORY_PAGE,
+        Some(Ok(l)) if (1..=MAX_HISTORY_PAGE as u32).contains(&l) => l,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_MESSAGE",
+                format!("`limit` must be between 1 and {MAX_HISTORY_PAGE}"),
+            );
+        }
+    };
+    match state.store.bids(&id, after, limit).await {
+        Ok(bids) => json_ok(json!({ "auction": id.to_string(), "bids": bids }).to_string()),
+        Err(e) => {
+            warn!(auction = %id, error = %e, "bid history failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "bid history unavailable",
+            )
+        }
+    }
+}
+
+async fn healthz() -> Response {
+    json_ok(json!({ "status": "ok" }).to_string())
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let limit = Duration::from_secs(2);
+    let (redis, postgres) = tokio::join!(
+        tokio::time::timeout(limit, state.engine.ping()),
+        tokio::time::timeout(limit, state.store.ping()),
+    );
+    let redis_ok = matches!(redis, Ok(Ok(())));
+    let postgres_ok = matches!(postgres, Ok(Ok(())));
+    let shutting_down = state.shutting_down();
+    let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    let body = json!({
+        "redis": word(redis_ok),
+        "postgres": word(postgres_ok),
+        "shutting_down": shutting_down,
+    })
+    .to_string();
+    let status = if redis_ok && postgres_ok && !shutting_down {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

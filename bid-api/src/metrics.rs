@@ -1,0 +1,108 @@
+//! Prometheus metrics of the bid-api: connections, bids by outcome, bid latency, fan-out
+//! lag and slow-consumer disconnects; the flusher's backlog is registered in the same
+//! registry by the engine. Served as text on `GET /metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric of one process.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// WebSocket connections accepted since start.
+    pub connections_total: IntCounter,
+    /// Bids answered, by outcome (`leading`, `outbid`, `ceiling_raised`, or the rejection code).
+    pub bids: IntCounterVec,
+    /// Time from receiving a bid frame to having its engine answer.
+    pub bid_latency: Histogram,
+    /// Time from an event's Redis timestamp to its delivery to local subscribers.
+    pub fanout_lag: Histogram,
+    /// Auctions this process is subscribed to in Redis.
+    pub fanout_auctions: IntGauge,
+    /// Events received from Redis pub/sub.
+    pub fanout_events: IntCounter,
+    /// Connections disconnected because their queue overflowed (close 1013).
+    pub slow_consumers: IntCounter,
+    /// Client messages refused by the per-connection rate limit.
+    pub rate_limited: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a new registry.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let m = Self {
+            connections: IntGauge::new("gavel_ws_connections", "Open WebSocket connections")?,
+            connections_total: IntCounter::new(
+                "gavel_ws_connections_total",
+                "WebSocket connections accepted",
+            )?,
+            bids: IntCounterVec::new(
+                Opts::new(
+                    "gavel_bids_total",
+                    "Bids answered, by outcome or rejection code",
+                ),
+                &["outcome"],
+            )?,
+            bid_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gavel_bid_latency_seconds",
+                    "Time to decide a bid (engine round trip included)",
+                )
+                .buckets(vec![
+                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                ]),
+            )?,
+            fanout_lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gavel_fanout_lag_seconds",
+                    "Time from a bid's Redis timestamp to its fan-out to local subscribers",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                ]),
+            )?,
+            fanout_auctions: IntGauge::new(
+                "gavel_fanout_auctions",
+                "Auctions this process is subscribed to in Redis",
+            )?,
+            fanout_events: IntCounter::new(
+                "gavel_fanout_events_total",
+                "Events received from Redis pub/sub",
+            )?,
+            slow_consumers: IntCounter::new(
+                "gavel_ws_slow_consumer_disconnects_total",
+                "Connections closed with 1013 because their send queue overflowed",
+            )?,
+            rate_limited: IntCounter::new(
+                "gavel_ws_rate_limited_total",
+                "Client messages refused by the per-connection rate limit",
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.connections.clone()))?;
+        m.registry.register(Box::new(m.connections_total.clone()))?;
+        m.registry.register(Box::new(m.bids.clone()))?;
+        m.registry.register(Box::new(m.bid_latency.clone()))?;
+        m.registry.register(Box::new(m.fanout_lag.clone()))?;
+        m.registry.register(Box::new(m.fanout_auctions.clone()))?;
+        m.registry.register(Box::new(m.fanout_events.clone()))?;
+        m.registry.register(Box::new(m.slow_consumers.clone()))?;
+        m.registry.register(Box::new(m.rate_limited.clone()))?;
+        Ok(m)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,127 @@
+//! The state shared by every request and connection of one process.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use gavel_engine::Engine;
+use gavel_engine::store::Store;
+use tokio::sync::{Notify, watch};
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+
+/// Everything a handler needs; shared behind an `Arc`.
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    /// The engine's Redis client.
+    pub engine: Engine,
+    /// PostgreSQL, for history and readiness.
+    pub store: Store,
+    /// The process's fan-out.
+    pub fanout: Fanout,
+    /// Token verification.
+    pub auth: Authenticator,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Lower-cased allowed origins.
+    pub allowed_origins: HashSet<String>,
+    /// Becomes `true` when the process starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    next_conn: AtomicU64,
+    open: AtomicUsize,
+    all_closed: Notify,
+}
+
+impl AppState {
+    /// Assembles the state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        engine: Engine,
+        store: Store,
+        fanout: Fanout,
+        auth: Authenticator,
+        metrics: Metrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let allowed_origins = config
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
+        Arc::new(Self {
+            config,
+            engine,
+            store,
+            fanout,
+            auth,
+            metrics,
+            allowed_origins,
+            shutdown,
+            next_conn: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            all_closed: Notify::new(),
+        })
+    }
+
+    /// Whether the process is shutting down.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Reserves a connection slot, or `None` when the limit is reached.
+    pub fn open_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let open = self.open.fetch_add(1, Ordering::SeqCst);
+        if open >= self.config.max_connections {
+            self.release();
+            return None;
+        }
+        self.metrics.connections.inc();
+        self.metrics.connections_total.inc();
+        Some(ConnectionSlot {
+            state: self.clone(),
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    fn release(&self) {
+        if self.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.all_closed.notify_waiters();
+        }
+    }
+
+    /// Open WebSocket connections.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no WebSocket connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            if self.open_connections() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One open connection's place in the count; released on drop.
+pub struct ConnectionSlot {
+    state: Arc<AppState>,
+    /// The connection's id.
+    pub id: u64,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.state.metrics.connections.dec();
+        self.state.release();
+    }
+}

@@ -1,0 +1,746 @@
+//! `GET /v1/ws`: the upgrade (origin check, authentication, size limits) and the loop of
+//! one connection.
+//!
+//! Each connection is one task that owns its socket and waits on, in priority order:
+//! shutdown (close 1001), a slow-consumer kick (close 1013), its bounded event queue,
+//! the client's frames, and the heartbeat. Bids are decided inline (one engine call, one
+//! Redis round trip), so a shutdown never interrupts a bid: the reply is sent first.
+//! Every write has a deadline (the heartbeat timeout): a client whose socket stays full
+//! that long is dropped.
+//!
+//! Protocol decisions (see also `protocol` and the README):
+//! - A token on the upgrade that does not verify refuses the upgrade with HTTP 401 and a
+//!   JSON `{"code":"UNAUTHENTICATED",...}` body; no token means an anonymous watcher.
+//! - With `since`, the events after `since` up to the snapshot are replayed first, then
+//!   `snapshot`, then live events: every message arrives in `seq` order.
+//! - `unsubscribe` has no reply. Subscribing again re-sends the snapshot (and replay).
+//! - A connection that placed a bid on an auction keeps getting its `outbid` for that
+//!   auction until it closes, even if it never subscribed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use gavel_engine::{AuctionEvent, AuctionId, BidError, BidRequest, EngineError};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::auth::{AuthError, Identity, find_token, origin_allowed, unix_now};
+use crate::fanout::{ConnHandle, FanoutEvent, Kick};
+use crate::protocol::{
+    ClientMessage, ErrorCode, PROTOCOL, Ref, SUBPROTOCOL, ServerMessage, event_messages,
+    parse_client_message,
+};
+use crate::state::{AppState, ConnectionSlot};
+
+/// Close code: normal closure.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: the server is going away (shutdown).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: a frame or message over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: try again later (slow consumer dropped).
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// Events read from the stream per page when replaying or filling a gap.
+const REPLAY_PAGE: u64 = 500;
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "code": code, "message": message }).to_string(),
+    )
+        .into_response()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The upgrade handler of `GET /v1/ws`.
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if state.shutting_down() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "server shutting down",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(o, host, &state.allowed_origins));
+        if !allowed {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "origin not allowed (GAVEL_ALLOWED_ORIGINS)",
+            );
+        }
+    }
+    let protocols: Vec<String> = ws
+        .requested_protocols()
+        .filter_map(|p| p.to_str().ok())
+        .flat_map(|p| p.split(','))
+        .map(|p| p.trim().to_owned())
+        .collect();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = find_token(
+        authorization,
+        &protocols,
+        query.get("token").map(String::as_str),
+    );
+    let identity = match token {
+        Some(token) => match state.auth.verify(&token) {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                debug!(error = %e, "refused token");
+                return json_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &e.to_string());
+            }
+        },
+        None => match query.get("bidder").map(|b| state.auth.dev_identity(b)) {
+            Some(Some(Ok(identity))) => Some(identity),
+            Some(Some(Err(e @ AuthError::InvalidBidder(_)))) | Some(Some(Err(e))) => {
+                return json_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &e.to_string());
+            }
+            Some(None) => {
+                return json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHENTICATED",
+                    "?bidder= needs development auth (GAVEL_DEV_AUTH=true); send a token",
+                );
+            }
+            None => None,
+        },
+    };
+    let Some(slot) = state.open_connection() else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "too many connections",
+        );
+    };
+    let limit = state.config.max_message_bytes;
+    ws.protocols([SUBPROTOCOL])
+        .max_frame_size(limit)
+        .max_message_size(limit)
+        .on_upgrade(move |socket| async move {
+            Connection::new(state, socket, identity, slot).run().await;
+        })
+}
+
+/// Token bucket of one connection's incoming messages.
+struct RateLimit {
+    tokens: f64,
+    per_second: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            tokens: burst,
+            per_second: f64::from(per_second.max(1)),
+            burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one token, or says how many ms until one is available.
+    fn take(&mut self) -> Result<(), i64> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - self.tokens) / self.per_second) * 1000.0).ceil() as i64)
+        }
+    }
+}
+
+/// The connection is gone (closed, failed, or stuck past its deadline).
+struct Gone;
+
+struct Connection {
+    state: Arc<AppState>,
+    socket: WebSocket,
+    identity: Option<Identity>,
+    handle: Arc<ConnHandle>,
+    rx: mpsc::Receiver<Arc<FanoutEvent>>,
+    /// Subscribed auctions and the last seq delivered for each.
+    subs: HashMap<AuctionId, u64>,
+    /// Auctions this connection bid on (for `outbid`).
+    bid_on: HashSet<AuctionId>,
+    rate: RateLimit,
+    last_seen: Instant,
+    _slot: ConnectionSlot,
+}
+
+enum Step {
+    Continue,
+    Close(u16, &'static str),
+    Drop,
+}
+
+impl Connection {
+    fn new(
+        state: Arc<AppState>,
+        socket: WebSocket,
+        identity: Option<Identity>,
+        slot: ConnectionSlot,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(state.config.send_queue.max(1));
+        let handle = Arc::new(ConnHandle {
+            id: slot.id,
+            tx,
+            kick: Arc::new(Kick::default()),
+            bidder: identity.as_ref().map(|i| i.bidder.id.clone()),
+        });
+        let rate = RateLimit::new(state.config.messages_per_second, state.config.message_burst);
+        Self {
+            state,
+            socket,
+            identity,
+            handle,
+            rx,
+            subs: HashMap::new(),
+            bid_on: HashSet::new(),
+            rate,
+            last_seen: Instant::now(),
+            _slot: slot,
+        }
+    }
+
+    fn bidder_id(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.bidder.id.as_str())
+    }
+
+    async fn run(mut self) {
+        debug!(conn = self.handle.id, bidder = ?self.bidder_id(), "connection open");
+        let welcome = ServerMessage::Welcome {
+            bidder: self.bidder_id().map(str::to_owned),
+            server_time: now_ms(),
+            protocol: PROTOCOL.to_owned(),
+        };
+        let step = match self.send_msg(&welcome).await {
+            Ok(()) => self.serve().await,
+            Err(Gone) => Step::Drop,
+        };
+        if let Step::Close(code, reason) = step {
+            self.close(code, reason).await;
+        }
+        let auctions: HashSet<AuctionId> = self
+            .subs
+            .keys()
+            .cloned()
+            .chain(self.bid_on.iter().cloned())
+            .collect();
+        for auction in auctions {
+            self.state.fanout.leave(&auction, self.handle.id).await;
+        }
+        debug!(conn = self.handle.id, "connection closed");
+    }
+
+    async fn serve(&mut self) -> Step {
+        let mut shutdown = self.state.shutdown.clone();
+        let kick = self.handle.kick.clone();
+        let mut heartbeat = tokio::time::interval(self.state.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = until_down(&mut shutdown) => {
+                    return Step::Close(CLOSE_GOING_AWAY, "server shutting down; reconnect");
+                }
+                _ = kick.kicked() => {
+                    return Step::Close(
+                        CLOSE_TRY_AGAIN_LATER,
+                        "too slow: events were dropped; resubscribe with since",
+                    );
+                }
+                Some(event) = self.rx.recv() => self.on_event(&event).await,
+                frame = self.socket.recv() => self.on_frame(frame).await,
+                _ = heartbeat.tick() => {
+                    if self.last_seen.elapsed() > self.state.config.heartbeat_timeout {
+                        info!(conn = self.handle.id, "dropping dead connection (no pong)");
+                        return Step::Drop;
+                    }
+                    match self.send(Message::Ping(Bytes::new())).await {
+                        Ok(()) => Step::Continue,
+                        Err(Gone) => Step::Drop,
+                    }
+                }
+            };
+            match step {
+                Step::Continue => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), Gone> {
+        let deadline = self.state.config.heartbeat_timeout;
+        match tokio::time::timeout(deadline, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Gone),
+            Err(_) => {
+                info!(conn = self.handle.id, "dropping connection: writes stuck");
+                Err(Gone)
+            }
+        }
+    }
+
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
+        self.send(Message::Text(text)).await
+    }
+
+    async fn send_msg(&mut self, message: &ServerMessage) -> Result<(), Gone> {
+        self.send_text(Utf8Bytes::from(message.to_json())).await
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        if self.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        if code == CLOSE_TOO_BIG {
+            // The oversized frame is still unread: reading on would buffer it. Give the
+            // client a moment to read the close frame before the socket is dropped.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
+        }
+        // Wait briefly for the client's close reply, discarding anything else.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(frame)) = self.socket.recv().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Step {
+        let message = match frame {
+            None => return Step::Drop,
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                // axum wraps tungstenite's `Error::Capacity`, displayed as "Space limit
+                // exceeded: ..."; tungstenite checks a frame's declared length before
+                // reading its payload, so nothing oversized is ever buffered.
+                if is_capacity_error(&e) {
+                    info!(
+                        conn = self.handle.id,
+                        "closing connection: frame over the size limit"
+                    );
+                    return Step::Close(CLOSE_TOO_BIG, "message too big");
+                }
+                debug!(conn = self.handle.id, error = %e, "connection failed");
+                return Step::Drop;
+            }
+        };
+        self.last_seen = Instant::now();
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                return self
+                    .reply_error(
+                        ErrorCode::InvalidMessage,
+                        "binary frames are not accepted; send JSON text",
+                    )
+                    .await;
+            }
+            Message::Close(_) => return Step::Drop,
+            Message::Ping(_) | Message::Pong(_) => return Step::Continue,
+        };
+        let parsed = parse_client_message(&text);
+        if let Err(retry_after_ms) = self.rate.take() {
+            self.state.metrics.rate_limited.inc();
+            let message = "too many messages; slow down".to_owned();
+            let reply = match parsed {
+                Ok(ClientMessage::Bid { auction, r#ref, .. }) => ServerMessage::BidRejected {
+                    r#ref,
+                    auction: Some(auction.to_string()),
+                    code: ErrorCode::RateLimited,
+                    message,
+                    min_next: None,
+                    retry_after_ms: Some(retry_after_ms),
+                },
+                _ => ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    message,
+                    r#ref: None,
+                    auction: None,
+                },
+            };
+            return self.reply(&reply).await;
+        }
+        match parsed {
+            Err(e) => self.reply(&e.to_server_message()).await,
+            Ok(ClientMessage::Ping) => self.reply(&ServerMessage::Pong).await,
+            Ok(ClientMessage::Subscribe { auction, since }) => self.subscribe(auction, since).await,
+            Ok(ClientMessage::Unsubscribe { auction }) => {
+                if self.subs.remove(&auction).is_some() {
+                    if self.bid_on.contains(&auction) {
+                        self.state.fanout.stop_watching(&auction, self.handle.id);
+                    } else {
+                        self.state.fanout.leave(&auction, self.handle.id).await;
+                    }
+                }
+                Step::Continue
+            }
+            Ok(ClientMessage::Bid {
+                auction,
+                amount,
+                max,
+                r#ref,
+            }) => self.bid(auction, BidRequest { amount, max }, r#ref).await,
+        }
+    }
+
+    async fn reply(&mut self, message: &ServerMessage) -> Step {
+        match self.send_msg(message).await {
+            Ok(()) => Step::Continue,
+            Err(Gone) => Step::Drop,
+        }
+    }
+
+    async fn reply_error(&mut self, code: ErrorCode, message: &str) -> Step {
+        self.reply(&ServerMessage::Error {
+            code,
+            message: message.to_owned(),
+            r#ref: None,
+            auction: None,
+        })
+        .await
+    }
+
+    fn interested(&self, auction: &AuctionId) -> bool {
+        self.subs.contains_key(auction) || self.bid_on.contains(auction)
+    }
+
+    async fn subscribe(&mut self, auction: AuctionId, since: Option<u64>) -> Step {
+        let error = |code, message: String| ServerMessage::Error {
+            code,
+            message,
+            r#ref: None,
+            auction: Some(auction.to_string()),
+        };
+        if !self.subs.contains_key(&auction)
+            && self.subs.len() >= self.state.config.max_subscriptions
+        {
+            let limit = self.state.config.max_subscriptions;
+            return self
+                .reply(&error(
+                    ErrorCode::TooLarge,
+                    format!("at most {limit} subscriptions per connection"),
+                ))
+                .await;
+        }
+        let was_interested = self.interested(&auction);
+        self.subs.remove(&auction);
+        if let Err(e) = self.state.fanout.join(&auction, &self.handle, true).await {
+            warn!(%auction, error = %e, "cannot subscribe");
+            return self
+                .reply(&error(
+                    ErrorCode::Unavailable,
+                    "live updates unavailable; retry".into(),
+                ))
+                .await;
+        }
+        let viewer = self.bidder_id().map(str::to_owned);
+        let snapshot = match self
+            .state
+            .engine
+            .snapshot(&auction, viewer.as_deref())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                if !was_interested {
+                    self.state.fanout.leave(&auction, self.handle.id).await;
+                } else if !self.subs.contains_key(&auction) {
+                    self.state.fanout.stop_watching(&auction, self.handle.id);
+                }
+                let reply = match e {
+                    EngineError::UnknownAuction(_) => {
+                        error(ErrorCode::UnknownAuction, format!("no auction {auction}"))
+                    }
+                    other => {
+                        warn!(%auction, error = %other, "snapshot failed");
+                        error(
+                            ErrorCode::Unavailable,
+                            "auction state unavailable; retry".into(),
+                        )
+                    }
+                };
+                return self.reply(&reply).await;
+            }
+        };
+        if let Some(since) = since
+            && since < snapshot.seq
+            && self.replay(&auction, since, snapshot.seq).await.is_err()
+        {
+            return Step::Drop;
+        }
+        let message = ServerMessage::snapshot(&auction, &snapshot);
+        self.subs.insert(auction, snapshot.seq);
+        self.reply(&message).await
+    }
+
+    /// Sends the events with `after < seq <= upto` from the auction's stream.
+    async fn replay(&mut self, auction: &AuctionId, after: u64, upto: u64) -> Result<(), Gone> {
+        let mut next = after;
+        while next < upto {
+            let page = match self
+                .state
+                .engine
+                .events_since(auction, next, REPLAY_PAGE.min(upto - next))
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    warn!(%auction, error = %e, "cannot read the event stream for a replay");
+                    return Ok(());
+                }
+            };
+            if page.is_empty() {
+                return Ok(());
+            }
+            for event in page {
+                if event.seq() > upto {
+                    return Ok(());
+                }
+                next = event.seq();
+                self.send_event(auction, &event).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_event(&mut self, auction: &AuctionId, event: &AuctionEvent) -> Result<(), Gone> {
+        let messages = event_messages(auction, event);
+        for message in &messages.public {
+            self.send_msg(message).await?;
+        }
+        if let Some((who, outbid)) = &messages.outbid
+            && Some(who.as_str()) == self.bidder_id()
+        {
+            self.send_msg(outbid).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_event(&mut self, event: &FanoutEvent) -> Step {
+        let mine = event
+            .outbid
+            .as_ref()
+            .filter(|(who, _)| Some(who.as_str()) == self.bidder_id())
+            .map(|(_, frame)| frame.clone());
+        let Some(&last) = self.subs.get(&event.auction) else {
+            if let Some(frame) = mine
+                && self.bid_on.contains(&event.auction)
+                && self.send_text(frame).await.is_err()
+            {
+                return Step::Drop;
+            }
+            return Step::Continue;
+        };
+        if event.seq <= last {
+            return Step::Continue;
+        }
+        if event.seq > last + 1 {
+            debug!(auction = %event.auction, last, seq = event.seq, "filling a gap from the stream");
+            if self
+                .replay(&event.auction, last, event.seq - 1)
+                .await
+                .is_err()
+            {
+                return Step::Drop;
+            }
+        }
+        self.subs.insert(event.auction.clone(), event.seq);
+        for frame in event.public.iter().cloned() {
+            if self.send_text(frame).await.is_err() {
+                return Step::Drop;
+            }
+        }
+        if let Some(frame) = mine
+            && self.send_text(frame).await.is_err()
+        {
+            return Step::Drop;
+        }
+        Step::Continue
+    }
+
+    async fn bid(&mut self, auction: AuctionId, request: BidRequest, r#ref: Ref) -> Step {
+        let rejected = |code: ErrorCode, message: String| ServerMessage::BidRejected {
+            r#ref: r#ref.clone(),
+            auction: Some(auction.to_string()),
+            code,
+            message,
+            min_next: None,
+            retry_after_ms: None,
+        };
+        let bidder = match &self.identity {
+            None => {
+                self.state
+                    .metrics
+                    .bids
+                    .with_label_values(&["UNAUTHENTICATED"])
+                    .inc();
+                return self
+                    .reply(&rejected(
+                        ErrorCode::Unauthenticated,
+                        "anonymous connections may watch but not bid; connect with a token".into(),
+                    ))
+                    .await;
+            }
+            Some(identity) if !identity.valid_at(unix_now(), self.state.auth.leeway()) => {
+                self.state
+                    .metrics
+                    .bids
+                    .with_label_values(&["UNAUTHENTICATED"])
+                    .inc();
+                return self
+                    .reply(&rejected(
+                        ErrorCode::Unauthenticated,
+                        "token expired; reconnect with a fresh token".into(),
+                    ))
+                    .await;
+            }
+            Some(identity) => identity.bidder.clone(),
+        };
+        let started = Instant::now();
+        // Be subscribed before the bid lands, so that losing the lead is never missed.
+        let was_interested = self.interested(&auction);
+        if !was_interested
+            && let Err(e) = self.state.fanout.join(&auction, &self.handle, false).await
+        {
+            warn!(%auction, error = %e, "cannot subscribe for outbid notices");
+        }
+        let result = self
+            .state
+            .engine
+            .place_bid(&auction, &bidder, request)
+            .await;
+        self.state
+            .metrics
+            .bid_latency
+            .observe(started.elapsed().as_secs_f64());
+        let reply = match result {
+            Ok(accepted) => {
+                self.bid_on.insert(auction.clone());
+                self.state
+                    .metrics
+                    .bids
+                    .with_label_values(&[accepted.outcome.as_str()])
+                    .inc();
+                ServerMessage::BidResult {
+                    r#ref: r#ref.clone(),
+                    auction: auction.to_string(),
+                    outcome: accepted.outcome,
+                    price: accepted.price,
+                    min_next: accepted.min_next,
+                    seq: accepted.seq,
+                }
+            }
+            Err(e) => {
+                if !was_interested {
+                    self.state.fanout.leave(&auction, self.handle.id).await;
+                }
+                match e {
+                    BidError::Rejected(r) => {
+                        self.state
+                            .metrics
+                            .bids
+                            .with_label_values(&[r.code.as_str()])
+                            .inc();
+                        ServerMessage::BidRejected {
+                            r#ref: r#ref.clone(),
+                            auction: Some(auction.to_string()),
+                            code: r.code.into(),
+                            message: rejection_message(r.code, r.min_next),
+                            min_next: r.min_next,
+                            retry_after_ms: r.retry_after_ms,
+                        }
+                    }
+                    BidError::Engine(e) => {
+                        warn!(%auction, error = %e, "bid failed in the engine");
+                        self.state
+                            .metrics
+                            .bids
+                            .with_label_values(&["UNAVAILABLE"])
+                            .inc();
+                        rejected(
+                            ErrorCode::Unavailable,
+                            "the bid could not be confirmed; check the snapshot before retrying"
+                                .into(),
+                        )
+                    }
+                }
+            }
+        };
+        self.reply(&reply).await
+    }
+}
+
+/// The human message of a rejection code.
+fn rejection_message(code: gavel_engine::RejectCode, min_next: Option<i64>) -> String {
+    use gavel_engine::RejectCode::*;
+    match code {
+        BidTooLow => match min_next {
+            Some(m) => format!("bid too low: the minimum next bid is {m}"),
+            None => "bid too low".to_owned(),
+        },
+        AuctionNotOpen => "the auction has not opened yet".to_owned(),
+        AuctionClosed => "the auction is closed".to_owned(),
+        UnknownAuction => "no such auction".to_owned(),
+        RateLimited => "too many bids; retry later".to_owned(),
+        InvalidAmount => {
+            "amounts must be integers between 1 and 10^15, with max >= amount".to_owned()
+        }
+    }
+}
+
+/// Resolves once the process is shutting down.
+async fn until_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|down| *down).await;
+}
+
+/// Whether a socket error is tungstenite's size-limit error.
+fn is_capacity_error(e: &axum::Error) -> bool {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text.contains("Space limit exceeded") || text.contains("too long")
+}
