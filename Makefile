@@ -11,7 +11,7 @@ export RUST_BACKTRACE ?= 1
 .PHONY: help test lint fmt fmt-check clippy test-rust bench build release check-system-deps tools chart-check clean chart-sync manifests security images e2e-kind
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 test: check-system-deps lint test-rust chart-check ## Everything CI runs: format, clippy, all tests, chart checks
 	@echo "make test: all checks passed"
