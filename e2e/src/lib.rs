@@ -1,1 +1,27 @@
-//! placeholder
+//! Gavel end-to-end: everything that talks to a running platform from the outside.
+//!
+//! - [`protocol`]: serde types of every WebSocket protocol v1 message (DESIGN.md §4).
+//! - [`client`]: a small typed WebSocket client ([`WsClient`]): connect with
+//!   `?bidder=` (development auth) or a Bearer token, subscribe (with `since`), bid with a
+//!   `ref`, wait for a message matching a predicate with a timeout.
+//! - [`http`]: a minimal HTTP GET for the REST reads and health checks.
+//! - [`platform`]: the [`Platform`] the scenarios run against (from `GAVEL_E2E_*`
+//!   variables, a manifests folder or `kubectl`) and the [`LocalPlatform`] launcher that
+//!   starts Redis, PostgreSQL, two bid-api processes and a standalone operator on this
+//!   machine; it backs both the tests and `make up`.
+//! - [`envfile`]: `.gavel/env`, written by `make up`, read by the CLI.
+//! - [`feed`]: readable one-line renderings of server messages, for the CLI and the demo.
+//!
+//! The binaries: `gavel` (watch and bid from a terminal), `gavel-local` (`up`/`down`, used
+//! by `make up`/`make down`) and `gavel-demo` (the scripted bidders of `make demo`).
+
+pub mod client;
+pub mod envfile;
+pub mod feed;
+pub mod http;
+pub mod platform;
+pub mod protocol;
+
+pub use client::{Auth, BidReply, ClientError, WsClient};
+pub use platform::{AuctionSpec, LocalOptions, LocalPlatform, Platform, PlatformError};
+pub use protocol::{ClientMessage, Code, Outcome, ServerMessage};

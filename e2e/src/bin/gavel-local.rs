@@ -1,0 +1,240 @@
+//! `gavel-local`: starts and stops a complete Gavel platform on this machine (what
+//! `make up` and `make down` run).
+//!
+//! `up` starts `gavel-local run` in the background and returns once every process is
+//! ready; `run` starts throw-away Redis and PostgreSQL, two bid-api processes with
+//! development auth and the operator in standalone mode, writes `<dir>/env` and
+//! `<dir>/local.pid`, and stops everything on SIGTERM or SIGINT; `down` signals it and
+//! waits until everything is gone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use gavel_e2e::platform::binary_dir;
+use gavel_e2e::{LocalOptions, LocalPlatform, envfile};
+
+/// Starts and stops a complete local Gavel platform: throw-away Redis and PostgreSQL,
+/// two bid-api processes (development auth: `?bidder=<name>`), and the operator in
+/// standalone mode reconciling the Auction YAML files of `<dir>/manifests`.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// State folder: env file, pid file, manifests and logs.
+    #[arg(long, global = true, env = "GAVEL_LOCAL_DIR", default_value = ".gavel")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the platform in the background and wait until it is ready; writes
+    /// `<dir>/env` (GAVEL_WS_URLS, GAVEL_HTTP_URLS, GAVEL_DATABASE_URL, GAVEL_REDIS_URL,
+    /// GAVEL_MANIFESTS, …).
+    Up {
+        /// How long to wait for readiness, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// How many bid-api processes.
+        #[arg(long, default_value_t = 2)]
+        bid_apis: usize,
+    },
+    /// Stop everything `up` started.
+    Down,
+    /// Run the platform in the foreground until SIGTERM/SIGINT (what `up` starts).
+    Run {
+        /// How many bid-api processes.
+        #[arg(long, default_value_t = 2)]
+        bid_apis: usize,
+    },
+}
+
+fn pid_file(dir: &Path) -> PathBuf {
+    dir.join("local.pid")
+}
+
+fn env_file(dir: &Path) -> PathBuf {
+    dir.join("env")
+}
+
+/// The pid in the pid file, if that process is still a `gavel-local`.
+fn running_pid(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file(dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains("gavel-local")
+        .then_some(pid)
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>: check its state too.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn print_env(dir: &Path) {
+    let vars = envfile::read(&env_file(dir));
+    for (k, v) in &vars {
+        println!("  {k}={v}");
+    }
+}
+
+fn up(dir: &Path, timeout: Duration, bid_apis: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(pid) = running_pid(dir)
+        && env_file(dir).is_file()
+    {
+        println!("Gavel is already up (pid {pid}); `make down` stops it.");
+        print_env(dir);
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(env_file(dir));
+    let log_path = dir.join("local.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(exe)
+            .arg("--dir")
+            .arg(dir)
+            .arg("run")
+            .arg("--bid-apis")
+            .arg(bid_apis.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C in the terminal of `make up` does not reach it.
+            .process_group(0)
+            .spawn()
+            .context("cannot start `gavel-local run`")?
+    };
+    println!(
+        "Starting Gavel locally (Redis, PostgreSQL, {bid_apis} bid-api, operator); log: {}",
+        log_path.display()
+    );
+    let deadline = Instant::now() + timeout;
+    loop {
+        if env_file(dir).is_file() {
+            println!(
+                "Gavel is up. Addresses (also in {}):",
+                env_file(dir).display()
+            );
+            print_env(dir);
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the local platform failed to start ({status}):\n{log}");
+        }
+        if Instant::now() > deadline {
+            signal(child.id(), "-TERM");
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the local platform was not ready after {timeout:?}; stopped it. Log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn down(dir: &Path) -> Result<()> {
+    let Some(pid) = running_pid(dir) else {
+        println!(
+            "Gavel is not running (no live {}).",
+            pid_file(dir).display()
+        );
+        let _ = std::fs::remove_file(env_file(dir));
+        let _ = std::fs::remove_file(pid_file(dir));
+        return Ok(());
+    };
+    signal(pid, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        if Instant::now() > deadline {
+            eprintln!("gavel-local (pid {pid}) did not stop in 30s: killing it");
+            // Its watchdogs stop the children once it is gone.
+            signal(pid, "-KILL");
+            std::thread::sleep(Duration::from_secs(4));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_file(env_file(dir));
+    let _ = std::fs::remove_file(pid_file(dir));
+    println!("Gavel stopped.");
+    Ok(())
+}
+
+async fn run(dir: &Path, bid_apis: usize) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(pid_file(dir), std::process::id().to_string())?;
+    // A fresh platform: auctions of an earlier run would refer to data that is gone.
+    let manifests = dir.join("manifests");
+    if manifests.is_dir() {
+        std::fs::remove_dir_all(&manifests)
+            .with_context(|| format!("cannot clear {}", manifests.display()))?;
+    }
+    let mut opts = LocalOptions::new(binary_dir()?, dir.to_owned());
+    opts.bid_apis = bid_apis;
+    let platform = tokio::select! {
+        started = LocalPlatform::start(opts) => started?,
+        _ = term.recv() => bail!("stopped while starting"),
+        _ = int.recv() => bail!("stopped while starting"),
+    };
+    let tmp = dir.join(".env.tmp");
+    std::fs::write(&tmp, envfile::render(&platform.env_vars()))?;
+    std::fs::rename(&tmp, env_file(dir))?;
+    tracing::info!("platform ready: {:?}", platform.env_vars());
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = hup.recv() => {}
+    }
+    tracing::info!("stopping");
+    let _ = std::fs::remove_file(env_file(dir));
+    drop(platform);
+    let _ = std::fs::remove_file(pid_file(dir));
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let dir = if cli.dir.is_absolute() {
+        cli.dir
+    } else {
+        std::env::current_dir()?.join(cli.dir)
+    };
+    match cli.command {
+        Cmd::Up { timeout, bid_apis } => up(&dir, Duration::from_secs(timeout), bid_apis),
+        Cmd::Down => down(&dir),
+        Cmd::Run { bid_apis } => tokio::runtime::Runtime::new()?.block_on(run(&dir, bid_apis)),
+    }
+}

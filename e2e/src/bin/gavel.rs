@@ -1,0 +1,217 @@
+//! `gavel`: watch an auction's live feed or bid from a terminal, over WebSocket protocol
+//! v1. Defaults come from the environment or from `.gavel/env` (written by `make up`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use gavel_e2e::protocol::ClientMessage;
+use gavel_e2e::{Auth, BidReply, ServerMessage, WsClient, envfile, feed};
+
+/// Watch and bid on Gavel auctions from a terminal.
+///
+/// Auctions are named `<namespace>/<name>`. Amounts are integers in the currency's
+/// minor unit (cents for USD: 12550 is USD 125.50). Without `--url`, the first address
+/// of GAVEL_WS_URLS (from the environment or `.gavel/env`, written by `make up`) is
+/// used, else ws://127.0.0.1:8080/v1/ws.
+///
+/// Examples:
+///   gavel watch demo/strat-1962
+///   gavel bid demo/strat-1962 --amount 105 --bidder bob
+///   gavel bid demo/strat-1962 --max 200 --bidder carol
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// WebSocket URL of a bid-api (`ws://host:port/v1/ws`).
+    #[arg(long, env = "GAVEL_WS_URL")]
+    url: Option<String>,
+    /// Bidder name, for servers in development auth mode (`?bidder=<name>`).
+    #[arg(long, env = "GAVEL_BIDDER", conflicts_with = "token")]
+    bidder: Option<String>,
+    /// JWT to authenticate with (`Authorization: Bearer`).
+    #[arg(long, env = "GAVEL_TOKEN")]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print an auction's live feed (price, leader, outbid, extensions) until it closes.
+    Watch {
+        /// `<namespace>/<name>`.
+        auction: String,
+        /// Replay every event after this sequence number first.
+        #[arg(long)]
+        since: Option<u64>,
+        /// Keep watching after the auction closes (until Ctrl-C).
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Place a bid (`--amount`), a proxy bid (`--max`: Gavel bids for you up to it), or
+    /// both; prints the reply. Exit status 2 when the bid is refused.
+    Bid {
+        /// `<namespace>/<name>`.
+        auction: String,
+        /// Amount to bid now, in minor units.
+        #[arg(long, required_unless_present = "max")]
+        amount: Option<i64>,
+        /// Your ceiling for proxy bidding, in minor units (kept secret from others).
+        #[arg(long)]
+        max: Option<i64>,
+        /// After the reply, keep printing the feed until the auction closes.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn ws_url(conn: &Conn) -> String {
+    conn.url
+        .clone()
+        .or_else(|| {
+            envfile::lookup("GAVEL_WS_URLS")
+                .and_then(|urls| urls.split(',').next().map(|u| u.trim().to_owned()))
+        })
+        .unwrap_or_else(|| "ws://127.0.0.1:8080/v1/ws".to_owned())
+}
+
+fn auth(conn: &Conn) -> Auth {
+    match (&conn.token, &conn.bidder) {
+        (Some(token), _) => Auth::Token(token.clone()),
+        (None, Some(name)) => Auth::Dev(name.clone()),
+        (None, None) => Auth::Anonymous,
+    }
+}
+
+fn now_clock() -> String {
+    feed::clock(gavel_e2e::platform::now_ms())
+}
+
+async fn connect(conn: &Conn) -> Result<WsClient> {
+    let url = ws_url(conn);
+    let client = WsClient::connect(&url, &auth(conn))
+        .await
+        .with_context(|| format!("cannot connect to {url} (is the platform up? `make up`)"))?;
+    println!(
+        "{}  {}",
+        now_clock(),
+        feed::describe(&ServerMessage::Welcome(client.welcome().clone()), "")
+    );
+    Ok(client)
+}
+
+/// Prints messages until the auction closes (or forever with `follow`).
+async fn follow_feed(
+    client: &mut WsClient,
+    auction: &str,
+    mut currency: String,
+    follow: bool,
+) -> Result<()> {
+    loop {
+        let msg = match client.next(Duration::from_secs(3600)).await {
+            Ok(m) => m,
+            Err(gavel_e2e::ClientError::Timeout { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let ServerMessage::Snapshot(s) = &msg {
+            currency = s.currency.clone();
+        }
+        println!("{}  {}", now_clock(), feed::describe(&msg, &currency));
+        let done = match &msg {
+            ServerMessage::Closed(c) => c.auction == auction,
+            ServerMessage::Snapshot(s) => s.auction == auction && s.is_final(),
+            ServerMessage::Error(_) => true,
+            _ => false,
+        };
+        if done && !follow {
+            return Ok(());
+        }
+    }
+}
+
+async fn watch(auction: String, since: Option<u64>, follow: bool, conn: Conn) -> Result<()> {
+    let mut client = connect(&conn).await?;
+    client
+        .send(&ClientMessage::Subscribe {
+            auction: auction.clone(),
+            since,
+        })
+        .await?;
+    follow_feed(&mut client, &auction, String::new(), follow).await
+}
+
+async fn bid(
+    auction: String,
+    amount: Option<i64>,
+    max: Option<i64>,
+    then_watch: bool,
+    conn: Conn,
+) -> Result<bool> {
+    if conn.bidder.is_none() && conn.token.is_none() {
+        bail!("bidding needs --bidder NAME (development auth) or --token JWT");
+    }
+    let mut client = connect(&conn).await?;
+    let snapshot = client
+        .subscribe(&auction, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("cannot subscribe to {auction}"))?;
+    let currency = snapshot.currency.clone();
+    println!(
+        "{}  {}",
+        now_clock(),
+        feed::describe(&ServerMessage::Snapshot(snapshot), &currency)
+    );
+    let reply = client
+        .bid(&auction, amount, max, Duration::from_secs(10))
+        .await?;
+    println!(
+        "{}  {}",
+        now_clock(),
+        feed::describe_reply(&reply, &currency)
+    );
+    let accepted = matches!(reply, BidReply::Accepted(_));
+    if then_watch {
+        follow_feed(&mut client, &auction, currency, false).await?;
+    }
+    client.close().await;
+    Ok(accepted)
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Cmd::Watch {
+            auction,
+            since,
+            follow,
+            conn,
+        } => rt.block_on(watch(auction, since, follow, conn)),
+        Cmd::Bid {
+            auction,
+            amount,
+            max,
+            watch,
+            conn,
+        } => {
+            if !rt.block_on(bid(auction, amount, max, watch, conn))? {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+    }
+}
