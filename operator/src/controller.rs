@@ -1,0 +1,251 @@
+//! The kube-rs `Controller` on Auctions: finalizer, [`Lifecycle`] reconcile, status
+//! patches (server-side apply on the status subresource) and Kubernetes Events.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use gavel_crds::{Auction, AuctionStatus, FINALIZER};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::lifecycle::{Lifecycle, LifecycleError, local_now};
+use crate::metrics::Metrics;
+use crate::status::{self, Note, Severity};
+
+/// Field manager of the operator's status writes.
+pub const FIELD_MANAGER: &str = "gavel-operator";
+
+/// Retry delay after a failed reconcile.
+const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+/// Retry delay while a deletion waits for the last bids to reach PostgreSQL.
+const PENDING_REQUEUE: Duration = Duration::from_millis(500);
+
+/// Why a reconcile failed; it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis, PostgreSQL or the flush failed.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// The API server refused or failed a request.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer, or the wrapped reconcile, failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// Deletion is under way and waits (for the last bids to be flushed).
+    #[error("deletion pending: {0}")]
+    Pending(String),
+}
+
+impl Error {
+    /// The `kind` label of the error metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Lifecycle(LifecycleError::Engine(_)) => "redis",
+            Error::Lifecycle(LifecycleError::Store(_)) => "postgres",
+            Error::Lifecycle(LifecycleError::Flush(_)) => "flush",
+            Error::Kube(_) => "kube",
+            Error::Pending(_) => "pending",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.kind(),
+                _ => "kube",
+            },
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Engine-side I/O.
+    pub lifecycle: Lifecycle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event publisher.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context for this client; `identity` names this replica in Events.
+    pub fn new(
+        client: Client,
+        lifecycle: Lifecycle,
+        metrics: Arc<Metrics>,
+        identity: &str,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(identity.to_owned()),
+            },
+        );
+        Self {
+            client,
+            lifecycle,
+            metrics,
+            recorder,
+        }
+    }
+}
+
+fn key(auction: &Auction) -> String {
+    format!(
+        "{}/{}",
+        auction.namespace().unwrap_or_default(),
+        auction.name_any()
+    )
+}
+
+/// Reconciles one Auction (the `Controller`'s reconciler).
+pub async fn reconcile(auction: Arc<Auction>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = auction.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Auction> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer::finalizer(&api, FINALIZER, auction, |event| async {
+        match event {
+            FinalizerEvent::Apply(a) => apply(&a, &ctx, &api).await,
+            FinalizerEvent::Cleanup(a) => cleanup(&a, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled(started.elapsed(), result.as_ref().err().map(Error::kind));
+    result
+}
+
+async fn apply(auction: &Auction, ctx: &Context, api: &Api<Auction>) -> Result<Action, Error> {
+    let outcome = match ctx.lifecycle.reconcile(auction, false).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let status = status::unavailable(
+                auction.status.as_ref(),
+                &e.to_string(),
+                local_now(),
+                auction.metadata.generation,
+            );
+            if status::differs(auction.status.as_ref(), &status)
+                && let Err(patch_error) = patch_status(api, auction, &status).await
+            {
+                debug!(error = %patch_error, "cannot report the failure in the status");
+            }
+            return Err(e.into());
+        }
+    };
+    if status::differs(auction.status.as_ref(), &outcome.status) {
+        patch_status(api, auction, &outcome.status).await?;
+    }
+    publish(ctx, auction, &outcome.events).await;
+    ctx.metrics.set_phase(&key(auction), outcome.status.phase);
+    Ok(outcome
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+async fn cleanup(auction: &Auction, ctx: &Context) -> Result<Action, Error> {
+    let outcome = ctx.lifecycle.reconcile(auction, true).await?;
+    if !outcome.released {
+        return Err(Error::Pending(
+            "waiting for the last accepted bids to reach PostgreSQL".into(),
+        ));
+    }
+    publish(ctx, auction, &outcome.events).await;
+    ctx.metrics.set_phase(&key(auction), None);
+    Ok(Action::await_change())
+}
+
+/// Writes `status` with server-side apply on the status subresource.
+pub async fn patch_status(
+    api: &Api<Auction>,
+    auction: &Auction,
+    status: &AuctionStatus,
+) -> Result<(), kube::Error> {
+    let patch = json!({
+        "apiVersion": Auction::api_version(&()),
+        "kind": Auction::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &auction.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, auction: &Auction, notes: &[Note]) {
+    let reference = auction.object_ref(&());
+    for note in notes {
+        info!(
+            auction = %key(auction),
+            reason = %note.reason,
+            message = %note.message,
+            "event"
+        );
+        let event = KubeEvent {
+            type_: match note.severity {
+                Severity::Normal => EventType::Normal,
+                Severity::Warning => EventType::Warning,
+            },
+            reason: note.reason.clone(),
+            note: Some(note.message.clone()),
+            action: note.action.clone(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, reason = %note.reason, "cannot publish the Event");
+        }
+    }
+}
+
+/// Requeue policy after a failed reconcile.
+pub fn error_policy(auction: Arc<Auction>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if error.kind() == "pending" {
+        return Action::requeue(PENDING_REQUEUE);
+    }
+    warn!(auction = %key(&auction), error = %error, "reconcile failed; retrying");
+    Action::requeue(ERROR_REQUEUE)
+}
+
+/// Checks that the Auction CRD is installed, with an actionable message if not.
+pub async fn check_crd(client: &Client) -> anyhow::Result<()> {
+    let api: Api<Auction> = Api::all(client.clone());
+    api.list(&kube::api::ListParams::default().limit(1))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot list auctions.gavel.dev ({e}); is the CRD installed? \
+                 kubectl apply -f crds/auction.yaml"
+            )
+        })?;
+    Ok(())
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let api: Api<Auction> = Api::all(ctx.client.clone());
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(auction = %object, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests;

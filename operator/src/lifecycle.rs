@@ -1,0 +1,277 @@
+//! The reconcile loop shared by the Kubernetes controller and the standalone mode:
+//! observe (Redis snapshot), [`plan`], carry out the step through the engine, observe
+//! again, until the plan is to wait. Returns the status to write, the events to publish
+//! and when to come back; writing them is the caller's job.
+//!
+//! Closing exactly once rests on the engine: the close script is atomic and idempotent
+//! (a second call returns the first result), so a restart or a racing reconcile at the
+//! end time at worst repeats a harmless call. The result is recorded in PostgreSQL only
+//! after every accepted event has been flushed there.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gavel_crds::{Auction, AuctionStatus, SpecError};
+use gavel_engine::flusher::{FlushError, Flusher};
+use gavel_engine::store::{Store, StoreError};
+use gavel_engine::{AuctionId, CloseOutcome, Engine, EngineError, Millis};
+use kube::ResourceExt;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::plan::{self, Live, Observed, Step, Timing};
+use crate::status::{self, CONDITION_RECORDED, Note};
+
+/// Most steps one reconcile carries out before it yields and comes back.
+const MAX_STEPS: usize = 8;
+
+/// How long one reconcile lets its own flusher drain before checking what is left.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A transient failure: the reconcile is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// Redis failed or answered something unexpected.
+    #[error("redis: {0}")]
+    Engine(#[from] EngineError),
+    /// PostgreSQL failed.
+    #[error("postgres: {0}")]
+    Store(#[from] StoreError),
+    /// Flushing the last bids failed.
+    #[error("flush: {0}")]
+    Flush(#[from] FlushError),
+}
+
+/// What one reconcile decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The status that describes the auction now.
+    pub status: AuctionStatus,
+    /// Events of the transition from the object's status to `status`.
+    pub events: Vec<Note>,
+    /// When to reconcile again (`None`: only when the object changes).
+    pub requeue: Option<Duration>,
+    /// Deletion finished: the finalizer may go.
+    pub released: bool,
+}
+
+/// The engine-side I/O of the operator: Redis (engine), PostgreSQL (store) and a flusher
+/// of its own, so that closing never depends on another process's flusher.
+#[derive(Clone)]
+pub struct Lifecycle {
+    engine: Engine,
+    store: Store,
+    flusher: Arc<Mutex<Flusher>>,
+    timing: Timing,
+}
+
+/// Milliseconds since the Unix epoch by the local clock.
+pub fn local_now() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+    })
+}
+
+/// The auction's id, or why its name cannot be one.
+pub fn auction_id(auction: &Auction) -> Result<AuctionId, SpecError> {
+    let namespace = auction.namespace().unwrap_or_else(|| "default".into());
+    AuctionId::new(&namespace, &auction.name_any()).map_err(|e| SpecError {
+        field: "metadata".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Whether `status` says the final result is in PostgreSQL.
+pub fn recorded_in(status: Option<&AuctionStatus>) -> bool {
+    status.is_some_and(|s| {
+        s.phase.is_some_and(gavel_crds::Phase::is_final)
+            && status::condition(&s.conditions, CONDITION_RECORDED)
+                .is_some_and(|c| c.status == "True")
+    })
+}
+
+impl Lifecycle {
+    /// A lifecycle over these connections; `flusher` is shared with the background flush
+    /// loop when there is one.
+    pub fn new(engine: Engine, store: Store, flusher: Arc<Mutex<Flusher>>, timing: Timing) -> Self {
+        Self {
+            engine,
+            store,
+            flusher,
+            timing,
+        }
+    }
+
+    /// The engine handle.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The PostgreSQL store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The shared flusher.
+    pub fn flusher(&self) -> &Arc<Mutex<Flusher>> {
+        &self.flusher
+    }
+
+    /// Reconciles one Auction: `deleting` when it is being deleted.
+    pub async fn reconcile(
+        &self,
+        auction: &Auction,
+        deleting: bool,
+    ) -> Result<Outcome, LifecycleError> {
+        let mut obs = Observed {
+            settings: auction.spec.to_settings(),
+            cancel: auction.spec.cancel_requested(),
+            generation: auction.metadata.generation,
+            status: auction.status.clone(),
+            deleting,
+            live: None,
+            refused: None,
+            recorded: recorded_in(auction.status.as_ref()),
+            unflushed: None,
+            provisioned: false,
+            now: local_now(),
+        };
+        let id = match auction_id(auction) {
+            Ok(id) => id,
+            Err(e) => {
+                // Only possible outside Kubernetes (standalone files): nothing can be
+                // provisioned under such a name.
+                obs.settings = Err(e);
+                return Ok(self.finish(auction, &obs, None, deleting));
+            }
+        };
+        for _ in 0..MAX_STEPS {
+            obs.live = self.observe(&id).await?;
+            obs.now = local_now();
+            let step = plan::plan(&obs, &self.timing);
+            debug!(auction = %id, ?step, "plan");
+            match step {
+                Step::Wait { requeue } => return Ok(self.finish(auction, &obs, requeue, false)),
+                Step::Release => return Ok(self.finish(auction, &obs, None, true)),
+                Step::Provision => self.provision(&id, &mut obs).await?,
+                Step::Close(mode) => match self.engine.close(&id, mode).await? {
+                    CloseOutcome::Closed(result) => info!(
+                        auction = %id,
+                        winner = result.winner_name.as_deref().unwrap_or("-"),
+                        final_price = result.final_price,
+                        bids = result.bid_count,
+                        cancelled = result.cancelled,
+                        "auction closed"
+                    ),
+                    CloseOutcome::NotEnded { ends_at } => {
+                        debug!(auction = %id, ends_at, "not ended yet (soft close moved the end)")
+                    }
+                },
+                Step::Record(result) => {
+                    self.drain().await?;
+                    let left = self.engine.unflushed(&id).await?;
+                    obs.unflushed = Some(left);
+                    if left == 0 {
+                        self.store.record_result(&id, &result).await?;
+                        obs.recorded = true;
+                        info!(auction = %id, "result recorded in PostgreSQL");
+                    } else {
+                        debug!(auction = %id, left, "waiting for the last events to be flushed");
+                    }
+                }
+                Step::Remove => {
+                    self.engine.remove(&id).await?;
+                    info!(auction = %id, "live Redis state removed; PostgreSQL records kept");
+                }
+            }
+        }
+        warn!(auction = %id, "reconcile took too many steps; coming back shortly");
+        Ok(self.finish(auction, &obs, Some(Duration::from_millis(200)), false))
+    }
+
+    async fn observe(&self, id: &AuctionId) -> Result<Option<Live>, LifecycleError> {
+        match self.engine.snapshot(id, None).await {
+            Ok(snapshot) => Ok(Some(Live::from(&snapshot))),
+            Err(EngineError::UnknownAuction(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn provision(&self, id: &AuctionId, obs: &mut Observed) -> Result<(), LifecycleError> {
+        let Ok(settings) = obs.settings.clone() else {
+            return Ok(());
+        };
+        match self.engine.provision(id, &settings).await {
+            Ok(outcome) => {
+                self.store.upsert_auction(id, &settings).await?;
+                obs.provisioned = true;
+                info!(auction = %id, ?outcome, "provisioned");
+            }
+            Err(EngineError::PricingFrozen(_)) => {
+                warn!(auction = %id, "pricing change refused: the auction has bids");
+                obs.refused = Some(plan::pricing_frozen_message());
+            }
+            Err(EngineError::Settings(e)) => {
+                obs.settings = Err(SpecError {
+                    field: "spec".into(),
+                    message: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    async fn drain(&self) -> Result<(), LifecycleError> {
+        self.flusher.lock().await.drain(DRAIN_TIMEOUT).await?;
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        auction: &Auction,
+        obs: &Observed,
+        requeue: Option<Duration>,
+        released: bool,
+    ) -> Outcome {
+        let status = plan::desired_status(obs);
+        let events = if released {
+            vec![Note {
+                severity: status::Severity::Normal,
+                reason: "Removed".into(),
+                action: "Remove".into(),
+                message: "live state removed from Redis; PostgreSQL records kept".into(),
+            }]
+        } else {
+            status::events(auction.status.as_ref(), &status, &auction.spec.currency)
+        };
+        Outcome {
+            status,
+            events,
+            requeue,
+            released,
+        }
+    }
+}
+
+/// Moves accepted bids from Redis to PostgreSQL continuously (standalone default);
+/// runs until the task is dropped.
+pub async fn run_flusher(flusher: Arc<Mutex<Flusher>>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = flusher.lock().await.pass().await;
+        let pause = match result {
+            Ok(stats) if stats.written + stats.dead_lettered > 0 => Duration::ZERO,
+            Ok(_) => {
+                backoff = Duration::from_millis(100);
+                Duration::from_millis(100)
+            }
+            Err(e) => {
+                warn!(error = %e, "flush pass failed; bids stay in Redis until PostgreSQL answers");
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}

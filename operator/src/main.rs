@@ -1,0 +1,149 @@
+//! `gavel-operator`: the Auction operator binary (see `--help`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use gavel_engine::Engine;
+use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
+use gavel_engine::store::Store;
+use gavel_operator::config::Args;
+use gavel_operator::controller::{self, Context};
+use gavel_operator::http::{self, HttpState};
+use gavel_operator::leader::LeaderElector;
+use gavel_operator::lifecycle::Lifecycle;
+use gavel_operator::metrics::Metrics;
+use gavel_operator::plan::Timing;
+use gavel_operator::standalone::Standalone;
+use gavel_operator::telemetry;
+use k8s_openapi::api::coordination::v1::Lease;
+use tokio::sync::Mutex;
+use tracing::{error, info, warn};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format)?;
+    if let Err(e) = run(args).await {
+        error!(error = format!("{e:#}"), "gavel-operator stopped");
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    info!("shutting down");
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let identity = args.identity();
+    let metrics = Arc::new(Metrics::new()?);
+    let engine = Engine::connect(&args.redis_url, 4)
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", args.redis_url))?;
+    engine
+        .load_scripts()
+        .await
+        .context("cannot load the engine's scripts")?;
+    let store = Store::connect_lazy(&args.database_url).context("invalid GAVEL_DATABASE_URL")?;
+    // Migrations are safe to run from several processes; retry while PostgreSQL starts.
+    let mut attempt = 0;
+    while let Err(e) = store.migrate().await {
+        attempt += 1;
+        if attempt >= 30 {
+            return Err(e).context("cannot migrate PostgreSQL");
+        }
+        warn!(error = %e, "PostgreSQL not ready; retrying");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let flusher = Arc::new(Mutex::new(Flusher::new(
+        &engine,
+        store.clone(),
+        FlusherConfig::new(format!("operator-{identity}")),
+        FlushMetrics::new(&metrics.registry)?,
+    )));
+    let timing = Timing {
+        refresh: args.status_refresh,
+        ..Timing::default()
+    };
+    let lifecycle = Lifecycle::new(engine.clone(), store.clone(), flusher.clone(), timing);
+
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        engine: engine.clone(),
+        store: store.clone(),
+    };
+    let listen = args.listen;
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(listen, http_state).await {
+            error!(error = %e, "metrics and health server failed");
+        }
+    });
+    if args.flush_enabled() {
+        tokio::spawn(gavel_operator::lifecycle::run_flusher(flusher.clone()));
+    }
+
+    if let Some(dir) = args.standalone.clone() {
+        let op = Standalone::new(dir, lifecycle, metrics, args.poll, args.status_stdout);
+        return op.run_until(shutdown_signal()).await;
+    }
+
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (use --standalone <dir> without a cluster)")?;
+    controller::check_crd(&client).await?;
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let elector = LeaderElector::new(
+        kube::Api::<Lease>::namespaced(client.clone(), &lease_namespace),
+        &args.lease_name,
+        &identity,
+        args.lease_duration,
+    );
+    info!(%identity, lease = %args.lease_name, namespace = %lease_namespace, "waiting for leadership");
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = shutdown_signal() => return Ok(()),
+    }
+    metrics.leader.set(1);
+    let ctx = Arc::new(Context::new(client, lifecycle, metrics.clone(), &identity));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(controller::run(ctx, async move {
+        let _ = stop_rx.await;
+    }));
+    let lost = tokio::select! {
+        _ = elector.hold() => true,
+        _ = shutdown_signal() => false,
+    };
+    metrics.leader.set(0);
+    let _ = stop_tx.send(());
+    let _ = controller.await;
+    if lost {
+        anyhow::bail!("leadership lost; exiting so that a restart rejoins as a follower");
+    }
+    elector.release().await;
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics of the operator: reconciles, errors, durations, auctions by phase,
+//! leadership.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gavel_crds::Phase;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The operator's metrics, registered in [`Metrics::registry`].
+pub struct Metrics {
+    /// Registry served on /metrics (the flusher's metrics are registered here too).
+    pub registry: Registry,
+    /// `gavel_operator_reconciles_total{result}`: ok or error.
+    pub reconciles: IntCounterVec,
+    /// `gavel_operator_reconcile_errors_total{kind}`: redis, postgres, flush, kube.
+    pub errors: IntCounterVec,
+    /// `gavel_operator_reconcile_duration_seconds`.
+    pub duration: Histogram,
+    /// `gavel_operator_auctions{phase}`: auctions known to this replica, by phase.
+    pub auctions: IntGaugeVec,
+    /// `gavel_operator_leader`: 1 while this replica holds the Lease (always 1 standalone).
+    pub leader: IntGauge,
+    phases: Mutex<HashMap<String, Option<Phase>>>,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics in a fresh registry.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "gavel_operator_reconciles_total",
+                "Auction reconciles by result",
+            ),
+            &["result"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "gavel_operator_reconcile_errors_total",
+                "Failed reconciles by kind of failure",
+            ),
+            &["kind"],
+        )?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "gavel_operator_reconcile_duration_seconds",
+                "Duration of one reconcile",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let auctions = IntGaugeVec::new(
+            Opts::new(
+                "gavel_operator_auctions",
+                "Auctions known to this operator, by phase",
+            ),
+            &["phase"],
+        )?;
+        let leader = IntGauge::new(
+            "gavel_operator_leader",
+            "1 while this replica is the leader and acts",
+        )?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(auctions.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        for phase in Phase::ALL {
+            auctions.with_label_values(&[phase.as_str()]).set(0);
+        }
+        Ok(Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            auctions,
+            leader,
+            phases: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Records one reconcile.
+    pub fn reconciled(&self, elapsed: Duration, error_kind: Option<&str>) {
+        self.duration.observe(elapsed.as_secs_f64());
+        match error_kind {
+            None => self.reconciles.with_label_values(&["ok"]).inc(),
+            Some(kind) => {
+                self.reconciles.with_label_values(&["error"]).inc();
+                self.errors.with_label_values(&[kind]).inc();
+            }
+        }
+    }
+
+    /// Notes the phase of auction `key` (`None` forgets it) and updates the gauge.
+    pub fn set_phase(&self, key: &str, phase: Option<Phase>) {
+        let Ok(mut phases) = self.phases.lock() else {
+            return;
+        };
+        match phase {
+            Some(p) => {
+                phases.insert(key.to_owned(), Some(p));
+            }
+            None => {
+                phases.remove(key);
+            }
+        }
+        for p in Phase::ALL {
+            let n = phases.values().filter(|v| **v == Some(p)).count();
+            self.auctions
+                .with_label_values(&[p.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_reconciles_and_phases() {
+        let m = Metrics::new().unwrap();
+        m.reconciled(Duration::from_millis(3), None);
+        m.reconciled(Duration::from_millis(3), Some("redis"));
+        m.set_phase("shop/a", Some(Phase::Open));
+        m.set_phase("shop/b", Some(Phase::Open));
+        m.set_phase("shop/b", Some(Phase::Closed));
+        m.set_phase("shop/c", Some(Phase::Open));
+        m.set_phase("shop/c", None);
+        let text = m.render();
+        for line in [
+            "gavel_operator_reconciles_total{result=\"ok\"} 1",
+            "gavel_operator_reconciles_total{result=\"error\"} 1",
+            "gavel_operator_reconcile_errors_total{kind=\"redis\"} 1",
+            "gavel_operator_auctions{phase=\"Open\"} 1",
+            "gavel_operator_auctions{phase=\"Closed\"} 1",
+            "gavel_operator_reconcile_duration_seconds_count 2",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+}

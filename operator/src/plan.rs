@@ -1,0 +1,412 @@
+//! The pure decision: from what the operator observes (the Auction's spec and status, the
+//! live state in Redis, the time) to the one thing to do next and when to come back.
+//!
+//! No I/O happens here. [`crate::lifecycle`] observes, calls [`plan`], carries out the
+//! step, and observes again until the plan is to wait; the Kubernetes controller and the
+//! standalone mode share that loop. [`desired_status`] and [`crate::status::events`] are
+//! pure too, so every decision is table-tested in `plan/tests.rs`.
+
+use std::time::Duration;
+
+use gavel_crds::{AuctionStatus, Phase, SpecError};
+use gavel_engine::{AuctionResult, AuctionSettings, LivePhase, Millis, Snapshot};
+
+use crate::status::{self, CONDITION_OPEN, CONDITION_READY, CONDITION_RECORDED};
+
+/// How long after a deadline the operator wakes up, so that Redis's clock has certainly
+/// passed it when the close script runs.
+pub const DEADLINE_MARGIN_MS: Millis = 5;
+
+/// The auction's live state in Redis, as the plan needs it (a projection of [`Snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Live {
+    /// Phase by Redis server time.
+    pub phase: LivePhase,
+    /// Current price, before the first bid `None`.
+    pub price: Option<i64>,
+    /// Display name of the leader.
+    pub leader_name: Option<String>,
+    /// Accepted bids.
+    pub bid_count: u64,
+    /// Opening time, if scheduled.
+    pub starts_at: Option<Millis>,
+    /// Effective end, after soft-close extensions.
+    pub ends_at: Millis,
+    /// Whether the reserve is met.
+    pub reserve_met: bool,
+    /// The result, once closed.
+    pub result: Option<AuctionResult>,
+    /// Redis server time of the observation: the clock every decision uses.
+    pub server_time: Millis,
+}
+
+impl From<&Snapshot> for Live {
+    fn from(s: &Snapshot) -> Self {
+        Self {
+            phase: s.phase,
+            price: s.price,
+            leader_name: s.leader_name.clone(),
+            bid_count: s.bid_count,
+            starts_at: s.starts_at,
+            ends_at: s.ends_at,
+            reserve_met: s.reserve_met,
+            result: s.result.clone(),
+            server_time: s.server_time,
+        }
+    }
+}
+
+/// Everything the plan looks at.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// The spec converted to engine settings, or why it cannot be.
+    pub settings: Result<AuctionSettings, SpecError>,
+    /// `spec.cancel`.
+    pub cancel: bool,
+    /// `metadata.generation` of the object.
+    pub generation: Option<i64>,
+    /// The status as last written.
+    pub status: Option<AuctionStatus>,
+    /// The object is being deleted.
+    pub deleting: bool,
+    /// Live state in Redis; `None` when the auction is not provisioned there.
+    pub live: Option<Live>,
+    /// The engine refused this generation's settings (pricing frozen after the first bid);
+    /// the message says what to do. Set by the executor after a refused provision.
+    pub refused: Option<String>,
+    /// The final result is known to be in PostgreSQL.
+    pub recorded: bool,
+    /// Accepted events not yet in PostgreSQL, when known (after a refused record step).
+    pub unflushed: Option<u64>,
+    /// This generation's settings were pushed during this reconcile.
+    pub provisioned: bool,
+    /// The local clock, used only when Redis gave no time (not provisioned).
+    pub now: Millis,
+}
+
+impl Observed {
+    /// The clock of decisions: Redis server time when known, else the local clock.
+    pub fn now(&self) -> Millis {
+        self.live.as_ref().map_or(self.now, |l| l.server_time)
+    }
+
+    /// Whether this generation's settings still have to be pushed to Redis and PostgreSQL.
+    pub fn needs_provision(&self) -> bool {
+        let observed = self.status.as_ref().and_then(|s| s.observed_generation);
+        self.settings.is_ok()
+            && self.refused.is_none()
+            && !self.provisioned
+            && (self.live.is_none() || observed != self.generation || observed.is_none())
+    }
+
+    /// Whether the status says the auction ended for good.
+    pub fn status_final(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(Phase::is_final)
+    }
+}
+
+/// The one thing to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Push the settings to Redis and PostgreSQL (idempotent), then observe again.
+    Provision,
+    /// Close now: at the effective end, or at once with no winner.
+    Close(gavel_engine::CloseMode),
+    /// Make sure every accepted bid is in PostgreSQL, then record the result there.
+    Record(AuctionResult),
+    /// Delete the live Redis state (PostgreSQL records stay).
+    Remove,
+    /// Deletion is complete: drop the finalizer (or forget the file).
+    Release,
+    /// Nothing to do now; write the status and come back after `requeue` (never: `None`,
+    /// until the object changes).
+    Wait {
+        /// When to look again.
+        requeue: Option<Duration>,
+    },
+}
+
+/// Tuning of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Longest time between two status refreshes while the auction is open: the bound on
+    /// how often the status is written, whatever the bid rate.
+    pub refresh: Duration,
+    /// Longest sleep while nothing is due (scheduled far ahead, waiting on spec errors with
+    /// a live auction), so a lost wake-up heals.
+    pub idle: Duration,
+    /// Retry delay while the last bids are being flushed to PostgreSQL.
+    pub flush_retry: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            refresh: Duration::from_secs(5),
+            idle: Duration::from_secs(300),
+            flush_retry: Duration::from_millis(250),
+        }
+    }
+}
+
+fn until(now: Millis, deadline: Millis) -> Duration {
+    Duration::from_millis(u64::try_from(deadline - now + DEADLINE_MARGIN_MS).unwrap_or(0))
+}
+
+/// Decides the next step.
+pub fn plan(o: &Observed, timing: &Timing) -> Step {
+    let now = o.now();
+    if o.deleting {
+        return match &o.live {
+            None => Step::Release,
+            Some(live) => match &live.result {
+                None => Step::Close(gavel_engine::CloseMode::Cancel),
+                Some(_) if !o.recorded && o.unflushed.is_some_and(|n| n > 0) => Step::Wait {
+                    requeue: Some(timing.flush_retry),
+                },
+                Some(result) if !o.recorded => Step::Record(result.clone()),
+                Some(_) => Step::Remove,
+            },
+        };
+    }
+    let Some(live) = &o.live else {
+        // Not in Redis. A closed auction whose live state is gone stays closed; an invalid
+        // spec waits for a change of the object.
+        if o.status_final() || o.settings.is_err() {
+            return Step::Wait { requeue: None };
+        }
+        return Step::Provision;
+    };
+    if let Some(result) = &live.result {
+        return if o.recorded {
+            Step::Wait { requeue: None }
+        } else if o.unflushed.is_some_and(|n| n > 0) {
+            Step::Wait {
+                requeue: Some(timing.flush_retry),
+            }
+        } else {
+            Step::Record(result.clone())
+        };
+    }
+    if o.cancel {
+        return Step::Close(gavel_engine::CloseMode::Cancel);
+    }
+    if o.needs_provision() {
+        return Step::Provision;
+    }
+    if now >= live.ends_at {
+        return Step::Close(gavel_engine::CloseMode::AtEnd);
+    }
+    let next = match live.starts_at {
+        Some(start) if now < start => until(now, start).min(timing.idle),
+        _ => until(now, live.ends_at).min(timing.refresh),
+    };
+    Step::Wait {
+        requeue: Some(next),
+    }
+}
+
+/// The status that describes what was observed.
+pub fn desired_status(o: &Observed) -> AuctionStatus {
+    let old = o.status.clone().unwrap_or_default();
+    let now = o.now();
+    let mut s = AuctionStatus {
+        observed_generation: o.generation,
+        conditions: old.conditions.clone(),
+        ..AuctionStatus::default()
+    };
+    let gen_ = o.generation;
+    let set = |s: &mut AuctionStatus, kind: &str, ok: bool, reason: &str, message: String| {
+        status::set_condition(&mut s.conditions, kind, ok, reason, &message, now, gen_);
+    };
+
+    let Some(live) = &o.live else {
+        if o.status_final() {
+            // Redis lost the live state of a closed auction: keep the final report.
+            return AuctionStatus {
+                observed_generation: o.generation,
+                ..old
+            };
+        }
+        match &o.settings {
+            Err(e) => {
+                s.phase = Some(Phase::Failed);
+                set(
+                    &mut s,
+                    CONDITION_READY,
+                    false,
+                    "InvalidSpec",
+                    invalid_message(e),
+                );
+            }
+            Ok(_) => {
+                s.phase = Some(Phase::Pending);
+                set(
+                    &mut s,
+                    CONDITION_READY,
+                    false,
+                    "Provisioning",
+                    "provisioning the auction in Redis and PostgreSQL".into(),
+                );
+            }
+        }
+        return s;
+    };
+
+    s.current_price = live.price;
+    s.bid_count = Some(live.bid_count);
+    s.leader = live.leader_name.clone();
+    s.effective_ends_at = Some(gavel_crds::format_time(live.ends_at));
+    s.reserve_met = Some(live.reserve_met);
+
+    match (&o.settings, &o.refused) {
+        (Err(e), _) => set(&mut s, CONDITION_READY, false, "InvalidSpec", {
+            format!(
+                "{}; the auction keeps running with its last valid settings",
+                invalid_message(e)
+            )
+        }),
+        (Ok(_), Some(refusal)) => set(
+            &mut s,
+            CONDITION_READY,
+            false,
+            "PricingFrozen",
+            refusal.clone(),
+        ),
+        (Ok(_), None) if o.needs_provision() => {
+            // Keep a refusal of this very generation until the spec changes again.
+            if !kept_refusal(&old, o.generation) {
+                set(
+                    &mut s,
+                    CONDITION_READY,
+                    false,
+                    "Provisioning",
+                    "applying the new settings".into(),
+                )
+            }
+        }
+        (Ok(_), None) => {
+            if o.provisioned || !kept_refusal(&old, o.generation) {
+                set(
+                    &mut s,
+                    CONDITION_READY,
+                    true,
+                    "Provisioned",
+                    "provisioned in Redis and PostgreSQL".into(),
+                )
+            }
+        }
+    }
+
+    match &live.result {
+        Some(result) => {
+            let phase = if result.cancelled {
+                Phase::Cancelled
+            } else {
+                Phase::Closed
+            };
+            set(
+                &mut s,
+                CONDITION_OPEN,
+                false,
+                if result.cancelled {
+                    "Cancelled"
+                } else {
+                    "Ended"
+                },
+                format!("closed at {}", gavel_crds::format_time(result.closed_at)),
+            );
+            s.current_price = result.final_price;
+            s.bid_count = Some(result.bid_count);
+            s.reserve_met = Some(result.reserve_met);
+            if o.recorded {
+                s.phase = Some(phase);
+                s.winner = result.winner_name.clone();
+                s.winner_id = result.winner.clone();
+                s.final_price = result.final_price;
+                s.closed_at = Some(gavel_crds::format_time(result.closed_at));
+                s.leader = None;
+                set(
+                    &mut s,
+                    CONDITION_RECORDED,
+                    true,
+                    "Recorded",
+                    "every accepted bid and the result are in PostgreSQL".into(),
+                );
+            } else {
+                s.phase = old
+                    .phase
+                    .filter(|p| matches!(p, Phase::Scheduled | Phase::Open))
+                    .or(Some(Phase::Open));
+                let waiting = match o.unflushed {
+                    Some(n) if n > 0 => {
+                        format!("waiting for {n} accepted events to reach PostgreSQL")
+                    }
+                    _ => "recording the result in PostgreSQL".into(),
+                };
+                set(&mut s, CONDITION_RECORDED, false, "Flushing", waiting);
+            }
+        }
+        None => {
+            let scheduled = live.starts_at.is_some_and(|start| now < start);
+            if scheduled {
+                s.phase = Some(Phase::Scheduled);
+                set(
+                    &mut s,
+                    CONDITION_OPEN,
+                    false,
+                    "NotStarted",
+                    format!(
+                        "bidding opens at {}",
+                        gavel_crds::format_time(live.starts_at.unwrap_or_default())
+                    ),
+                );
+            } else if now >= live.ends_at {
+                s.phase = Some(Phase::Open);
+                set(
+                    &mut s,
+                    CONDITION_OPEN,
+                    false,
+                    "Ended",
+                    "ended; closing".into(),
+                );
+            } else {
+                s.phase = Some(Phase::Open);
+                set(
+                    &mut s,
+                    CONDITION_OPEN,
+                    true,
+                    "BiddingOpen",
+                    format!(
+                        "taking bids until {}",
+                        gavel_crds::format_time(live.ends_at)
+                    ),
+                );
+            }
+        }
+    }
+    s
+}
+
+fn kept_refusal(old: &AuctionStatus, generation: Option<i64>) -> bool {
+    old.observed_generation == generation
+        && status::condition(&old.conditions, CONDITION_READY)
+            .is_some_and(|c| c.reason == "PricingFrozen")
+}
+
+fn invalid_message(e: &SpecError) -> String {
+    format!("{e}; fix the manifest (the operator retries on every change)")
+}
+
+/// The message of a pricing refusal: what happened and what to do.
+pub fn pricing_frozen_message() -> String {
+    "startingPrice, reservePrice and increments cannot change once the auction has bids; \
+     restore their previous values (the auction keeps running with them)"
+        .into()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,447 @@
+//! Standalone (development) mode: the same [`Lifecycle`] reconcile run against a directory
+//! of Auction manifests instead of a Kubernetes API server, so the platform runs and is
+//! tested end to end on a machine with no cluster.
+//!
+//! - Every `*.yaml` / `*.yml` file of the directory (not hidden, not `*.status.yaml`)
+//!   holds one Auction. Its namespace defaults to `default`.
+//! - The directory is polled; a changed file is reconciled at once, and every auction
+//!   again when its plan asks (start, effective end, status refresh).
+//! - The status is written beside each file as `<file>.status.yaml` (atomically: a
+//!   temporary file renamed over it), and with `--status-stdout` also printed to stdout.
+//! - Removing a file deletes the auction: it is cancelled if still open, its last bids
+//!   are flushed, its live Redis state removed (PostgreSQL records stay), and its status
+//!   file removed.
+//! - A file that does not parse gets a status with phase Failed and a message; the auction
+//!   it described before (if any) keeps its schedule.
+//! - Events are log lines (target `gavel_operator::events`).
+//!
+//! Several standalone operators on the same directory are safe (the close is atomic and
+//! idempotent in Redis); they are not coordinated otherwise.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gavel_crds::{Auction, AuctionStatus, Phase};
+use tokio::io::AsyncWriteExt;
+use tracing::{info, warn};
+
+use crate::lifecycle::{Lifecycle, local_now};
+use crate::metrics::Metrics;
+use crate::status::{self, CONDITION_READY, Severity};
+
+/// Suffix of the status files.
+pub const STATUS_SUFFIX: &str = ".status.yaml";
+
+/// Retry delay after a failed reconcile.
+const ERROR_RETRY: Duration = Duration::from_secs(1);
+
+/// One manifest file and what the operator knows of it.
+#[derive(Default)]
+struct Entry {
+    /// The file's text as last read.
+    text: String,
+    /// The last Auction that parsed.
+    auction: Option<Auction>,
+    /// Why the current text does not parse.
+    parse_error: Option<String>,
+    /// Bumped on each change of the spec (stands in for metadata.generation).
+    generation: i64,
+    /// The status as last written.
+    status: Option<AuctionStatus>,
+    /// When to reconcile again (`None`: only when the file changes).
+    due: Option<Instant>,
+    /// The file is gone: deletion under way.
+    deleting: bool,
+}
+
+/// The directory-driven operator.
+pub struct Standalone {
+    dir: PathBuf,
+    lifecycle: Lifecycle,
+    metrics: Arc<Metrics>,
+    poll: Duration,
+    stdout: bool,
+    entries: HashMap<PathBuf, Entry>,
+}
+
+/// The path of the status file of manifest `path`.
+pub fn status_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(STATUS_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Parses one manifest into an Auction, with a message a person can act on.
+pub fn parse_manifest(text: &str) -> Result<Auction, String> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let api_version = value.get("apiVersion").and_then(|v| v.as_str());
+    let kind = value.get("kind").and_then(|v| v.as_str());
+    if api_version != Some("gavel.dev/v1alpha1") || kind != Some("Auction") {
+        return Err(format!(
+            "expected apiVersion gavel.dev/v1alpha1 and kind Auction, got {} {}",
+            api_version.unwrap_or("(none)"),
+            kind.unwrap_or("(none)")
+        ));
+    }
+    let mut auction: Auction =
+        serde_yaml::from_value(value).map_err(|e| format!("not a valid Auction: {e}"))?;
+    if auction.metadata.name.as_deref().is_none_or(str::is_empty) {
+        return Err("metadata.name is required".into());
+    }
+    if auction.metadata.namespace.is_none() {
+        auction.metadata.namespace = Some("default".into());
+    }
+    auction.status = None;
+    Ok(auction)
+}
+
+fn is_manifest(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.')
+        && !name.ends_with(STATUS_SUFFIX)
+        && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+impl Standalone {
+    /// An operator over `dir`, scanning it every `poll`.
+    pub fn new(
+        dir: PathBuf,
+        lifecycle: Lifecycle,
+        metrics: Arc<Metrics>,
+        poll: Duration,
+        stdout: bool,
+    ) -> Self {
+        metrics.leader.set(1);
+        Self {
+            dir,
+            lifecycle,
+            metrics,
+            poll,
+            stdout,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        info!(dir = %self.dir.display(), "standalone mode: reconciling the Auction manifests of a directory (development mode)");
+        tokio::pin!(shutdown);
+        loop {
+            self.tick().await?;
+            let now = Instant::now();
+            let next = self
+                .entries
+                .values()
+                .filter_map(|e| e.due)
+                .min()
+                .map_or(self.poll, |due| due.saturating_duration_since(now))
+                .min(self.poll);
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(next) => {}
+            }
+        }
+    }
+
+    /// One pass: scan the directory, then reconcile every entry that changed or is due.
+    pub async fn tick(&mut self) -> anyhow::Result<()> {
+        self.scan().await?;
+        let now = Instant::now();
+        let due: Vec<PathBuf> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.due.is_some_and(|d| d <= now))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in due {
+            self.reconcile(&path).await;
+        }
+        Ok(())
+    }
+
+    async fn scan(&mut self) -> anyhow::Result<()> {
+        let mut seen = Vec::new();
+        let mut dir = tokio::fs::read_dir(&self.dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.dir.display()))?;
+        while let Some(item) = dir.next_entry().await? {
+            let path = item.path();
+            if !is_manifest(&path) {
+                continue;
+            }
+            let Ok(text) = tokio::fs::read_to_string(&path).await else {
+                continue; // removed or unreadable right now; the next scan decides
+            };
+            seen.push(path.clone());
+            let is_new = !self.entries.contains_key(&path);
+            let entry = self.entries.entry(path.clone()).or_default();
+            if is_new {
+                entry.status = read_status(&path).await;
+            }
+            if !is_new && entry.text == text && !entry.deleting {
+                continue;
+            }
+            entry.deleting = false;
+            entry.text = text;
+            entry.due = Some(Instant::now());
+            match parse_manifest(&entry.text) {
+                Ok(auction) => {
+                    let changed = entry.auction.as_ref().is_none_or(|a| {
+                        a.spec != auction.spec || a.metadata.name != auction.metadata.name
+                    });
+                    if changed {
+                        entry.generation += 1;
+                    }
+                    entry.auction = Some(auction);
+                    entry.parse_error = None;
+                }
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "manifest does not parse");
+                    entry.parse_error = Some(e);
+                }
+            }
+        }
+        for (path, entry) in &mut self.entries {
+            if !seen.contains(path) && !entry.deleting {
+                info!(file = %path.display(), "manifest removed: deleting the auction");
+                entry.deleting = true;
+                entry.due = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&mut self, path: &Path) {
+        let Some(entry) = self.entries.get_mut(path) else {
+            return;
+        };
+        let Some(mut auction) = entry.auction.clone() else {
+            // Never parsed: nothing was provisioned.
+            if entry.deleting {
+                self.forget(path).await;
+            } else if let Some(error) = entry.parse_error.clone() {
+                let status = failed_status(entry.status.as_ref(), &error);
+                entry.due = None;
+                self.write_status(path, status).await;
+            }
+            return;
+        };
+        auction.metadata.generation = Some(entry.generation);
+        auction.status = entry.status.clone();
+        let deleting = entry.deleting;
+        let key = format!(
+            "{}/{}",
+            auction.metadata.namespace.as_deref().unwrap_or("default"),
+            auction.metadata.name.as_deref().unwrap_or_default()
+        );
+        let started = Instant::now();
+        let result = self.lifecycle.reconcile(&auction, deleting).await;
+        let kind = match &result {
+            Ok(_) => None,
+            Err(crate::lifecycle::LifecycleError::Engine(_)) => Some("redis"),
+            Err(crate::lifecycle::LifecycleError::Store(_)) => Some("postgres"),
+            Err(crate::lifecycle::LifecycleError::Flush(_)) => Some("flush"),
+        };
+        self.metrics.reconciled(started.elapsed(), kind);
+        let parse_error = entry.parse_error.clone();
+        match result {
+            Ok(outcome) if outcome.released => {
+                for note in &outcome.events {
+                    log_event(&key, note);
+                }
+                self.forget(path).await;
+            }
+            Ok(outcome) => {
+                entry.due = outcome.requeue.map(|d| Instant::now() + d);
+                if deleting && entry.due.is_none() {
+                    entry.due = Some(Instant::now() + ERROR_RETRY);
+                }
+                for note in &outcome.events {
+                    log_event(&key, note);
+                }
+                let mut status = outcome.status;
+                if let Some(error) = parse_error {
+                    status::set_condition(
+                        &mut status.conditions,
+                        CONDITION_READY,
+                        false,
+                        "InvalidManifest",
+                        &format!("{error}; the auction keeps its last valid settings"),
+                        local_now(),
+                        Some(entry.generation),
+                    );
+                }
+                self.metrics.set_phase(&key, status.phase);
+                if !deleting {
+                    self.write_status(path, status).await;
+                }
+            }
+            Err(e) => {
+                warn!(auction = %key, error = %e, "reconcile failed; retrying");
+                entry.due = Some(Instant::now() + ERROR_RETRY);
+                let status = status::unavailable(
+                    entry.status.as_ref(),
+                    &e.to_string(),
+                    local_now(),
+                    Some(entry.generation),
+                );
+                if !deleting {
+                    self.write_status(path, status).await;
+                }
+            }
+        }
+    }
+
+    async fn forget(&mut self, path: &Path) {
+        if let Some(entry) = self.entries.remove(path)
+            && let Some(a) = entry.auction
+        {
+            let key = format!(
+                "{}/{}",
+                a.metadata.namespace.as_deref().unwrap_or("default"),
+                a.metadata.name.as_deref().unwrap_or_default()
+            );
+            self.metrics.set_phase(&key, None);
+        }
+        let _ = tokio::fs::remove_file(status_path(path)).await;
+    }
+
+    async fn write_status(&mut self, path: &Path, status: AuctionStatus) {
+        let Some(entry) = self.entries.get_mut(path) else {
+            return;
+        };
+        if !status::differs(entry.status.as_ref(), &status) && status_file_exists(path) {
+            return;
+        }
+        entry.status = Some(status.clone());
+        let yaml = match serde_yaml::to_string(&status) {
+            Ok(y) => y,
+            Err(e) => {
+                warn!(error = %e, "cannot serialise a status");
+                return;
+            }
+        };
+        if self.stdout {
+            println!("---\n# {}\n{yaml}", path.display());
+        }
+        if let Err(e) = write_atomically(&status_path(path), &yaml).await {
+            warn!(file = %path.display(), error = %e, "cannot write the status file");
+        }
+    }
+}
+
+fn status_file_exists(path: &Path) -> bool {
+    status_path(path).is_file()
+}
+
+fn failed_status(old: Option<&AuctionStatus>, error: &str) -> AuctionStatus {
+    let mut s = AuctionStatus {
+        phase: Some(Phase::Failed),
+        conditions: old.map(|o| o.conditions.clone()).unwrap_or_default(),
+        ..AuctionStatus::default()
+    };
+    status::set_condition(
+        &mut s.conditions,
+        CONDITION_READY,
+        false,
+        "InvalidManifest",
+        &format!("{error}; fix the file (it is read again on every change)"),
+        local_now(),
+        None,
+    );
+    s
+}
+
+async fn read_status(path: &Path) -> Option<AuctionStatus> {
+    let text = tokio::fs::read_to_string(status_path(path)).await.ok()?;
+    serde_yaml::from_str(&text).ok()
+}
+
+async fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let mut file = tokio::fs::File::create(&tmp).await?;
+    file.write_all(text.as_bytes()).await?;
+    file.flush().await?;
+    drop(file);
+    tokio::fs::rename(&tmp, path).await
+}
+
+fn log_event(auction: &str, note: &status::Note) {
+    match note.severity {
+        Severity::Normal => info!(
+            target: "gavel_operator::events",
+            auction,
+            reason = %note.reason,
+            action = %note.action,
+            "{}",
+            note.message
+        ),
+        Severity::Warning => warn!(
+            target: "gavel_operator::events",
+            auction,
+            reason = %note.reason,
+            action = %note.action,
+            "{}",
+            note.message
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_and_status_files() {
+        assert!(is_manifest(Path::new("/d/a.yaml")));
+        assert!(is_manifest(Path::new("/d/a.yml")));
+        assert!(!is_manifest(Path::new("/d/a.yaml.status.yaml")));
+        assert!(!is_manifest(Path::new("/d/.a.yaml")));
+        assert!(!is_manifest(Path::new("/d/a.json")));
+        assert_eq!(
+            status_path(Path::new("/d/a.yaml")),
+            PathBuf::from("/d/a.yaml.status.yaml")
+        );
+    }
+
+    #[test]
+    fn bad_manifests_get_actionable_messages() {
+        for (text, expected) in [
+            ("{", "not valid YAML"),
+            (
+                "apiVersion: v1\nkind: Pod\n",
+                "expected apiVersion gavel.dev/v1alpha1",
+            ),
+            (
+                "apiVersion: gavel.dev/v1alpha1\nkind: Auction\nmetadata: {name: a}\nspec: {title: x}\n",
+                "not a valid Auction",
+            ),
+            (
+                "apiVersion: gavel.dev/v1alpha1\nkind: Auction\nmetadata: {}\nspec: {title: x, currency: USD, startingPrice: 1, increments: [], endsAt: x}\n",
+                "metadata.name is required",
+            ),
+            (
+                "apiVersion: gavel.dev/v1alpha1\nkind: Auction\nmetadata: {name: a}\nspec: {title: x, currency: USD, startingPrice: 99999999999999999999999, increments: [], endsAt: x}\n",
+                "startingPrice",
+            ),
+        ] {
+            let err = parse_manifest(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        let ok = parse_manifest(
+            "apiVersion: gavel.dev/v1alpha1\nkind: Auction\nmetadata: {name: a}\nspec: {title: x, currency: USD, startingPrice: 1, increments: [{from: 0, step: 1}], endsAt: '2030-01-01T00:00:00Z'}\n",
+        )
+        .unwrap();
+        assert_eq!(ok.metadata.namespace.as_deref(), Some("default"));
+    }
+}
