@@ -17,16 +17,15 @@ import sys
 from urllib.parse import quote, urlsplit
 
 
-def send_text(sock, text):
-    payload = text.encode()
+def send_frame(sock, opcode, payload):
     mask = os.urandom(4)
     n = len(payload)
     if n < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | n)
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
     elif n < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
     else:
-        header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
     sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
 
@@ -70,7 +69,8 @@ def main():
         sys.exit(f"ws-bid: upgrade refused: {status.strip()}")
     while f.readline() not in (b"\r\n", b""):
         pass
-    send_text(sock, json.dumps({"type": "bid", "auction": auction, "amount": amount, "ref": "ws-bid"}))
+    bid = {"type": "bid", "auction": auction, "amount": amount, "ref": "ws-bid"}
+    send_frame(sock, 0x1, json.dumps(bid).encode())
     while True:
         opcode, data = recv_frame(f)
         if opcode == 0x8:
@@ -80,6 +80,7 @@ def main():
         msg = json.loads(data)
         if msg.get("type") in ("bid_result", "bid_rejected", "error"):
             print(json.dumps(msg))
+            send_frame(sock, 0x8, struct.pack("!H", 1000))  # normal closure
             sys.exit(0 if msg["type"] == "bid_result" else 1)
 
 
