@@ -1,0 +1,426 @@
+//! End-to-end tests of the standalone mode against real Redis and PostgreSQL: real bids,
+//! soft-close extension, close on time and exactly once with two operators on the same
+//! directory, result in PostgreSQL and in the written status, deletion, restart mid-close,
+//! invalid manifests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gavel_crds::{AuctionStatus, Phase, format_time};
+use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
+use gavel_engine::store::Store;
+use gavel_engine::testing::{TestRedis, database_url, redis_url, temp_dir};
+use gavel_engine::{
+    AuctionEvent, AuctionId, BidAccepted, BidRequest, Bidder, CloseMode, Engine, EngineError,
+    Millis,
+};
+use gavel_operator::lifecycle::{Lifecycle, local_now, run_flusher};
+use gavel_operator::metrics::Metrics;
+use gavel_operator::plan::Timing;
+use gavel_operator::standalone::{Standalone, status_path};
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
+
+/// Tolerance of "closes within a second of its effective end".
+const CLOSE_TOLERANCE_MS: Millis = 1_000;
+
+struct Servers {
+    redis: String,
+    database: String,
+    _redis: Option<TestRedis>,
+}
+
+async fn servers() -> Servers {
+    let (redis, guard) = redis_url();
+    Servers {
+        redis,
+        database: database_url().await,
+        _redis: guard,
+    }
+}
+
+struct Operator {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+    flush: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Operator {
+    async fn start(dir: &Path, s: &Servers, name: &str) -> Self {
+        let engine = Engine::connect(&s.redis, 2).await.unwrap();
+        let store = Store::connect_lazy(&s.database).unwrap();
+        let flusher = Arc::new(Mutex::new(Flusher::new(
+            &engine,
+            store.clone(),
+            FlusherConfig::new(name),
+            FlushMetrics::unregistered(),
+        )));
+        let timing = Timing {
+            refresh: Duration::from_millis(500),
+            ..Timing::default()
+        };
+        let lifecycle = Lifecycle::new(engine, store, flusher.clone(), timing);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let flush = tokio::spawn(run_flusher(flusher));
+        let (stop, rx) = oneshot::channel::<()>();
+        let op = Standalone::new(
+            dir.to_path_buf(),
+            lifecycle,
+            metrics.clone(),
+            Duration::from_millis(50),
+            false,
+        );
+        let task = tokio::spawn(op.run_until(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            stop,
+            task,
+            flush,
+            metrics,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+        self.flush.abort();
+    }
+}
+
+fn manifest(name: &str, starts_at: Option<Millis>, ends_at: Millis, extra: &str) -> String {
+    let starts = starts_at
+        .map(|s| format!("  startsAt: \"{}\"\n", format_time(s)))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: gavel.dev/v1alpha1\nkind: Auction\nmetadata:\n  name: {name}\n  namespace: shop\n\
+         spec:\n  title: \"Lot {name}\"\n  currency: USD\n  startingPrice: 10000\n  increments:\n    - {{ from: 0, step: 100 }}\n\
+         {starts}  endsAt: \"{}\"\n{extra}",
+        format_time(ends_at)
+    )
+}
+
+fn read_status(path: &Path) -> Option<AuctionStatus> {
+    let text = std::fs::read_to_string(status_path(path)).ok()?;
+    serde_yaml::from_str(&text).ok()
+}
+
+async fn wait_status(
+    path: &Path,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&AuctionStatus) -> bool,
+) -> AuctionStatus {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(s) = read_status(path) {
+            if pred(&s) {
+                return s;
+            }
+            last = Some(s);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "status of {} never became {what} within {timeout:?}; last: {last:#?}",
+        path.display()
+    );
+}
+
+async fn wait_until(ms: Millis) {
+    let left = ms - local_now();
+    if left > 0 {
+        tokio::time::sleep(Duration::from_millis(left as u64)).await;
+    }
+}
+
+async fn bid(
+    engine: &Engine,
+    id: &AuctionId,
+    who: &str,
+    amount: Option<i64>,
+    max: Option<i64>,
+) -> BidAccepted {
+    let bidder = Bidder::new(format!("{}-id", who.to_lowercase()), who).unwrap();
+    engine
+        .place_bid(id, &bidder, BidRequest { amount, max })
+        .await
+        .unwrap_or_else(|e| panic!("{who}'s bid refused: {e}"))
+}
+
+fn closes(events: &[AuctionEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, AuctionEvent::Closed(_)))
+        .count()
+}
+
+fn phase(p: Phase) -> impl Fn(&AuctionStatus) -> bool {
+    move |s| s.phase == Some(p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_bids_open_extend_and_close_on_time_exactly_once_with_two_operators() {
+    let s = servers().await;
+    let dir = temp_dir("operator-e2e");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let id = AuctionId::new("shop", "strat").unwrap();
+    let file: PathBuf = dir.join("strat.yaml");
+
+    let t0 = local_now();
+    let (start, end) = (t0 + 1_500, t0 + 4_000);
+    std::fs::write(
+        &file,
+        manifest(
+            "strat",
+            Some(start),
+            end,
+            "  softClose: { window: 1500ms, extension: 2s }\n",
+        ),
+    )
+    .unwrap();
+    // Two operators on the same directory, started concurrently.
+    let (a, b) = tokio::join!(
+        Operator::start(&dir, &s, "operator-a"),
+        Operator::start(&dir, &s, "operator-b")
+    );
+
+    let scheduled = wait_status(
+        &file,
+        Duration::from_secs(5),
+        "Scheduled",
+        phase(Phase::Scheduled),
+    )
+    .await;
+    assert_eq!(scheduled.effective_ends_at, Some(format_time(end)));
+    assert_eq!(scheduled.observed_generation, Some(1));
+
+    let open = wait_status(&file, Duration::from_secs(5), "Open", phase(Phase::Open)).await;
+    assert!(local_now() >= start, "reported Open before startsAt");
+    assert!(
+        open.conditions
+            .iter()
+            .any(|c| c.type_ == "Open" && c.status == "True")
+    );
+
+    // Real bids (DESIGN.md §3 proxy rules, flat step 100).
+    assert_eq!(
+        bid(&engine, &id, "Ann", Some(10_000), None).await.price,
+        10_000
+    );
+    let b1 = bid(&engine, &id, "Bob", None, Some(15_000)).await;
+    assert_eq!((b1.leader_name.as_str(), b1.price), ("Bob", 10_100));
+    let b2 = bid(&engine, &id, "Ann", Some(12_000), None).await;
+    assert_eq!((b2.leader_name.as_str(), b2.price), ("Bob", 12_100));
+
+    // A bid within the soft-close window moves the end.
+    wait_until(end - 1_000).await;
+    let late = bid(&engine, &id, "Carol", Some(13_000), None).await;
+    assert!(late.extended, "a bid 1s before the end must extend it");
+    assert!(late.ends_at > end);
+    let new_end = late.ends_at;
+
+    // The status follows the extension (bounded refresh, 500ms here).
+    wait_status(&file, Duration::from_secs(3), "extended", |st| {
+        st.effective_ends_at == Some(format_time(new_end))
+    })
+    .await;
+
+    let closed = wait_status(
+        &file,
+        Duration::from_secs(15),
+        "Closed",
+        phase(Phase::Closed),
+    )
+    .await;
+    let result = store
+        .result(&id)
+        .await
+        .unwrap()
+        .expect("result in PostgreSQL");
+    let lateness = result.closed_at - new_end;
+    assert!(
+        (0..=CLOSE_TOLERANCE_MS).contains(&lateness),
+        "closed {lateness} ms after its effective end (tolerance 0..={CLOSE_TOLERANCE_MS} ms): \
+         effective end {new_end}, closed at {}",
+        result.closed_at
+    );
+    eprintln!("closed {lateness} ms after the effective end");
+    assert_eq!(result.winner.as_deref(), Some("bob-id"));
+    assert_eq!(result.final_price, Some(13_100));
+    assert_eq!(result.bid_count, 4);
+
+    assert_eq!(closed.winner.as_deref(), Some("Bob"));
+    assert_eq!(closed.winner_id.as_deref(), Some("bob-id"));
+    assert_eq!(closed.final_price, Some(13_100));
+    assert_eq!(closed.reserve_met, Some(true));
+    assert_eq!(closed.bid_count, Some(4));
+    assert_eq!(closed.effective_ends_at, Some(format_time(new_end)));
+    assert_eq!(closed.closed_at, Some(format_time(result.closed_at)));
+    assert!(
+        closed
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "ResultRecorded" && c.status == "True")
+    );
+    // Every accepted bid is in PostgreSQL.
+    assert_eq!(store.bid_count(&id).await.unwrap(), 4);
+    // Closed once: one close event in the stream, though two operators raced for it.
+    let events = engine.events_since(&id, 0, 1_000).await.unwrap();
+    assert_eq!(closes(&events), 1, "closed more than once: {events:?}");
+    // Both operators converge on the same report.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(read_status(&file).unwrap().phase, Some(Phase::Closed));
+    for m in [&a.metrics, &b.metrics] {
+        assert!(
+            m.render()
+                .contains("gavel_operator_auctions{phase=\"Closed\"} 1")
+        );
+    }
+
+    // Removing the file deletes the auction: live state gone, PostgreSQL kept.
+    std::fs::remove_file(&file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_path(&file).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!status_path(&file).exists(), "status file not removed");
+    assert!(matches!(
+        engine.snapshot(&id, None).await,
+        Err(EngineError::UnknownAuction(_))
+    ));
+    assert!(store.result(&id).await.unwrap().is_some());
+    assert_eq!(store.bid_count(&id).await.unwrap(), 4);
+
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_passed_while_down_and_restart_mid_close() {
+    let s = servers().await;
+    let dir = temp_dir("operator-restart");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let end = local_now() + 600;
+
+    // "down": provisioned (as by an earlier operator) and bid on, then the end passes.
+    let down = AuctionId::new("shop", "down").unwrap();
+    let down_file = dir.join("down.yaml");
+    std::fs::write(&down_file, manifest("down", None, end, "")).unwrap();
+    // "midclose": closed in Redis by an operator that died before recording.
+    let mid = AuctionId::new("shop", "midclose").unwrap();
+    let mid_file = dir.join("midclose.yaml");
+    std::fs::write(&mid_file, manifest("midclose", None, end, "")).unwrap();
+    for (id, file) in [(&down, &down_file), (&mid, &mid_file)] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let auction = gavel_operator::standalone::parse_manifest(&text).unwrap();
+        let settings = auction.spec.to_settings().unwrap();
+        engine.provision(id, &settings).await.unwrap();
+        store.upsert_auction(id, &settings).await.unwrap();
+        bid(&engine, id, "Ann", Some(10_000), None).await;
+        bid(&engine, id, "Bob", Some(11_000), None).await;
+    }
+    wait_until(end + 200).await;
+    let first = engine.close(&mid, CloseMode::AtEnd).await.unwrap();
+    let gavel_engine::CloseOutcome::Closed(first) = first else {
+        panic!("not closed: {first:?}");
+    };
+    assert!(store.result(&mid).await.unwrap().is_none());
+
+    let op = Operator::start(&dir, &s, "operator-restarted").await;
+    for (id, file) in [(&down, &down_file), (&mid, &mid_file)] {
+        let st = wait_status(
+            file,
+            Duration::from_secs(10),
+            "Closed",
+            phase(Phase::Closed),
+        )
+        .await;
+        assert_eq!(st.winner.as_deref(), Some("Bob"));
+        assert_eq!(st.final_price, Some(11_000));
+        let recorded = store.result(id).await.unwrap().expect("recorded");
+        assert_eq!(recorded.final_price, Some(11_000));
+        assert_eq!(store.bid_count(id).await.unwrap(), 2);
+        let events = engine.events_since(id, 0, 100).await.unwrap();
+        assert_eq!(closes(&events), 1);
+    }
+    // The restart recorded the result of the close that had already happened.
+    assert_eq!(store.result(&mid).await.unwrap().unwrap(), first);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_manifests_are_reported_and_fixed_files_recover() {
+    let s = servers().await;
+    let dir = temp_dir("operator-invalid");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let bad_spec = dir.join("bad-spec.yaml");
+    let now = local_now();
+    std::fs::write(
+        &bad_spec,
+        manifest("bad-spec", Some(now + 60_000), now + 30_000, ""),
+    )
+    .unwrap();
+    let garbage = dir.join("garbage.yaml");
+    std::fs::write(&garbage, "this: [is not an auction").unwrap();
+    let op = Operator::start(&dir, &s, "operator-invalid").await;
+
+    let st = wait_status(
+        &bad_spec,
+        Duration::from_secs(5),
+        "Failed",
+        phase(Phase::Failed),
+    )
+    .await;
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(
+        ready
+            .message
+            .starts_with("spec.endsAt: must be after startsAt"),
+        "{}",
+        ready.message
+    );
+    let id = AuctionId::new("shop", "bad-spec").unwrap();
+    assert!(
+        engine.snapshot(&id, None).await.is_err(),
+        "an invalid auction was provisioned"
+    );
+
+    let st = wait_status(
+        &garbage,
+        Duration::from_secs(5),
+        "Failed",
+        phase(Phase::Failed),
+    )
+    .await;
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "InvalidManifest");
+    assert!(
+        ready.message.contains("not valid YAML"),
+        "{}",
+        ready.message
+    );
+
+    // Fixing the file is enough.
+    std::fs::write(
+        &bad_spec,
+        manifest("bad-spec", Some(now + 60_000), now + 90_000, ""),
+    )
+    .unwrap();
+    let st = wait_status(
+        &bad_spec,
+        Duration::from_secs(5),
+        "Scheduled",
+        phase(Phase::Scheduled),
+    )
+    .await;
+    assert_eq!(st.observed_generation, Some(2));
+    assert!(engine.snapshot(&id, None).await.is_ok());
+    op.stop().await;
+}
