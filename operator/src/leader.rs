@@ -271,4 +271,110 @@ mod tests {
             assert_eq!(decide(lease.as_ref(), "me", now, d), expected, "{lease:?}");
         }
     }
+
+    mod api {
+        use super::*;
+        use http::{Method, Request, Response, StatusCode};
+        use kube::Client;
+        use kube::client::Body;
+        use serde_json::{Value, json};
+        use tower_test::mock::{self, Handle, SendResponse};
+
+        type Server = Handle<Request<Body>, Response<Body>>;
+        const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+
+        fn elector() -> (LeaderElector, Server) {
+            let (service, server) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "ops");
+            let api = Api::<Lease>::namespaced(client, "ops");
+            let e = LeaderElector::new(api, "gavel-operator", "me", Duration::from_secs(15));
+            (e, server)
+        }
+
+        async fn next(
+            server: &mut Server,
+            method: Method,
+            path: &str,
+        ) -> (Value, SendResponse<Response<Body>>) {
+            let (request, send) = server.next_request().await.expect("request");
+            assert_eq!(request.method(), method);
+            assert!(request.uri().path().starts_with(path), "{}", request.uri());
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            (serde_json::from_slice(&bytes).unwrap_or(Value::Null), send)
+        }
+
+        fn reply(send: SendResponse<Response<Body>>, code: StatusCode, body: Value) {
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+        }
+
+        fn status(code: u16, reason: &str) -> Value {
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": reason, "reason": reason, "code": code})
+        }
+
+        fn lease(holder: &str, renewed: Timestamp) -> Value {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": "gavel-operator", "namespace": "ops", "resourceVersion": "41"},
+                   "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                            "renewTime": MicroTime(renewed), "leaseTransitions": 2}})
+        }
+
+        #[tokio::test]
+        async fn creates_the_missing_lease() {
+            let (e, mut server) = elector();
+            let task = tokio::spawn(async move { e.try_acquire_or_renew().await });
+            let (_, send) = next(&mut server, Method::GET, &format!("{PATH}/gavel-operator")).await;
+            reply(send, StatusCode::NOT_FOUND, status(404, "NotFound"));
+            let (body, send) = next(&mut server, Method::POST, PATH).await;
+            assert_eq!(body["spec"]["holderIdentity"], "me");
+            assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+            reply(send, StatusCode::CREATED, body);
+            assert_eq!(task.await.unwrap().unwrap(), None);
+        }
+
+        #[tokio::test]
+        async fn follows_a_live_leader_without_writing() {
+            let (e, mut server) = elector();
+            let task = tokio::spawn(async move { e.try_acquire_or_renew().await });
+            let (_, send) = next(&mut server, Method::GET, &format!("{PATH}/gavel-operator")).await;
+            reply(send, StatusCode::OK, lease("other", Timestamp::now()));
+            let wait = task.await.unwrap().unwrap().expect("follower");
+            assert!(wait <= Duration::from_secs(5), "{wait:?}");
+        }
+
+        #[tokio::test]
+        async fn takes_over_an_expired_lease_unless_another_replica_won() {
+            let (e, mut server) = elector();
+            let e = std::sync::Arc::new(e);
+            let e2 = e.clone();
+            let task = tokio::spawn(async move { e2.try_acquire_or_renew().await });
+            let expired = Timestamp::now() - SignedDuration::from_secs(60);
+            let (_, send) = next(&mut server, Method::GET, &format!("{PATH}/gavel-operator")).await;
+            reply(send, StatusCode::OK, lease("other", expired));
+            let (body, send) =
+                next(&mut server, Method::PUT, &format!("{PATH}/gavel-operator")).await;
+            // Optimistic concurrency: the write carries the version that was read.
+            assert_eq!(body["metadata"]["resourceVersion"], "41");
+            assert_eq!(body["spec"]["holderIdentity"], "me");
+            assert_eq!(body["spec"]["leaseTransitions"], 3);
+            reply(send, StatusCode::CONFLICT, status(409, "Conflict"));
+            assert!(
+                task.await.unwrap().unwrap().is_some(),
+                "lost the race, must follow"
+            );
+
+            let task = tokio::spawn(async move { e.try_acquire_or_renew().await });
+            let (_, send) = next(&mut server, Method::GET, &format!("{PATH}/gavel-operator")).await;
+            reply(send, StatusCode::OK, lease("other", expired));
+            let (body, send) =
+                next(&mut server, Method::PUT, &format!("{PATH}/gavel-operator")).await;
+            reply(send, StatusCode::OK, body);
+            assert_eq!(task.await.unwrap().unwrap(), None);
+        }
+    }
 }
