@@ -109,6 +109,9 @@ pub struct AuctionSpec {
     pub starts_at: Option<Millis>,
     /// Scheduled end.
     pub ends_at: Millis,
+    /// When set, [`Platform::create_auction`] sets `ends_at` to this long after the
+    /// moment it creates the auction (so a spec built early still ends when meant).
+    pub ends_in: Option<Duration>,
     /// Soft close `(window, extension)` as durations such as `3s`.
     pub soft_close: Option<(String, String)>,
     /// Per-bidder rate limit `(perSecond, burst)`.
@@ -135,6 +138,7 @@ impl AuctionSpec {
             increments: vec![(0, step)],
             starts_at: None,
             ends_at: now_ms() + ends_in.as_millis() as Millis,
+            ends_in: Some(ends_in),
             soft_close: None,
             bid_limit: Some((50, 100)),
         }
@@ -404,6 +408,10 @@ impl Platform {
         name: &str,
         spec: &AuctionSpec,
     ) -> Result<String, PlatformError> {
+        let mut spec = spec.clone();
+        if let Some(ends_in) = spec.ends_in {
+            spec.ends_at = now_ms() + ends_in.as_millis() as Millis;
+        }
         let yaml = spec.to_yaml(&self.namespace, name);
         match &self.backend {
             Backend::Manifests(dir) => {

@@ -225,12 +225,12 @@ async fn wait_closed(
 async fn seed_example(platform: &Platform, pace: Duration) -> Result<String> {
     header("1/2  The seed example of DESIGN.md §3: flat step 2, proxy bids");
     let name = unique_name("strat-1962");
-    let spec = AuctionSpec::new("1962 Fender Stratocaster", 100, 2, Duration::from_secs(12));
+    let spec = AuctionSpec::new("1962 Fender Stratocaster", 100, 2, Duration::from_secs(10));
     let id = platform.create_auction(&name, &spec).await?;
     say(
         "demo",
         &format!(
-            "created Auction {id}: starting price {}, step {}, ends in 12 s",
+            "created Auction {id}: starting price {}, step {}, ends in 10 s",
             feed::money(100, CURRENCY),
             feed::money(2, CURRENCY)
         ),
@@ -438,11 +438,10 @@ async fn statuses(platform: &Platform, ids: &[String]) -> Result<()> {
                 s["phase"] == "Closed"
             })
             .await?;
-        let pick = |k: &str| {
-            status
-                .get(k)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "-".into())
+        let pick = |k: &str| match status.get(k) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => "-".into(),
         };
         println!(
             "  {id}: phase {}, winner {}, finalPrice {}, reserveMet {}, bidCount {}, effectiveEndsAt {}",
@@ -501,7 +500,7 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -509,5 +508,14 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    tokio::runtime::Runtime::new()?.block_on(run(cli))
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gavel-demo: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

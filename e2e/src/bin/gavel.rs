@@ -1,6 +1,7 @@
 //! `gavel`: watch an auction's live feed or bid from a terminal, over WebSocket protocol
 //! v1. Defaults come from the environment or from `.gavel/env` (written by `make up`).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -185,14 +186,7 @@ async fn bid(
     Ok(accepted)
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+fn run(cli: Cli) -> Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Cmd::Watch {
@@ -200,18 +194,39 @@ fn main() -> Result<()> {
             since,
             follow,
             conn,
-        } => rt.block_on(watch(auction, since, follow, conn)),
+        } => rt
+            .block_on(watch(auction, since, follow, conn))
+            .map(|()| ExitCode::SUCCESS),
         Cmd::Bid {
             auction,
             amount,
             max,
             watch,
             conn,
-        } => {
-            if !rt.block_on(bid(auction, amount, max, watch, conn))? {
-                std::process::exit(2);
-            }
-            Ok(())
+        } => rt
+            .block_on(bid(auction, amount, max, watch, conn))
+            .map(|accepted| {
+                if accepted {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                }
+            }),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gavel: error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
