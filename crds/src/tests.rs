@@ -331,3 +331,33 @@ fn odd_manifests_never_panic() {
     spec.ends_at = "2026-12-01T21:00:00+02:00".into();
     assert_eq!(spec.to_settings().unwrap().ends_at, 1_796_151_600_000);
 }
+
+#[test]
+fn example_manifests_of_the_repository_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut checked = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !(name.starts_with("auction") && name.ends_with(".yaml")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let auction: Auction =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name} is not an Auction: {e}"));
+        let json = serde_json::to_value(&auction).unwrap();
+        validate(&json, None).unwrap_or_else(|e| panic!("{name} fails the CEL rules: {e}"));
+        auction
+            .spec
+            .to_settings()
+            .unwrap_or_else(|e| panic!("{name} does not convert: {e}"));
+        checked += 1;
+    }
+    assert!(checked > 0, "no manifests/auction*.yaml found in {dir}");
+}
