@@ -139,8 +139,10 @@ fn note_close(stats: &mut ConnStats, message: &Message) {
     }
 }
 
-/// A bidder: bids `max = min_next + jitter` (proxy bids are accepted whenever they reach
-/// the server's minimum next bid) and times each reply.
+/// A bidder in an escalating bidding war: its proxy ceiling grows with the time since the
+/// start (10 per microsecond), so a bid sent later beats one sent earlier whoever sent
+/// it, and is accepted as long as the servers keep roughly the order of arrival. A bidder
+/// learns the minimum next bid only from its own replies, and never bids below it.
 async fn bid(ws: &mut Ws, index: usize, interval: Option<Duration>, shared: &Shared) -> ConnStats {
     let mut stats = ConnStats::default();
     let live = &shared.live;
@@ -168,10 +170,10 @@ async fn bid(ws: &mut Ws, index: usize, interval: Option<Duration>, shared: &Sha
         tokio::select! {
             _ = tokio::time::sleep_until(next_send.into()), if may_send => {
                 counter += 1;
-                let jitter = (counter * 7 + index as u64) % 50;
+                let escalation = start.elapsed().as_micros() as i64 * 10 + (index % 10) as i64;
                 let frame = format!(
                     r#"{{"type":"bid","auction":"{auction}","max":{},"ref":"{counter}"}}"#,
-                    min_next + jitter as i64
+                    (1_000_000 + escalation).max(min_next)
                 );
                 if ws.send(Message::text(frame)).await.is_err() {
                     stats.errored = true;
