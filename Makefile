@@ -75,3 +75,26 @@ images: ## Build the bid-api and operator images (needs Docker)
 
 e2e-kind: tools ## End-to-end on a throw-away kind cluster (needs Docker and kind; not part of test)
 	./scripts/e2e-kind.sh
+
+# --- Local platform and demo (no cluster needed): gavel-local, gavel-demo, gavel CLI -----
+
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+GAVEL_LOCAL := $(TARGET_DIR)/debug/gavel-local
+
+.PHONY: up down demo local-build
+
+local-build:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with https://rustup.rs, then run make again" >&2; exit 1; }
+	$(CARGO) build --locked -p gavel-bid-api -p gavel-operator -p gavel-e2e --bins
+
+up: check-system-deps local-build ## Start Redis, PostgreSQL, 2 bid-api and the operator locally (background); writes .gavel/env
+	@$(GAVEL_LOCAL) up
+
+down: ## Stop everything `make up` started
+	@if [ -x $(GAVEL_LOCAL) ]; then $(GAVEL_LOCAL) down; \
+	elif [ -f .gavel/local.pid ]; then kill "$$(cat .gavel/local.pid)" 2>/dev/null; rm -f .gavel/env .gavel/local.pid; fi
+
+demo: check-system-deps local-build ## Start here: local platform, scripted bidders with a live feed, results from PostgreSQL, then stop
+	@started=; $(GAVEL_LOCAL) status >/dev/null 2>&1 || started=1; \
+	trap '[ -z "$$started" ] || $(GAVEL_LOCAL) down' EXIT; \
+	$(GAVEL_LOCAL) up && $(TARGET_DIR)/debug/gavel-demo

@@ -44,6 +44,8 @@ enum Cmd {
     },
     /// Stop everything `up` started.
     Down,
+    /// Print the addresses and exit 0 if the platform is up; exit 1 if not.
+    Status,
     /// Run the platform in the foreground until SIGTERM/SIGINT (what `up` starts).
     Run {
         /// How many bid-api processes.
@@ -245,6 +247,14 @@ fn run_cli() -> Result<()> {
     match cli.command {
         Cmd::Up { timeout, bid_apis } => up(&dir, Duration::from_secs(timeout), bid_apis),
         Cmd::Down => down(&dir),
+        Cmd::Status => match running_pid(&dir) {
+            Some(pid) if env_file(&dir).is_file() => {
+                println!("Gavel is up (pid {pid}):");
+                print_env(&dir);
+                Ok(())
+            }
+            _ => bail!("Gavel is not running (`make up` starts it)"),
+        },
         Cmd::Run { bid_apis } => tokio::runtime::Runtime::new()?.block_on(run(&dir, bid_apis)),
     }
 }
