@@ -182,7 +182,15 @@ impl Standalone {
             let is_new = !self.entries.contains_key(&path);
             let entry = self.entries.entry(path.clone()).or_default();
             if is_new {
+                // Continue the generations of a status written by an earlier run, so the
+                // first reconcile of this run provisions again (idempotent) and picks up
+                // edits made while no operator was running.
                 entry.status = read_status(&path).await;
+                entry.generation = entry
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_generation)
+                    .unwrap_or(0);
             }
             if !is_new && entry.text == text && !entry.deleting {
                 continue;

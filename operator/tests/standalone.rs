@@ -423,4 +423,74 @@ async fn invalid_manifests_are_reported_and_fixed_files_recover() {
     assert_eq!(st.observed_generation, Some(2));
     assert!(engine.snapshot(&id, None).await.is_ok());
     op.stop().await;
+
+    // An edit made while no operator runs is applied by the next one.
+    let edited = manifest("bad-spec", Some(now + 60_000), now + 90_000, "")
+        .replace("title: \"Lot bad-spec\"", "title: \"Renamed lot\"");
+    std::fs::write(&bad_spec, edited).unwrap();
+    let op = Operator::start(&dir, &s, "operator-invalid-2").await;
+    wait_status(&bad_spec, Duration::from_secs(5), "generation 3", |st| {
+        st.observed_generation == Some(3)
+    })
+    .await;
+    assert_eq!(
+        engine.snapshot(&id, None).await.unwrap().title,
+        "Renamed lot"
+    );
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pricing_frozen_after_bids_and_cancel() {
+    let s = servers().await;
+    let dir = temp_dir("operator-frozen");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let id = AuctionId::new("shop", "frozen").unwrap();
+    let file = dir.join("frozen.yaml");
+    let end = local_now() + 60_000;
+    std::fs::write(&file, manifest("frozen", None, end, "")).unwrap();
+    let op = Operator::start(&dir, &s, "operator-frozen").await;
+    wait_status(&file, Duration::from_secs(5), "Open", phase(Phase::Open)).await;
+    bid(&engine, &id, "Ann", Some(10_000), None).await;
+
+    // A pricing change after the first bid is refused; the auction keeps running.
+    let text =
+        manifest("frozen", None, end, "").replace("startingPrice: 10000", "startingPrice: 20000");
+    std::fs::write(&file, text).unwrap();
+    let st = wait_status(&file, Duration::from_secs(5), "PricingFrozen", |st| {
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "PricingFrozen")
+    })
+    .await;
+    assert_eq!(st.phase, Some(Phase::Open));
+    assert_eq!(st.observed_generation, Some(2));
+    let snap = engine.snapshot(&id, None).await.unwrap();
+    assert_eq!(snap.min_next, 10_100, "the old increments still apply");
+
+    // Restoring the old price is accepted.
+    std::fs::write(&file, manifest("frozen", None, end, "")).unwrap();
+    wait_status(&file, Duration::from_secs(5), "Ready again", |st| {
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+    .await;
+
+    // Cancelling closes at once with no winner, recorded in PostgreSQL.
+    std::fs::write(&file, manifest("frozen", None, end, "  cancel: true\n")).unwrap();
+    let st = wait_status(
+        &file,
+        Duration::from_secs(5),
+        "Cancelled",
+        phase(Phase::Cancelled),
+    )
+    .await;
+    assert_eq!(st.winner, None);
+    assert_eq!(st.final_price, Some(10_000));
+    let result = store.result(&id).await.unwrap().expect("recorded");
+    assert!(result.cancelled);
+    assert_eq!(store.bid_count(&id).await.unwrap(), 1);
+    op.stop().await;
 }
