@@ -15,6 +15,8 @@
 //! The binaries: `gavel` (watch and bid from a terminal), `gavel-local` (`up`/`down`, used
 //! by `make up`/`make down`) and `gavel-demo` (the scripted bidders of `make demo`).
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod envfile;
 pub mod feed;

@@ -237,6 +237,10 @@ fn split_urls(s: &str) -> Vec<String> {
         .collect()
 }
 
+fn pick(urls: &[String], i: usize) -> &str {
+    urls.get(i % urls.len().max(1)).map_or("", String::as_str)
+}
+
 fn env(key: &str) -> Option<String> {
     std::env::var(key).ok().filter(|v| !v.is_empty())
 }
@@ -381,14 +385,14 @@ impl Platform {
         })
     }
 
-    /// WebSocket URL of bid-api process `i` (wrapping around).
+    /// WebSocket URL of bid-api process `i` (wrapping around; empty if there is none).
     pub fn ws_url(&self, i: usize) -> &str {
-        &self.ws_urls[i % self.ws_urls.len()]
+        pick(&self.ws_urls, i)
     }
 
-    /// HTTP base URL of bid-api process `i` (wrapping around).
+    /// HTTP base URL of bid-api process `i` (wrapping around; empty if there is none).
     pub fn http_url(&self, i: usize) -> &str {
-        &self.http_urls[i % self.http_urls.len()]
+        pick(&self.http_urls, i)
     }
 
     /// Connects to bid-api process `i` as a development-mode bidder.

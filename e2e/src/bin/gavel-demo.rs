@@ -67,7 +67,7 @@ impl Bidder {
             name,
             &format!(
                 "joined on bid-api #{} ({})",
-                process % platform.ws_urls.len() + 1,
+                process % platform.ws_urls.len().max(1) + 1,
                 client.url()
             ),
         );
@@ -164,7 +164,7 @@ async fn watcher(
         "feed",
         &format!(
             "watching from bid-api #{}: {}",
-            process % platform.ws_urls.len() + 1,
+            process % platform.ws_urls.len().max(1) + 1,
             feed::describe(&ServerMessage::Snapshot(snapshot.clone()), CURRENCY)
         ),
     );
