@@ -687,3 +687,136 @@ async fn bad_input_gets_typed_errors() {
     let s = a.subscribe(&id, T).await.expect("snapshot");
     assert_eq!(s.bid_count, 0, "refused bids changed nothing");
 }
+
+/// Runs one of this crate's binaries to completion; returns (exit code, stdout + stderr).
+async fn run_bin(bin: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(bin)
+            .args(args)
+            .env_remove("GAVEL_WS_URL")
+            .env_remove("GAVEL_BIDDER")
+            .env_remove("GAVEL_TOKEN")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{bin} {args:?} did not finish in 120s"))
+    .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// The `gavel` CLI bids (exit 0 when accepted, 2 when refused) and watches until the
+/// close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_bids_and_watches() {
+    let gavel = env!("CARGO_BIN_EXE_gavel");
+    let id = open(
+        "cli",
+        AuctionSpec::new("cli", 1000, 50, Duration::from_secs(6)),
+    )
+    .await;
+    let url = platform().ws_url(1).to_owned();
+    let watch = {
+        let (id, url) = (id.clone(), url.clone());
+        tokio::spawn(async move { run_bin(gavel, &["watch", &id, "--url", &url]).await })
+    };
+    let (code, out) = run_bin(
+        gavel,
+        &[
+            "bid", &id, "--amount", "1000", "--bidder", "zed", "--url", &url,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("accepted: leading"), "{out}");
+    let (code, out) = run_bin(
+        gavel,
+        &[
+            "bid", &id, "--amount", "1010", "--bidder", "yan", "--url", &url,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("BidTooLow") && out.contains("USD 10.50"),
+        "{out}"
+    );
+    let (code, out) = run_bin(gavel, &["bid", &id, "--amount", "1000", "--url", &url]).await;
+    assert_eq!(code, Some(1), "bidding without an identity: {out}");
+    let (code, out) = watch.await.expect("watch task");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("price USD 10.00 - leader zed"), "{out}");
+    assert!(out.contains("CLOSED: winner zed at USD 10.00"), "{out}");
+}
+
+/// `make up`, `make demo` and `make down` in one: `gavel-local up` starts a second local
+/// platform in a temporary folder, `gavel-demo` runs against it, `gavel-local down`
+/// stops it. Local platforms only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_demo_down() {
+    if platform().local_platform().is_none() {
+        eprintln!("not a local platform: skipped");
+        return;
+    }
+    let local = env!("CARGO_BIN_EXE_gavel-local");
+    let demo = env!("CARGO_BIN_EXE_gavel-demo");
+    let dir = gavel_engine::testing::temp_dir("local-up");
+    let dir_s = dir.display().to_string();
+    let (code, out) = run_bin(local, &["--dir", &dir_s, "up"]).await;
+    assert_eq!(code, Some(0), "gavel-local up: {out}");
+    let env = gavel_e2e::envfile::read(&dir.join("env"));
+    for key in [
+        "GAVEL_WS_URLS",
+        "GAVEL_HTTP_URLS",
+        "GAVEL_DATABASE_URL",
+        "GAVEL_REDIS_URL",
+        "GAVEL_MANIFESTS",
+    ] {
+        assert!(
+            env.contains_key(key),
+            "{key} missing from .gavel/env: {env:?}"
+        );
+    }
+    assert_eq!(env["GAVEL_WS_URLS"].split(',').count(), 2);
+    let (code, status) = run_bin(local, &["--dir", &dir_s, "status"]).await;
+    assert_eq!(code, Some(0), "{status}");
+
+    let env_file = dir.join("env").display().to_string();
+    let (demo_code, demo_out) = run_bin(demo, &["--env-file", &env_file, "--pace-ms", "100"]).await;
+    let (down_code, down_out) = run_bin(local, &["--dir", &dir_s, "down"]).await;
+    assert_eq!(demo_code, Some(0), "gavel-demo: {demo_out}");
+    for expected in [
+        "carol leads at USD 1.92",
+        "CLOSED: winner carol at USD 1.92",
+        "SOFT CLOSE: end extended",
+        "table results",
+        "phase Closed, winner carol, finalPrice 192",
+    ] {
+        assert!(
+            demo_out.contains(expected),
+            "demo output lacks {expected:?}:\n{demo_out}"
+        );
+    }
+    assert_eq!(down_code, Some(0), "gavel-local down: {down_out}");
+    assert!(!dir.join("env").exists(), "down leaves no env file");
+    let (code, _) = run_bin(local, &["--dir", &dir_s, "status"]).await;
+    assert_eq!(code, Some(1), "status after down");
+    let url = env["GAVEL_HTTP_URLS"]
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        gavel_e2e::http::get(&format!("{url}/healthz"))
+            .await
+            .is_err(),
+        "bid-api still answers after down"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
