@@ -820,3 +820,61 @@ async fn local_up_demo_down() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Floods and oversized frames: `RATE_LIMITED` (per bidder in Redis, per connection in
+/// bid-api) and close code 1009.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_oversized_frames() {
+    let mut spec = AuctionSpec::new("limits", 100, 10, Duration::from_secs(120));
+    spec.bid_limit = Some((1, 2));
+    let id = open("limits", spec).await;
+    let mut a = bidder(0, "ann", &id).await;
+    let mut codes = Vec::new();
+    for amount in [100, 110, 120, 130] {
+        match bid(&mut a, &id, Some(amount), None).await {
+            BidReply::Accepted(_) => codes.push(None),
+            BidReply::Rejected(r) => {
+                if r.code == Code::RateLimited {
+                    assert!(r.retry_after_ms.is_some(), "{r:?}");
+                }
+                codes.push(Some(r.code));
+            }
+            BidReply::Error(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(
+        codes[..2],
+        [None, None],
+        "the burst of 2 goes through: {codes:?}"
+    );
+    assert!(codes[2..].contains(&Some(Code::RateLimited)), "{codes:?}");
+
+    // A flood of messages on one connection.
+    let mut f = platform().watcher(1).await.expect("connect");
+    for _ in 0..300 {
+        f.send(&gavel_e2e::ClientMessage::Ping).await.expect("send");
+    }
+    let e = f
+        .wait_for("RATE_LIMITED", T, |m| match m {
+            ServerMessage::Error(e) if e.code == Code::RateLimited => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(e.is_ok(), "no RATE_LIMITED after 300 pings: {e:?}");
+
+    // A frame over the size limit closes the connection with 1009.
+    let mut big = platform().watcher(0).await.expect("connect");
+    big.send_text(format!(
+        r#"{{"type":"subscribe","auction":"{id}","pad":"{}"}}"#,
+        "x".repeat(1 << 20)
+    ))
+    .await
+    .ok();
+    match big.next(T).await {
+        Err(gavel_e2e::ClientError::Closed { code, .. }) => assert_eq!(code, Some(1009)),
+        other => {
+            let next = big.wait_for("close", T, |_| None::<()>).await;
+            panic!("expected a close with 1009, got {other:?} then {next:?}");
+        }
+    }
+}
