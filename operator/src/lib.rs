@@ -10,6 +10,8 @@
 //! - [`leader`]: Lease-based leader election.
 //! - [`metrics`], [`http`], [`telemetry`], [`config`]: the process around it.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod controller;
 pub mod http;

@@ -132,8 +132,10 @@ impl Standalone {
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         info!(dir = %self.dir.display(), "standalone mode: reconciling the Auction manifests of a directory (development mode)");
         tokio::pin!(shutdown);
+        // A directory that cannot be read at start is a configuration error; later the
+        // operator keeps going (and keeps closing what it knows) until it is back.
+        self.tick().await?;
         loop {
-            self.tick().await?;
             let now = Instant::now();
             let next = self
                 .entries
@@ -146,12 +148,21 @@ impl Standalone {
                 _ = &mut shutdown => return Ok(()),
                 _ = tokio::time::sleep(next) => {}
             }
+            if let Err(e) = self.tick().await {
+                warn!(error = %e, "cannot scan the directory; retrying");
+                self.reconcile_due().await;
+            }
         }
     }
 
     /// One pass: scan the directory, then reconcile every entry that changed or is due.
     pub async fn tick(&mut self) -> anyhow::Result<()> {
         self.scan().await?;
+        self.reconcile_due().await;
+        Ok(())
+    }
+
+    async fn reconcile_due(&mut self) {
         let now = Instant::now();
         let due: Vec<PathBuf> = self
             .entries
@@ -162,7 +173,6 @@ impl Standalone {
         for path in due {
             self.reconcile(&path).await;
         }
-        Ok(())
     }
 
     async fn scan(&mut self) -> anyhow::Result<()> {

@@ -494,3 +494,85 @@ async fn pricing_frozen_after_bids_and_cancel() {
     assert_eq!(store.bid_count(&id).await.unwrap(), 1);
     op.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_at_the_end_closes_on_time_and_records_on_recovery() {
+    let (redis, _redis_guard) = redis_url();
+    let mut pg = tokio::task::spawn_blocking(gavel_engine::testing::TestPostgres::start)
+        .await
+        .unwrap();
+    let database = gavel_engine::testing::create_database(&pg.url(), "gavel_pg_down").await;
+    let s = Servers {
+        redis,
+        database,
+        _redis: None,
+    };
+    let dir = temp_dir("operator-pgdown");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let id = AuctionId::new("shop", "pgdown").unwrap();
+    let file = dir.join("pgdown.yaml");
+    let end = local_now() + 2_500;
+    std::fs::write(&file, manifest("pgdown", None, end, "")).unwrap();
+    let op = Operator::start(&dir, &s, "operator-pgdown").await;
+    wait_status(&file, Duration::from_secs(5), "Open", phase(Phase::Open)).await;
+    bid(&engine, &id, "Ann", Some(10_000), None).await;
+    // Wait for the flusher's durable write of the bid: the test server runs with
+    // synchronous_commit=off, so a SIGKILL could otherwise lose the schema itself.
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.bid_count(&id).await.unwrap() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the bid never reached PostgreSQL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+
+    // Redis closes on time without PostgreSQL; the status says what is missing.
+    let st = wait_status(&file, Duration::from_secs(10), "Unavailable", |st| {
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "Unavailable")
+    })
+    .await;
+    assert_ne!(
+        st.phase,
+        Some(Phase::Closed),
+        "Closed before the result was recorded"
+    );
+    let snap = engine.snapshot(&id, None).await.unwrap();
+    let result = snap
+        .result
+        .expect("closed in Redis while PostgreSQL is down");
+    let lateness = result.closed_at - end;
+    assert!(
+        (0..=CLOSE_TOLERANCE_MS).contains(&lateness),
+        "closed {lateness} ms after its end with PostgreSQL down (tolerance {CLOSE_TOLERANCE_MS} ms)"
+    );
+
+    let mut pg = pg;
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart();
+        pg
+    })
+    .await
+    .unwrap();
+    let st = wait_status(
+        &file,
+        Duration::from_secs(20),
+        "Closed",
+        phase(Phase::Closed),
+    )
+    .await;
+    assert_eq!(st.winner.as_deref(), Some("Ann"));
+    assert_eq!(store.result(&id).await.unwrap(), Some(result));
+    assert_eq!(store.bid_count(&id).await.unwrap(), 1);
+    op.stop().await;
+    drop(pg);
+}
