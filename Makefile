@@ -8,7 +8,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help test lint fmt fmt-check clippy test-rust bench build release check-system-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
+.PHONY: help test lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -36,7 +36,10 @@ build: ## Debug build of every binary
 release: ## Optimised build of every binary
 	$(CARGO) build --workspace --release --locked
 
-bench: check-system-deps ## Place-bid throughput: engine client vs raw redis-benchmark EVALSHA
+bench: check-system-deps ## Performance report: engine vs raw EVALSHA, then load scenarios over WebSocket (target/bench/)
+	@./scripts/bench.sh
+
+bench-engine: check-system-deps ## Only the engine: place-bid via the engine client vs raw redis-benchmark EVALSHA
 	$(CARGO) bench -p gavel-engine --bench place_bid --locked
 
 check-system-deps: ## Redis and PostgreSQL server binaries (installed with apt-get when root)

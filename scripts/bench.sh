@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# make bench: Gavel's performance report, on this machine.
+#
+# 1. The engine alone: place-bid through the engine client vs `redis-benchmark` EVALSHA
+#    of the same script on the same Redis (engine/benches/place_bid.rs).
+# 2. The whole platform over real WebSockets (release builds of gavel-local, bid-api,
+#    operator and the load generator `gavel-load`):
+#      hot        one auction, 1,000 bidders bidding as fast as they can
+#      hot-half   the same at half the rate reached by `hot` (latency at a sane load)
+#      watchers   10,000 watchers on one auction receiving ~100 price updates per second
+#      idle       20,000 mostly idle subscribed connections (bid-api memory per connection),
+#                 from two load processes of 10,000 (one per bid-api: the per-process
+#                 open-file limit here is 20,000)
+# Results: target/bench/*.json and *.svg, and target/bench/summary.md.
+# Knobs: BENCH_SECONDS (20), BENCH_BIDDERS (1000), BENCH_WATCHERS (10000), BENCH_IDLE (20000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=target/bench
+DIR=$OUT/platform
+SECONDS_PER_RUN=${BENCH_SECONDS:-20}
+BIDDERS=${BENCH_BIDDERS:-1000}
+WATCHERS=${BENCH_WATCHERS:-10000}
+IDLE=${BENCH_IDLE:-20000}
+mkdir -p "$OUT"
+
+echo "== building release binaries"
+cargo build --release --locked -p gavel-bid-api -p gavel-operator -p gavel-e2e -p gavel-loadgen
+
+echo "== engine: place-bid throughput, engine client vs raw EVALSHA"
+cargo bench --locked -p gavel-engine --bench place_bid
+
+echo "== starting the local platform (release builds)"
+# The load generator is one client machine's worth of users: lift the per-connection
+# message limits that protect the servers from a single abusive client.
+export GAVEL_MESSAGES_PER_SECOND=1000000 GAVEL_MESSAGE_BURST=1000000
+export GAVEL_BIN_DIR=$PWD/target/release
+target/release/gavel-local down --dir "$DIR" >/dev/null 2>&1 || true
+target/release/gavel-local up --dir "$DIR"
+trap 'target/release/gavel-local down --dir "$DIR" >/dev/null 2>&1 || true' EXIT
+# shellcheck disable=SC1091
+source "$DIR/env"
+IFS=, read -r -a WS <<<"$GAVEL_WS_URLS"
+# The bid-api processes: the ones listening on the ports of the WebSocket URLs.
+PIDS=()
+for url in "${WS[@]}"; do
+  port=${url##*:}; port=${port%%/*}
+  pid=$(ss -ltnpH "sport = :$port" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1)
+  PIDS+=("$pid")
+done
+echo "bid-api processes: ${PIDS[*]} at ${WS[*]}"
+
+load() { target/release/gavel-load --out-dir "$OUT" --redis-url "$GAVEL_REDIS_URL" "$@"; }
+ALL_URLS=$GAVEL_WS_URLS
+ALL_PIDS=$(IFS=,; echo "${PIDS[*]}")
+
+echo "== hot: one auction, $BIDDERS bidders, as fast as possible"
+load --scenario hot --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provision \
+  --auctions bench/hot --bidders "$BIDDERS" --duration "${SECONDS_PER_RUN}s"
+
+half=$(python3 -c "import json; r=json.load(open('$OUT/hot.json')); print(max(1, int((r['accepted'] + sum(r['rejected'].values())) / r['duration_s'] / 2)))")
+echo "== hot-half: the same at $half bids/s (half of what hot reached)"
+load --scenario hot-half --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provision \
+  --auctions bench/hot-half --bidders "$BIDDERS" --rate "$half" --duration "${SECONDS_PER_RUN}s"
+
+echo "== watchers: $WATCHERS watchers, ~100 price updates per second"
+load --scenario watchers --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provision \
+  --auctions bench/watched --bidders 20 --rate 100 --watchers "$WATCHERS" \
+  --duration "${SECONDS_PER_RUN}s"
+
+echo "== idle: $IDLE subscribed connections"
+per=$((IDLE / ${#WS[@]}))
+for i in "${!WS[@]}"; do
+  load --scenario "idle-$i" --ws-urls "${WS[$i]}" --server-pids "${PIDS[$i]}" --provision \
+    --auctions bench/quiet --bidders 0 --idle "$per" --duration 10s &
+done
+wait
+
+python3 - "$OUT" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+load = lambda name: json.load(open(os.path.join(out, name)))
+engine = load("engine.json")
+raw = engine["raw_evalsha_per_second"]
+rows = []
+def processed(r):
+    return (r["accepted"] + sum(r["rejected"].values())) / r["duration_s"]
+for name in ["hot", "hot-half", "watchers"]:
+    r = load(name + ".json")
+    rows.append((name, r))
+idle = [load(f) for f in sorted(os.listdir(out)) if f.startswith("idle-") and f.endswith(".json")]
+lines = ["# Gavel performance (make bench)", "",
+         f"Machine: {os.cpu_count()} cores; Redis, bid-api processes and load generator share it.", "",
+         f"- raw `redis-benchmark` EVALSHA of the place-bid script: {raw:,.0f}/s "
+         f"(pipelined: {engine['raw_evalsha_pipelined_per_second']:,.0f}/s)",
+         f"- engine client, {engine['callers']} callers: {engine['engine_bids_per_second']:,.0f} accepted bids/s "
+         f"({engine['ratio']*100:.0f}% of raw EVALSHA)", "",
+         "| scenario | connections | bids processed/s | accepted/s | % of raw EVALSHA (processed) | bid→result p50 / p99 / p99.9 ms | bid→price p50 / p99 / p99.9 ms | lost / out of order |",
+         "|---|---|---|---|---|---|---|---|"]
+for name, r in rows:
+    l, b = r["bid_result_latency"], r["broadcast_latency"]
+    bcast = f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f} / {b['p999_ms']:.1f}" if b["count"] else "–"
+    lines.append(f"| {name} | {r['connections_held']} | {processed(r):,.0f} | {r['accepted_per_s']:,.0f} | "
+                 f"{processed(r)/raw*100:.0f}% | {l['p50_ms']:.1f} / {l['p99_ms']:.1f} / {l['p999_ms']:.1f} | {bcast} | "
+                 f"{r['events_lost']} / {r['events_out_of_order']} |")
+if idle:
+    held = sum(r["connections_held"] for r in idle)
+    per = [r["server_bytes_per_connection"] for r in idle if r["server_bytes_per_connection"]]
+    lines += ["", f"Idle connections held: {held}; bid-api memory per idle connection: "
+              + ", ".join(f"{p/1024:.1f} KiB" for p in per)]
+text = "\n".join(lines) + "\n"
+open(os.path.join(out, "summary.md"), "w").write(text)
+print(text)
+EOF
