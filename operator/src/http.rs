@@ -60,3 +60,75 @@ pub async fn serve(addr: SocketAddr, state: HttpState) -> anyhow::Result<()> {
     axum::serve(listener, router(state)).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gavel_engine::testing::{database_url, free_port, redis_url};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        for _ in 0..100 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                return out;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("server never listened on {addr}");
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let (url, _redis) = redis_url();
+        let engine = Engine::connect(&url, 1).await.unwrap();
+        let store = Store::connect_lazy(&database_url().await).unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        metrics.reconciled(std::time::Duration::from_millis(2), None);
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let server = tokio::spawn(serve(
+            addr,
+            HttpState {
+                metrics,
+                engine,
+                store,
+            },
+        ));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let ready = get(addr, "/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        let metrics = get(addr, "/metrics").await;
+        assert!(
+            metrics.contains("gavel_operator_reconciles_total{result=\"ok\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("text/plain; version=0.0.4"));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn not_ready_without_postgres() {
+        let (url, _redis) = redis_url();
+        let engine = Engine::connect(&url, 1).await.unwrap();
+        let store =
+            Store::connect_lazy(&format!("postgres://postgres@127.0.0.1:{}/x", free_port()))
+                .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let server = tokio::spawn(serve(
+            addr,
+            HttpState {
+                metrics,
+                engine,
+                store,
+            },
+        ));
+        let ready = get(addr, "/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+        assert!(ready.contains("postgres"));
+        server.abort();
+    }
+}
