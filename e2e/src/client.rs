@@ -129,6 +129,7 @@ pub struct WsClient {
     closed: Option<(String, Option<u16>)>,
     welcome: Welcome,
     next_ref: u64,
+    keep_history: bool,
 }
 
 /// Appends `?bidder=<name>` (percent-encoded) to a URL.
@@ -237,6 +238,7 @@ impl WsClient {
                 protocol: serde_json::Value::Null,
             },
             next_ref: 0,
+            keep_history: true,
         };
         client.welcome = client
             .wait_for("welcome", WELCOME_TIMEOUT, |m| match m {
@@ -262,9 +264,19 @@ impl WsClient {
         &self.welcome
     }
 
-    /// Every message received so far, in order (including consumed ones).
+    /// Every message received so far, in order (including consumed ones), unless
+    /// [`WsClient::keep_history`] turned recording off.
     pub fn received(&self) -> &[ServerMessage] {
         &self.received
+    }
+
+    /// Whether to record every message for [`WsClient::received`] (on by default; turn it
+    /// off for long-lived connections so that memory stays bounded).
+    pub fn keep_history(&mut self, keep: bool) {
+        self.keep_history = keep;
+        if !keep {
+            self.received = Vec::new();
+        }
     }
 
     /// Sends one message.
@@ -338,7 +350,9 @@ impl WsClient {
             ServerMessage::BidRejected(r) if r.reference == reference => {
                 Some(BidReply::Rejected(r.clone()))
             }
-            ServerMessage::Error(e) => Some(BidReply::Error(e.clone())),
+            ServerMessage::Error(e) if e.reference.is_empty() || e.reference == reference => {
+                Some(BidReply::Error(e.clone()))
+            }
             _ => None,
         })
         .await
@@ -414,7 +428,9 @@ impl WsClient {
                 timeout,
             }),
             Ok(Some(Incoming::Message(msg))) => {
-                self.received.push(msg.clone());
+                if self.keep_history {
+                    self.received.push(msg.clone());
+                }
                 Ok(msg)
             }
             Ok(Some(Incoming::Closed { reason, code })) => {

@@ -298,6 +298,10 @@ pub struct ErrorMessage {
     /// Human explanation.
     #[serde(default)]
     pub message: String,
+    /// The `ref` of the offending message, when the server could read one (an extension
+    /// some servers send; empty otherwise).
+    #[serde(rename = "ref", default, deserialize_with = "de_ref")]
+    pub reference: String,
 }
 
 impl ServerMessage {
@@ -527,6 +531,12 @@ mod tests {
                 ..
             })
         ));
+        let m =
+            ServerMessage::parse(r#"{"type":"error","code":"RATE_LIMITED","message":"m","ref":9}"#)
+                .unwrap();
+        assert!(
+            matches!(m, ServerMessage::Error(ErrorMessage { code: Code::RateLimited, ref reference, .. }) if reference == "9")
+        );
         assert!(ServerMessage::parse("not json").is_err());
         assert!(ServerMessage::parse(r#"{"type":"price","auction":"a"}"#).is_err());
         assert!(

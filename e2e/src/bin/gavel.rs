@@ -140,6 +140,7 @@ async fn follow_feed(
 
 async fn watch(auction: String, since: Option<u64>, follow: bool, conn: Conn) -> Result<()> {
     let mut client = connect(&conn).await?;
+    client.keep_history(false);
     client
         .send(&ClientMessage::Subscribe {
             auction: auction.clone(),
