@@ -25,6 +25,9 @@ use crate::status::{self, CONDITION_RECORDED, Note};
 /// Most steps one reconcile carries out before it yields and comes back.
 const MAX_STEPS: usize = 8;
 
+/// Retry delay of a provision that reached Redis but not PostgreSQL.
+const STORE_RETRY: Duration = Duration::from_secs(2);
+
 /// How long one reconcile lets its own flusher drain before checking what is left.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -134,6 +137,7 @@ impl Lifecycle {
             recorded: recorded_in(auction.status.as_ref()),
             unflushed: None,
             provisioned: false,
+            store_error: None,
             now: local_now(),
         };
         let id = match auction_id(auction) {
@@ -151,7 +155,13 @@ impl Lifecycle {
             let step = plan::plan(&obs, &self.timing);
             debug!(auction = %id, ?step, "plan");
             match step {
-                Step::Wait { requeue } => return Ok(self.finish(auction, &obs, requeue, false)),
+                Step::Wait { requeue } => {
+                    let requeue = match (&obs.store_error, requeue) {
+                        (Some(_), r) => Some(r.map_or(STORE_RETRY, |r| r.min(STORE_RETRY))),
+                        (None, r) => r,
+                    };
+                    return Ok(self.finish(auction, &obs, requeue, false));
+                }
                 Step::Release => return Ok(self.finish(auction, &obs, None, true)),
                 Step::Provision => self.provision(&id, &mut obs).await?,
                 Step::Close(mode) => match self.engine.close(&id, mode).await? {
@@ -203,9 +213,13 @@ impl Lifecycle {
         };
         match self.engine.provision(id, &settings).await {
             Ok(outcome) => {
-                self.store.upsert_auction(id, &settings).await?;
                 obs.provisioned = true;
                 info!(auction = %id, ?outcome, "provisioned");
+                // Redis decides from here on; PostgreSQL gets the settings when it can.
+                if let Err(e) = self.store.upsert_auction(id, &settings).await {
+                    warn!(auction = %id, error = %e, "cannot record the auction in PostgreSQL; retrying");
+                    obs.store_error = Some(e.to_string());
+                }
             }
             Err(EngineError::PricingFrozen(_)) => {
                 warn!(auction = %id, "pricing change refused: the auction has bids");

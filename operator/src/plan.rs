@@ -80,6 +80,9 @@ pub struct Observed {
     pub unflushed: Option<u64>,
     /// This generation's settings were pushed during this reconcile.
     pub provisioned: bool,
+    /// The settings reached Redis but not PostgreSQL (unreachable): the lifecycle goes on
+    /// (Redis decides), and the next reconcile provisions again.
+    pub store_error: Option<String>,
     /// The local clock, used only when Redis gave no time (not provisioned).
     pub now: Millis,
 }
@@ -287,6 +290,20 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
                     "applying the new settings".into(),
                 )
             }
+        }
+        (Ok(_), None) if o.store_error.is_some() => {
+            // Not observed until PostgreSQL has the settings too: retried next time.
+            s.observed_generation = old.observed_generation;
+            set(
+                &mut s,
+                CONDITION_READY,
+                false,
+                "Unavailable",
+                format!(
+                    "provisioned in Redis but not in PostgreSQL ({}); retrying",
+                    o.store_error.as_deref().unwrap_or_default()
+                ),
+            )
         }
         (Ok(_), None) => {
             if o.provisioned || !kept_refusal(&old, o.generation) {

@@ -83,6 +83,7 @@ fn base() -> Observed {
         recorded: false,
         unflushed: None,
         provisioned: false,
+        store_error: None,
         now: NOW,
     }
 }
@@ -562,4 +563,20 @@ fn invalid_spec_message_tells_what_to_fix() {
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].severity, status::Severity::Warning);
     assert_eq!(notes[0].reason, "InvalidSpec");
+}
+
+#[test]
+fn postgres_unreachable_at_provisioning_does_not_stop_the_lifecycle() {
+    let mut o = base();
+    o.status = Some(status(Phase::Pending, 0));
+    o.live = Some(live(LivePhase::Closing, None, NOW));
+    o.provisioned = true;
+    o.store_error = Some("postgres: connection refused".into());
+    // The close is not held up by PostgreSQL.
+    assert_eq!(plan(&o, &Timing::default()), Step::Close(CloseMode::AtEnd));
+    let s = desired_status(&o);
+    assert_eq!(s.observed_generation, Some(0), "must be provisioned again");
+    let ready = status::condition(&s.conditions, CONDITION_READY).unwrap();
+    assert_eq!(ready.reason, "Unavailable");
+    assert!(ready.message.contains("connection refused"));
 }
