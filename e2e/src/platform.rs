@@ -13,6 +13,10 @@
 //!   bid-api processes in development auth mode and the operator in standalone mode.
 //!
 //! [`Platform::shared`] gives the scenario tests of one test binary a single platform.
+//! Starting a local one, it first runs `cargo build -p gavel-bid-api -p gavel-operator`
+//! (skipped with `GAVEL_E2E_SKIP_BUILD=1`; `GAVEL_BIN_DIR` names another folder of
+//! binaries) and removes its folder of logs and manifests after the test process exits
+//! (kept with `GAVEL_E2E_KEEP_LOGS=1`; errors name it).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -343,6 +347,14 @@ impl Platform {
         }
     }
 
+    /// ` (logs: <dir>)` for a local platform, to append to error messages.
+    fn logs_hint(&self) -> String {
+        self.local
+            .as_ref()
+            .map(|l| format!(" (logs: {})", l.logs.display()))
+            .unwrap_or_default()
+    }
+
     /// The local platform, when this one was started on this machine.
     pub fn local_platform(&self) -> Option<&LocalPlatform> {
         self.local.as_ref()
@@ -365,6 +377,9 @@ impl Platform {
                 }
                 let bin_dir = binary_dir()?;
                 let work_dir = gavel_engine::testing::temp_dir("e2e");
+                if env("GAVEL_E2E_KEEP_LOGS").is_none() {
+                    remove_after_exit(&work_dir);
+                }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -480,7 +495,7 @@ impl Platform {
             }
             if Instant::now() > deadline {
                 return Err(PlatformError::Timeout {
-                    what: format!("{id} to open (last: {last})"),
+                    what: format!("{id} to open (last: {last}){}", self.logs_hint()),
                     timeout,
                 });
             }
@@ -741,6 +756,22 @@ fn panic_message(e: tokio::task::JoinError) -> String {
             .unwrap_or_else(|| "panicked".into()),
         Err(e) => e.to_string(),
     }
+}
+
+/// Starts a shell that removes `dir` a few seconds after this process is gone (once the
+/// platform's processes have stopped writing their logs there).
+fn remove_after_exit(dir: &Path) {
+    let script = format!(
+        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; sleep 5; rm -rf '{dir}'",
+        parent = std::process::id(),
+        dir = dir.display()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
 }
 
 /// Starts a shell that stops `pid` once process `parent` is gone.
