@@ -368,3 +368,76 @@ async fn deleting_removes_live_state_keeps_postgres_and_drops_the_finalizer() {
     assert_eq!(a.object_ref(&()).name.as_deref(), Some("strat"));
     assert_eq!(a.name_any(), "strat");
 }
+
+/// The whole `Controller` (list, watch, scheduler, reconcile) against the mock API server:
+/// an Auction that ends in a second is closed on time and its Closed status applied.
+#[tokio::test]
+async fn the_controller_closes_a_listed_auction_at_its_end() {
+    let mut f = fixture().await;
+    let id = AuctionId::new("shop", "strat").unwrap();
+    let mut a = finalized(auction(-1_000, 1_200));
+    a.metadata.resource_version = Some("7".into());
+    let end = a.spec.to_settings().unwrap().ends_at;
+    let list = json!({
+        "apiVersion": "gavel.dev/v1alpha1", "kind": "AuctionList",
+        "metadata": { "resourceVersion": "7" }, "items": [a],
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run(f.ctx.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    let mut held_watches = Vec::new();
+    let mut phases = Vec::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !phases.contains(&Some(Phase::Closed)) {
+        let next = tokio::time::timeout_at(deadline, f.server.next_request())
+            .await
+            .expect("the controller never applied a Closed status")
+            .expect("client dropped");
+        let (request, send) = next;
+        let uri = request.uri().to_string();
+        let method = request.method().clone();
+        if method == Method::GET && uri.contains("watch=true") {
+            held_watches.push(send); // a watch that stays open and quiet
+        } else if method == Method::GET && uri.starts_with("/apis/gavel.dev/v1alpha1/auctions") {
+            respond(send, &list);
+        } else if method == Method::PATCH && uri.starts_with(&format!("{BASE}/status")) {
+            let patch = body_json(request).await;
+            let status: AuctionStatus = serde_json::from_value(patch["status"].clone()).unwrap();
+            phases.push(status.phase);
+            let mut updated = a.clone();
+            updated.status = Some(status);
+            respond(send, &updated);
+        } else if method == Method::POST && uri.contains("/events") {
+            let event = body_json(request).await;
+            events.push(event["reason"].as_str().unwrap_or_default().to_owned());
+            respond(send, &event);
+        } else {
+            panic!("unexpected request {method} {uri}");
+        }
+    }
+    let result = f.store.result(&id).await.unwrap().expect("recorded");
+    let lateness = result.closed_at - end;
+    assert!(
+        (0..=1_000).contains(&lateness),
+        "closed {lateness} ms after the end (tolerance 1000 ms)"
+    );
+    assert_eq!(phases.first(), Some(&Some(Phase::Open)), "{phases:?}");
+    // The Closed event follows the Closed status.
+    let next = tokio::time::timeout(Duration::from_secs(5), f.server.next_request())
+        .await
+        .expect("no Closed event")
+        .expect("client dropped");
+    let (request, send) = next;
+    let event = body_json(request).await;
+    events.push(event["reason"].as_str().unwrap_or_default().to_owned());
+    respond(send, &event);
+    assert_eq!(events, ["Opened", "Closed"]);
+    let _ = stop_tx.send(());
+    drop(held_watches);
+    tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .expect("the controller did not stop")
+        .unwrap();
+}
