@@ -58,7 +58,10 @@ pub fn decide(
     let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
         return LeaseStep::TakeOver;
     };
-    let expires = renewed.0 + SignedDuration::try_from(valid_for).unwrap_or(SignedDuration::ZERO);
+    let expires = renewed
+        .0
+        .checked_add(SignedDuration::try_from(valid_for).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX);
     if expires <= now {
         LeaseStep::TakeOver
     } else {
@@ -252,6 +255,7 @@ mod tests {
             (Some(spec(Some(""), 1, 15)), LeaseStep::TakeOver),
             (Some(spec(Some("other"), 15, 15)), LeaseStep::TakeOver),
             (Some(spec(Some("other"), 100, 15)), LeaseStep::TakeOver),
+            (Some(spec(Some("other"), 1, -5)), LeaseStep::TakeOver),
             (
                 Some(spec(Some("other"), 5, 15)),
                 LeaseStep::Follow {
@@ -270,6 +274,17 @@ mod tests {
         for (lease, expected) in cases {
             assert_eq!(decide(lease.as_ref(), "me", now, d), expected, "{lease:?}");
         }
+        // Absurd durations near the end of time never panic.
+        let far = LeaseSpec {
+            holder_identity: Some("other".into()),
+            lease_duration_seconds: Some(i32::MAX),
+            renew_time: Some(MicroTime(Timestamp::MAX)),
+            ..LeaseSpec::default()
+        };
+        assert!(matches!(
+            decide(Some(&far), "me", now, d),
+            LeaseStep::Follow { .. }
+        ));
     }
 
     mod api {
