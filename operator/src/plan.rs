@@ -166,6 +166,9 @@ pub fn plan(o: &Observed, timing: &Timing) -> Step {
         return match &o.live {
             None => Step::Release,
             Some(live) => match &live.result {
+                // Deleted after its end but before the close: it still closes with its
+                // winner; before the end it is cancelled.
+                None if now >= live.ends_at => Step::Close(gavel_engine::CloseMode::AtEnd),
                 None => Step::Close(gavel_engine::CloseMode::Cancel),
                 Some(_) if !o.recorded && o.unflushed.is_some_and(|n| n > 0) => Step::Wait {
                     requeue: Some(timing.flush_retry),

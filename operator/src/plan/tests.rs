@@ -375,6 +375,15 @@ fn table() -> Vec<Case> {
             Some(Phase::Open),
         ),
         case(
+            "deleting an ended auction not closed yet: close it with its winner",
+            |o| {
+                o.deleting = true;
+                o.live = Some(live(LivePhase::Closing, None, NOW - SEC));
+            },
+            Step::Close(CloseMode::AtEnd),
+            Some(Phase::Open),
+        ),
+        case(
             "deleting a closed auction: record, then remove",
             |o| {
                 o.deleting = true;
