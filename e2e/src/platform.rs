@@ -200,10 +200,43 @@ impl AuctionSpec {
         })
     }
 
-    /// The Auction object as YAML.
+    /// The Auction object as YAML, fields in the order a person writes them.
     pub fn to_yaml(&self, namespace: &str, name: &str) -> String {
-        serde_yaml::to_string(&self.manifest(namespace, name))
-            .unwrap_or_else(|_| self.manifest(namespace, name).to_string())
+        // JSON strings are valid YAML double-quoted scalars.
+        let q = |s: &str| Value::from(s).to_string();
+        let mut y = format!(
+            "apiVersion: gavel.dev/v1alpha1\nkind: Auction\nmetadata:\n  name: {}\n  namespace: {}\n\
+             spec:\n  title: {}\n  currency: {}\n  startingPrice: {}\n",
+            q(name),
+            q(namespace),
+            q(&self.title),
+            q(&self.currency),
+            self.starting_price
+        );
+        if let Some(reserve) = self.reserve_price {
+            y.push_str(&format!("  reservePrice: {reserve}\n"));
+        }
+        y.push_str("  increments:\n");
+        for (from, step) in &self.increments {
+            y.push_str(&format!("    - {{ from: {from}, step: {step} }}\n"));
+        }
+        if let Some(starts) = self.starts_at {
+            y.push_str(&format!("  startsAt: {}\n", q(&format_rfc3339(starts))));
+        }
+        y.push_str(&format!("  endsAt: {}\n", q(&format_rfc3339(self.ends_at))));
+        if let Some((window, extension)) = &self.soft_close {
+            y.push_str(&format!(
+                "  softClose: {{ window: {}, extension: {} }}\n",
+                q(window),
+                q(extension)
+            ));
+        }
+        if let Some((per_second, burst)) = self.bid_limit {
+            y.push_str(&format!(
+                "  bidLimit: {{ perSecond: {per_second}, burst: {burst} }}\n"
+            ));
+        }
+        y
     }
 }
 
@@ -994,7 +1027,18 @@ mod tests {
         assert_eq!(m["spec"]["reservePrice"], 500);
         assert!(m["spec"].get("startsAt").is_none());
         let yaml = spec.to_yaml("shop", "a");
-        assert!(yaml.contains("kind: Auction"), "{yaml}");
+        assert!(
+            yaml.starts_with("apiVersion: gavel.dev/v1alpha1\nkind: Auction"),
+            "{yaml}"
+        );
+        let parsed: Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(parsed, m, "{yaml}");
+        let mut spec = spec.tiers(&[(0, 1), (100, 5)]);
+        spec.title = "Say \"hi\": #1".into();
+        spec.starts_at = Some(0);
+        spec.bid_limit = None;
+        let parsed: Value = serde_yaml::from_str(&spec.to_yaml("n", "b")).unwrap();
+        assert_eq!(parsed, spec.manifest("n", "b"));
     }
 
     #[test]

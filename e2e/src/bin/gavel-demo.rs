@@ -235,6 +235,14 @@ async fn seed_example(platform: &Platform, pace: Duration) -> Result<String> {
             feed::money(2, CURRENCY)
         ),
     );
+    if let Backend::Manifests(dir) = &platform.backend {
+        let file = gavel_e2e::platform::manifest_path(dir, NAMESPACE, &name);
+        println!("\n  {}:", file.display());
+        for line in spec.to_yaml(NAMESPACE, &name).lines() {
+            println!("    {line}");
+        }
+        println!();
+    }
     platform.wait_open(&id, Duration::from_secs(30)).await?;
     say("demo", "the operator opened it");
     let mut seen = watcher(platform, 1, &id).await?;
