@@ -5,7 +5,7 @@
 //!
 //! - from the environment ([`Platform::from_env`]): `GAVEL_E2E_WS_URLS` and
 //!   `GAVEL_E2E_HTTP_URLS` (comma-separated, same order), optional
-//!   `GAVEL_E2E_DATABASE_URL`, and either `GAVEL_E2E_MANIFESTS` (a folder watched by a
+//!   `GAVEL_E2E_DATABASE_URL` and `GAVEL_E2E_JWT_SECRET` (HS256), and either `GAVEL_E2E_MANIFESTS` (a folder watched by a
 //!   standalone operator) or `GAVEL_E2E_KUBECTL=1` (or a path to `kubectl`) with
 //!   `GAVEL_E2E_NAMESPACE` (auctions are `kubectl apply`-ed and read with
 //!   `kubectl get -o json`);
@@ -262,6 +262,9 @@ pub struct Platform {
     pub namespace: String,
     /// PostgreSQL, when the scenarios can read it.
     pub database_url: Option<String>,
+    /// HS256 secret of bidder tokens, when the scenarios may mint tokens
+    /// (`GAVEL_E2E_JWT_SECRET`, or the local platform's).
+    pub jwt_secret: Option<String>,
     /// How auctions are created.
     pub backend: Backend,
     local: Option<LocalPlatform>,
@@ -345,6 +348,7 @@ impl Platform {
             http_urls,
             namespace,
             database_url: env("GAVEL_E2E_DATABASE_URL"),
+            jwt_secret: env("GAVEL_E2E_JWT_SECRET"),
             backend,
             local: None,
         }))
@@ -363,6 +367,7 @@ impl Platform {
             http_urls,
             namespace: namespace.to_owned(),
             database_url,
+            jwt_secret: None,
             backend,
             local: None,
         }
@@ -375,6 +380,7 @@ impl Platform {
             http_urls: local.http_urls.clone(),
             namespace: "e2e".into(),
             database_url: Some(local.database_url.clone()),
+            jwt_secret: Some(local.jwt_secret.clone()),
             backend: Backend::Manifests(local.manifests.clone()),
             local: Some(local),
         }
@@ -760,6 +766,9 @@ pub struct LocalPlatform {
     pub database_url: String,
     /// Redis URL.
     pub redis_url: String,
+    /// HS256 secret the bid-api processes verify bidder tokens with (besides development
+    /// auth), fresh for each platform.
+    pub jwt_secret: String,
     /// The folder the operator watches for Auction YAML files.
     pub manifests: PathBuf,
     /// The folder of the processes' logs.
@@ -859,6 +868,11 @@ impl LocalPlatform {
             operator_url: String::new(),
             database_url,
             redis_url: redis.url(),
+            jwt_secret: format!(
+                "gavel-local-{}-{}",
+                std::process::id(),
+                radix36(now_ms() as u64)
+            ),
             manifests,
             logs,
             _redis: redis,
@@ -869,7 +883,8 @@ impl LocalPlatform {
             let port = free_port();
             let mut cmd = Command::new(&bid_api);
             cmd.env("GAVEL_LISTEN", format!("127.0.0.1:{port}"))
-                .env("GAVEL_DEV_AUTH", "true");
+                .env("GAVEL_DEV_AUTH", "true")
+                .env("GAVEL_JWT_SECRET", &platform.jwt_secret);
             platform.spawn(&format!("bid-api-{i}"), cmd, &opts)?;
             let http = format!("http://127.0.0.1:{port}");
             platform
@@ -970,6 +985,7 @@ impl LocalPlatform {
             ("GAVEL_HTTP_URLS", self.http_urls.join(",")),
             ("GAVEL_DATABASE_URL", self.database_url.clone()),
             ("GAVEL_REDIS_URL", self.redis_url.clone()),
+            ("GAVEL_JWT_SECRET", self.jwt_secret.clone()),
             ("GAVEL_MANIFESTS", self.manifests.display().to_string()),
             ("GAVEL_OPERATOR_URL", self.operator_url.clone()),
             ("GAVEL_LOGS", self.logs.display().to_string()),

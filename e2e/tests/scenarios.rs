@@ -878,3 +878,54 @@ async fn rate_limits_and_oversized_frames() {
         }
     }
 }
+
+fn token(secret: &str, sub: &str, name: &str) -> String {
+    let claims = serde_json::json!({ "sub": sub, "name": name, "exp": now_ms() / 1000 + 600 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode a token")
+}
+
+/// A bidder authenticated with `Authorization: Bearer <jwt>` bids; others see its display
+/// name, never its id; a forged token cannot bid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_bidder() {
+    let Some(secret) = platform().jwt_secret.clone() else {
+        eprintln!("no GAVEL_E2E_JWT_SECRET: skipped");
+        return;
+    };
+    let id = open(
+        "jwt",
+        AuctionSpec::new("jwt", 100, 10, Duration::from_secs(120)),
+    )
+    .await;
+    let mut w = watcher(1, &id).await;
+    let mut z = WsClient::connect(
+        platform().ws_url(0),
+        &Auth::Token(token(&secret, "user-42", "Zoë Q")),
+    )
+    .await
+    .expect("connect with a token");
+    assert!(z.welcome().bidder.is_some(), "{:?}", z.welcome());
+    z.subscribe(&id, T).await.expect("snapshot");
+    let r = accepted(bid(&mut z, &id, Some(100), None).await);
+    assert_eq!(r.outcome, Outcome::Leading);
+    let p = price_seq(&mut w, r.seq).await;
+    assert_eq!(p.leader.as_deref(), Some("Zoë Q"));
+
+    let forged = token("not-the-secret", "user-43", "Mallory");
+    match WsClient::connect(platform().ws_url(0), &Auth::Token(forged)).await {
+        Err(_) => {}
+        Ok(mut m) => {
+            let code = match bid(&mut m, &id, Some(200), None).await {
+                BidReply::Rejected(r) => r.code,
+                BidReply::Error(e) => e.code,
+                BidReply::Accepted(r) => panic!("a forged token bid: {r:?}"),
+            };
+            assert_eq!(code, Code::Unauthenticated);
+        }
+    }
+}
