@@ -698,9 +698,17 @@ pub fn build_platform_binaries() -> Result<(), PlatformError> {
                 .parent()
                 .unwrap_or(Path::new("."))
                 .to_owned();
-            eprintln!("e2e: building {BID_API_BIN} and {OPERATOR_BIN} (cargo build -p gavel-bid-api -p gavel-operator)");
+            let mut args = vec!["build", "-p", "gavel-bid-api", "-p", "gavel-operator"];
+            // A release test binary looks for release binaries beside it.
+            if binary_dir().is_ok_and(|d| d.ends_with("release")) {
+                args.push("--release");
+            }
+            eprintln!(
+                "e2e: building {BID_API_BIN} and {OPERATOR_BIN} (cargo {})",
+                args.join(" ")
+            );
             let status = Command::new(&cargo)
-                .args(["build", "-p", "gavel-bid-api", "-p", "gavel-operator"])
+                .args(&args)
                 .current_dir(&workspace)
                 .stdin(Stdio::null())
                 .status()
@@ -708,7 +716,7 @@ pub fn build_platform_binaries() -> Result<(), PlatformError> {
             if status.success() {
                 Ok(())
             } else {
-                Err(format!("cargo build -p gavel-bid-api -p gavel-operator failed ({status})"))
+                Err(format!("cargo {} failed ({status})", args.join(" ")))
             }
         })
         .clone()
