@@ -673,6 +673,20 @@ async fn bad_input_gets_typed_errors() {
         .await,
     );
     assert_eq!(r.code, Code::UnknownAuction);
+    a.send(&gavel_e2e::ClientMessage::Subscribe {
+        auction: format!("{}/nope", platform().namespace),
+        since: None,
+    })
+    .await
+    .expect("send");
+    let e = a
+        .wait_for("error", T, |m| match m {
+            ServerMessage::Error(e) => Some(e.clone()),
+            _ => None,
+        })
+        .await
+        .expect("an error for an unknown auction");
+    assert_eq!(e.code, Code::UnknownAuction);
 
     let mut anon = WsClient::connect(platform().ws_url(1), &Auth::Anonymous)
         .await
