@@ -61,6 +61,9 @@ pub enum EngineError {
     /// The bidder id or display name is empty, too long or has control characters.
     #[error("invalid bidder: {0}")]
     InvalidBidder(String),
+    /// Events of the auction are not yet in PostgreSQL; removing it now would lose them.
+    #[error("auction {0} still has {1} events not yet written to PostgreSQL")]
+    Unflushed(AuctionId, u64),
     /// A script answered something this version does not understand.
     #[error("unexpected reply from a Gavel script: {0}")]
     Protocol(String),
@@ -462,29 +465,55 @@ impl Engine {
 
     /// Events appended but not yet written to PostgreSQL (pending or never delivered).
     pub async fn unflushed(&self, id: &AuctionId) -> Result<u64, EngineError> {
-        let groups: Value = self.pool.next().xinfo_groups(id.events_key()).await?;
+        let client = self.pool.next();
+        let key = id.events_key();
+        let exists: i64 = client.exists(&key).await?;
+        if exists == 0 {
+            return Ok(0);
+        }
+        let groups: Value = client.xinfo_groups(&key).await?;
         let groups = match groups {
             Value::Array(groups) => groups,
-            _ => return Ok(0),
+            _ => Vec::new(),
         };
-        for group in groups {
-            let fields = value_map(group);
-            if fields.get("name").map(String::as_str) == Some(FLUSH_GROUP) {
-                let get = |k: &str| {
-                    fields
-                        .get(k)
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                return Ok(get("pending") + get("lag"));
+        let group = groups
+            .into_iter()
+            .map(value_map)
+            .find(|fields| fields.get("name").map(String::as_str) == Some(FLUSH_GROUP));
+        let Some(fields) = group else {
+            // No flusher group yet: nothing was ever delivered.
+            let len: u64 = client.xlen(&key).await?;
+            return Ok(len);
+        };
+        let number = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
+        let pending = number("pending").unwrap_or(0);
+        let lag = match number("lag") {
+            Some(lag) => lag,
+            // Redis leaves `lag` nil when it cannot tell; count what follows the last
+            // delivered entry instead.
+            None => {
+                let last = fields
+                    .get("last-delivered-id")
+                    .cloned()
+                    .unwrap_or_else(|| "0-0".to_owned());
+                let after: Vec<(String, HashMap<String, String>)> = client
+                    .xrange_values(&key, format!("({last}"), "+", None)
+                    .await?;
+                after.len() as u64
             }
-        }
-        Ok(0)
+        };
+        Ok(pending + lag)
     }
 
-    /// Deletes the auction's live state (settings, bids in flight, event stream) and
-    /// unregisters it. PostgreSQL records are not touched.
+    /// Deletes the auction's live state (settings, bidders' ceilings and rate limits, event
+    /// stream) and unregisters it. PostgreSQL records are not touched. Refuses with
+    /// [`EngineError::Unflushed`] while events of the stream are not yet in PostgreSQL, so
+    /// that no accepted bid is ever lost.
     pub async fn remove(&self, id: &AuctionId) -> Result<(), EngineError> {
+        let left = self.unflushed(id).await?;
+        if left > 0 {
+            return Err(EngineError::Unflushed(id.clone(), left));
+        }
         let client = self.pool.next();
         let _: i64 = client.del(id.all_keys().to_vec()).await?;
         let _: i64 = client.srem(REGISTRY_KEY, id.to_string()).await?;

@@ -505,7 +505,23 @@ async fn remove_deletes_live_state_only() {
         .await
         .unwrap();
     assert_eq!(engine.unflushed(&id).await.unwrap(), 1);
+    assert!(matches!(
+        engine.remove(&id).await,
+        Err(EngineError::Unflushed(_, 1))
+    ));
+    // Once flushed (acknowledged by the flusher group) it can go.
+    let _: () = engine
+        .redis()
+        .xgroup_setid(id.events_key(), gavel_engine::keys::FLUSH_GROUP, "$")
+        .await
+        .unwrap();
+    assert_eq!(engine.unflushed(&id).await.unwrap(), 0);
     engine.remove(&id).await.unwrap();
+    assert_eq!(
+        engine.unflushed(&id).await.unwrap(),
+        0,
+        "a removed auction has nothing left"
+    );
     let left: i64 = engine.redis().exists(id.all_keys().to_vec()).await.unwrap();
     assert_eq!(left, 0);
     let registered: bool = engine
