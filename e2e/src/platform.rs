@@ -312,6 +312,13 @@ impl Platform {
     /// A platform described by `GAVEL_E2E_*` variables, or `None` when
     /// `GAVEL_E2E_WS_URLS` is not set.
     pub fn from_env() -> Result<Option<Self>, PlatformError> {
+        Self::from_vars(env)
+    }
+
+    /// Like [`Platform::from_env`], reading the variables with `var` (empty counts as
+    /// unset).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, PlatformError> {
+        let env = |k: &str| var(k).filter(|v| !v.is_empty());
         let Some(ws) = env("GAVEL_E2E_WS_URLS") else {
             return Ok(None);
         };
@@ -1081,5 +1088,133 @@ mod tests {
         let [a, b] = status_paths(Path::new("/m/e2e_x.yaml"));
         assert_eq!(a, Path::new("/m/e2e_x.yaml.status.yaml"));
         assert_eq!(b, Path::new("/m/e2e_x.status.yaml"));
+    }
+}
+
+#[cfg(test)]
+mod backend_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn platform_from_variables() {
+        assert!(Platform::from_vars(vars(&[])).unwrap().is_none());
+        let p = Platform::from_vars(vars(&[
+            ("GAVEL_E2E_WS_URLS", "ws://a/v1/ws, ws://b/v1/ws"),
+            ("GAVEL_E2E_HTTP_URLS", "http://a/,http://b"),
+            ("GAVEL_E2E_KUBECTL", "/usr/bin/kubectl"),
+            ("GAVEL_E2E_NAMESPACE", "e2e-1"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.ws_urls, ["ws://a/v1/ws", "ws://b/v1/ws"]);
+        assert_eq!(p.http_url(3), "http://b");
+        assert_eq!(p.namespace, "e2e-1");
+        assert!(
+            matches!(&p.backend, Backend::Kubectl { program } if program == "/usr/bin/kubectl")
+        );
+        assert!(p.database_url.is_none());
+        let p = Platform::from_vars(vars(&[
+            ("GAVEL_E2E_WS_URLS", "ws://a/v1/ws"),
+            ("GAVEL_E2E_HTTP_URLS", "http://a"),
+            ("GAVEL_E2E_KUBECTL", "1"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(matches!(&p.backend, Backend::Kubectl { program } if program == "kubectl"));
+        let p = Platform::from_vars(vars(&[
+            ("GAVEL_E2E_WS_URLS", "ws://a/v1/ws"),
+            ("GAVEL_E2E_HTTP_URLS", "http://a"),
+            ("GAVEL_E2E_MANIFESTS", "/m"),
+            ("GAVEL_E2E_DATABASE_URL", "postgres://x/y"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(matches!(&p.backend, Backend::Manifests(d) if d == Path::new("/m")));
+        assert_eq!(p.database_url.as_deref(), Some("postgres://x/y"));
+        for bad in [
+            vars(&[("GAVEL_E2E_WS_URLS", "ws://a/v1/ws")]),
+            vars(&[
+                ("GAVEL_E2E_WS_URLS", "ws://a/v1/ws"),
+                ("GAVEL_E2E_HTTP_URLS", "http://a,http://b"),
+                ("GAVEL_E2E_MANIFESTS", "/m"),
+            ]),
+            vars(&[
+                ("GAVEL_E2E_WS_URLS", "ws://a/v1/ws"),
+                ("GAVEL_E2E_HTTP_URLS", "http://a"),
+            ]),
+        ] {
+            assert!(matches!(
+                Platform::from_vars(bad),
+                Err(PlatformError::Config(_))
+            ));
+        }
+    }
+
+    /// The kubectl backend applies the manifest on stdin and reads `.status` from
+    /// `kubectl get -o json`, here with a stand-in `kubectl` script.
+    #[tokio::test]
+    async fn kubectl_backend() {
+        let dir = gavel_engine::testing::temp_dir("fake-kubectl");
+        let script = dir.join("kubectl");
+        let log = dir.join("calls");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{log}'\nif [ \"$1\" = apply ]; then cat >> '{log}'; echo applied; \
+                 elif [ \"$1\" = get ]; then echo '{{\"status\":{{\"phase\":\"Open\",\"bidCount\":2}}}}'; \
+                 else echo nope >&2; exit 1; fi\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = Platform::new(
+            vec!["ws://a/v1/ws".into()],
+            vec!["http://a".into()],
+            "e2e",
+            None,
+            Backend::Kubectl {
+                program: script.display().to_string(),
+            },
+        );
+        let spec = AuctionSpec::new("T", 100, 2, Duration::from_secs(60));
+        let id = p.create_auction("k1", &spec).await.unwrap();
+        assert_eq!(id, "e2e/k1");
+        let status = p.status(&id).await.unwrap().unwrap();
+        assert_eq!(status["phase"], "Open");
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            calls.starts_with("apply -f -\napiVersion: gavel.dev/v1alpha1"),
+            "{calls}"
+        );
+        assert!(calls.contains("  namespace: \"e2e\""), "{calls}");
+        assert!(
+            calls.contains("get auctions.gavel.dev k1 -n e2e -o json"),
+            "{calls}"
+        );
+        let failing = Platform::new(
+            vec![],
+            vec![],
+            "e2e",
+            None,
+            Backend::Kubectl {
+                program: dir.join("missing").display().to_string(),
+            },
+        );
+        assert!(matches!(
+            failing.create_auction("k2", &spec).await,
+            Err(PlatformError::Kubectl { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
