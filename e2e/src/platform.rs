@@ -931,7 +931,16 @@ impl LocalPlatform {
         let log = self.logs.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).map_err(io_error(&log))?;
         let err_file = file.try_clone().map_err(io_error(&log))?;
+        // Only the settings chosen here: none of the caller's GAVEL_* variables (say, from
+        // a sourced .gavel/env or a production shell) leak into the platform.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("GAVEL_") && cmd.get_envs().all(|(k, _)| k != key)
+            {
+                cmd.env_remove(&key);
+            }
+        }
         cmd.env("GAVEL_REDIS_URL", &self.redis_url)
+            .env("GAVEL_LOG_FORMAT", "text")
             .env("GAVEL_DATABASE_URL", &self.database_url)
             .env("RUST_LOG", &opts.rust_log)
             .stdin(Stdio::null())

@@ -765,7 +765,11 @@ async fn cli_bids_and_watches() {
     assert_eq!(code, Some(1), "bidding without an identity: {out}");
     let (code, out) = watch.await.expect("watch task");
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("price USD 10.00 - leader zed"), "{out}");
+    // The price event, or the snapshot if the watcher subscribed after the bid.
+    assert!(
+        out.contains("USD 10.00 - leader zed") || out.contains("USD 10.00, leader zed"),
+        "{out}"
+    );
     assert!(out.contains("CLOSED: winner zed at USD 10.00"), "{out}");
 }
 
