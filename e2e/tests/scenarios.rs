@@ -848,7 +848,7 @@ async fn rate_limits_and_oversized_frames() {
     let id = open("limits", spec).await;
     let mut a = bidder(0, "ann", &id).await;
     let mut codes = Vec::new();
-    for amount in [100, 110, 120, 130] {
+    for amount in [100, 110, 120, 130, 140, 150] {
         match bid(&mut a, &id, Some(amount), None).await {
             BidReply::Accepted(_) => codes.push(None),
             BidReply::Rejected(r) => {
