@@ -410,8 +410,10 @@ impl Platform {
     /// [`LocalPlatform`] (building the bid-api and operator binaries first). Panics with
     /// the reason when it cannot start — it is test start-up.
     pub fn shared() -> &'static Platform {
-        static SHARED: OnceLock<Platform> = OnceLock::new();
-        SHARED.get_or_init(|| {
+        // The outcome is kept either way: after a failed start every test fails at once
+        // with the same reason instead of trying again.
+        static SHARED: OnceLock<Result<Platform, String>> = OnceLock::new();
+        let shared = SHARED.get_or_init(|| {
             // Start-up runs on its own thread and runtime: the caller may be inside a
             // test's runtime, and the platform outlives it.
             let started = std::thread::spawn(|| -> Result<Platform, PlatformError> {
@@ -439,11 +441,15 @@ impl Platform {
             })
             .join();
             match started {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => panic!("cannot start the e2e platform: {e}"),
-                Err(_) => panic!("starting the e2e platform panicked"),
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("starting it panicked".into()),
             }
-        })
+        });
+        match shared {
+            Ok(p) => p,
+            Err(e) => panic!("cannot start the e2e platform: {e}"),
+        }
     }
 
     /// WebSocket URL of bid-api process `i` (wrapping around; empty if there is none).
