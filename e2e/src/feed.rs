@@ -78,7 +78,7 @@ pub fn describe(msg: &ServerMessage, currency: &str) -> String {
             money(r.min_next, currency)
         ),
         ServerMessage::BidRejected(r) => {
-            let mut line = format!("bid {} refused: {:?} {}", r.reference, r.code, r.message);
+            let mut line = format!("bid {} refused: {} {}", r.reference, r.code, r.message);
             if let Some(min) = r.min_next {
                 line.push_str(&format!(" (min next {})", money(min, currency)));
             }
@@ -128,7 +128,7 @@ pub fn describe(msg: &ServerMessage, currency: &str) -> String {
                 if c.reserve_met { "met" } else { "not met" }
             ),
         },
-        ServerMessage::Error(e) => format!("error {:?}: {}", e.code, e.message),
+        ServerMessage::Error(e) => format!("error {}: {}", e.code, e.message),
         ServerMessage::Pong => "pong".into(),
         ServerMessage::Unknown => "(a message of a type this client does not know)".into(),
     }

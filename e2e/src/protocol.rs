@@ -87,6 +87,30 @@ pub enum Code {
     Other,
 }
 
+impl Code {
+    /// The protocol's spelling, e.g. `BID_TOO_LOW` (`OTHER` for an unknown code).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BidTooLow => "BID_TOO_LOW",
+            Code::AuctionNotOpen => "AUCTION_NOT_OPEN",
+            Code::AuctionClosed => "AUCTION_CLOSED",
+            Code::UnknownAuction => "UNKNOWN_AUCTION",
+            Code::RateLimited => "RATE_LIMITED",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::InvalidMessage => "INVALID_MESSAGE",
+            Code::InvalidAmount => "INVALID_AMOUNT",
+            Code::TooLarge => "TOO_LARGE",
+            Code::Other => "OTHER",
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A message the server sends.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -543,6 +567,14 @@ mod tests {
             ServerMessage::parse(r#"{"type":"extended","auction":"a","seq":1,"ends_at":"nope"}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn codes_display_as_the_protocol_spells_them() {
+        for code in [Code::BidTooLow, Code::TooLarge, Code::AuctionNotOpen] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+        }
     }
 
     #[test]

@@ -758,7 +758,7 @@ async fn cli_bids_and_watches() {
     .await;
     assert_eq!(code, Some(2), "{out}");
     assert!(
-        out.contains("BidTooLow") && out.contains("USD 10.50"),
+        out.contains("BID_TOO_LOW") && out.contains("USD 10.50"),
         "{out}"
     );
     let (code, out) = run_bin(gavel, &["bid", &id, "--amount", "1000", "--url", &url]).await;

@@ -129,7 +129,7 @@ async fn follow_feed(
         let done = match &msg {
             ServerMessage::Closed(c) => c.auction == auction,
             ServerMessage::Snapshot(s) => s.auction == auction && s.is_final(),
-            ServerMessage::Error(_) => true,
+            ServerMessage::Error(e) => bail!("the server refused: {} {}", e.code, e.message),
             _ => false,
         };
         if done && !follow {
