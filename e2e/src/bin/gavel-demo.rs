@@ -223,7 +223,10 @@ async fn wait_closed(
 }
 
 async fn seed_example(platform: &Platform, pace: Duration) -> Result<String> {
-    header("1/2  The seed example of DESIGN.md §3: flat step 2, proxy bids");
+    header(
+        "1/2  The seed example of DESIGN.md §3: flat step 2, proxy bids \
+         (amounts are cents: the design's 100 is USD 1.00)",
+    );
     let name = unique_name("strat-1962");
     let spec = AuctionSpec::new("1962 Fender Stratocaster", 100, 2, Duration::from_secs(10));
     let id = platform.create_auction(&name, &spec).await?;
