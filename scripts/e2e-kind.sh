@@ -117,6 +117,7 @@ GAVEL_E2E_HTTP_URLS=$(join "${http_urls[@]}") \
 GAVEL_E2E_KUBECTL=$(command -v kubectl) \
 GAVEL_E2E_NAMESPACE=$AUCTION_NS \
 GAVEL_E2E_DATABASE_URL="postgres://gavel:gavel-dev-only@127.0.0.1:$pg_port/gavel" \
+GAVEL_E2E_JWT_SECRET=gavel-dev-only-insecure-jwt-secret \
   cargo test -p gavel-e2e --locked ${E2E_TEST_ARGS:-} -- --include-ignored
 
 log "result of the smoke auction"
