@@ -750,6 +750,10 @@ pub struct LocalOptions {
     pub bid_apis: usize,
     /// `RUST_LOG` of the processes.
     pub rust_log: String,
+    /// Extra command-line flags for every bid-api process, from
+    /// `GAVEL_LOCAL_BID_API_ARGS` (whitespace-separated), e.g. the benchmark's
+    /// `--messages-per-second 1000000`.
+    pub bid_api_args: Vec<String>,
 }
 
 impl LocalOptions {
@@ -760,6 +764,9 @@ impl LocalOptions {
             work_dir,
             bid_apis: 2,
             rust_log: env("RUST_LOG").unwrap_or_else(|| "info".into()),
+            bid_api_args: env("GAVEL_LOCAL_BID_API_ARGS")
+                .map(|a| a.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -905,7 +912,8 @@ impl LocalPlatform {
             let mut cmd = Command::new(&bid_api);
             cmd.env("GAVEL_LISTEN", format!("127.0.0.1:{port}"))
                 .env("GAVEL_DEV_AUTH", "true")
-                .env("GAVEL_JWT_SECRET", &platform.jwt_secret);
+                .env("GAVEL_JWT_SECRET", &platform.jwt_secret)
+                .args(&opts.bid_api_args);
             platform.spawn(&format!("bid-api-{i}"), cmd, &opts)?;
             let http = format!("http://127.0.0.1:{port}");
             platform
