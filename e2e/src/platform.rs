@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use gavel_engine::testing::{TestPostgres, TestRedis, create_database, free_port};
+use gavel_engine::testing::{TestPostgres, TestRedis, create_database, free_port, run_after_exit};
 use serde_json::{Value, json};
 
 use crate::client::{Auth, ClientError, WsClient};
@@ -828,34 +828,17 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-/// Starts a shell that removes `dir` a few seconds after this process is gone (once the
-/// platform's processes have stopped writing their logs there).
+/// Removes `dir` a few seconds after this process is gone (once the platform's processes
+/// have stopped writing their logs there).
 fn remove_after_exit(dir: &Path) {
-    let script = format!(
-        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; sleep 5; rm -rf '{dir}'",
-        parent = std::process::id(),
-        dir = dir.display()
-    );
-    let _ = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
+    run_after_exit(&format!("sleep 5; rm -rf '{}'", dir.display()));
 }
 
-/// Starts a shell that stops `pid` once process `parent` is gone.
+/// Stops `pid` (SIGTERM, then SIGKILL) once this process is gone.
 fn watchdog(pid: u32) {
-    let script = format!(
-        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -TERM {pid} 2>/dev/null; sleep 3; kill -9 {pid} 2>/dev/null",
-        parent = std::process::id(),
-    );
-    let _ = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
+    run_after_exit(&format!(
+        "kill -TERM {pid} 2>/dev/null; sleep 3; kill -9 {pid} 2>/dev/null"
+    ));
 }
 
 fn log_tail(path: &Path) -> String {

@@ -62,12 +62,12 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
     panic!("{what} did not listen on port {port} within 30s");
 }
 
-/// Starts a shell that kills `pid` and removes `dir` once this test process is gone.
-fn watchdog(pid: u32, dir: &Path) {
+/// Starts a detached shell that waits until this process is gone, then runs `commands`:
+/// clean-up that must happen even when the process dies without running its destructors.
+pub fn run_after_exit(commands: &str) {
     let script = format!(
-        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -QUIT {pid} 2>/dev/null; sleep 2; kill -9 {pid} 2>/dev/null; rm -rf '{dir}'",
-        parent = std::process::id(),
-        dir = dir.display()
+        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; {commands}",
+        parent = std::process::id()
     );
     let _ = Command::new("sh")
         .args(["-c", &script])
@@ -75,6 +75,14 @@ fn watchdog(pid: u32, dir: &Path) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
+}
+
+/// Stops server `pid` (SIGQUIT, then SIGKILL) and removes `dir` once this process is gone.
+fn watchdog(pid: u32, dir: &Path) {
+    run_after_exit(&format!(
+        "kill -QUIT {pid} 2>/dev/null; sleep 2; kill -9 {pid} 2>/dev/null; rm -rf '{}'",
+        dir.display()
+    ));
 }
 
 /// A `redis-server` of this test alone.
