@@ -22,4 +22,4 @@ pub mod state;
 pub mod ws;
 
 pub use config::Config;
-pub use server::{ServerError, run};
+pub use server::{ServerError, bind, run};

@@ -16,8 +16,7 @@ async fn main() -> anyhow::Result<()> {
             .init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = gavel_bid_api::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     gavel_bid_api::run(config, listener, shutdown_signal())
         .await

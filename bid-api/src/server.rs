@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use gavel_engine::Engine;
 use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
 use gavel_engine::store::Store;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -43,6 +43,24 @@ pub enum ServerError {
     /// Serving failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Kernel send buffer of every client socket (Linux doubles it). It bounds what a client
+/// that stops reading holds in the kernel, so that its bounded event queue fills and it
+/// is cut off (1013) instead of megabytes piling up in socket buffers.
+pub const SOCKET_SEND_BUFFER_BYTES: u32 = 64 * 1024;
+
+/// Binds the listening socket; accepted sockets inherit its small send buffer.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_send_buffer_size(SOCKET_SEND_BUFFER_BYTES)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Runs the server on `listener` until `shutdown` resolves, then shuts down gracefully.

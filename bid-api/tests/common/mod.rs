@@ -1,0 +1,459 @@
+//! Helpers of the bid-api integration tests: real Redis and PostgreSQL servers, the real
+//! `gavel-bid-api` binary as a child process, and a real WebSocket client.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use gavel_engine::store::Store;
+use gavel_engine::testing::{TestRedis, database_url, free_port, redis_url, temp_dir};
+use gavel_engine::{AuctionId, AuctionSettings, BidRequest, Bidder, Engine, Increments};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The HS256 secret every test server verifies tokens with.
+pub const SECRET: &str = "test-secret-of-gavel";
+
+/// Generous bound on any single wait, only to avoid hangs.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Redis + PostgreSQL of one test, with an engine and a store on them.
+pub struct Env {
+    pub redis_url: String,
+    pub database_url: String,
+    pub engine: Engine,
+    pub store: Store,
+    _redis: Option<TestRedis>,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        let (redis_url, redis) = redis_url();
+        let database_url = database_url().await;
+        let engine = Engine::connect(&redis_url, 2).await.expect("redis");
+        let store = Store::connect_lazy(&database_url).expect("postgres");
+        Self {
+            redis_url,
+            database_url,
+            engine,
+            store,
+            _redis: redis,
+        }
+    }
+
+    /// Provisions a fresh auction open now for an hour with a flat step.
+    pub async fn auction(&self, step: i64) -> AuctionId {
+        self.auction_with(|s| s.increments = Increments::flat(step).unwrap())
+            .await
+    }
+
+    /// Provisions a fresh auction with the default settings changed by `change`.
+    pub async fn auction_with(&self, change: impl FnOnce(&mut AuctionSettings)) -> AuctionId {
+        let id = auction_id();
+        let mut s = open_now(10);
+        change(&mut s);
+        self.engine.provision(&id, &s).await.expect("provision");
+        id
+    }
+
+    /// Starts a bid-api process on this environment.
+    pub fn server(&self, extra: &[&str]) -> Server {
+        Server::start(&self.redis_url, &self.database_url, extra)
+    }
+
+    /// Places a bid straight through the engine.
+    pub async fn bid(&self, id: &AuctionId, who: &str, amount: i64) -> gavel_engine::BidAccepted {
+        let bidder = Bidder::new(who, who.to_uppercase()).unwrap();
+        self.engine
+            .place_bid(
+                id,
+                &bidder,
+                BidRequest {
+                    amount: Some(amount),
+                    max: None,
+                },
+            )
+            .await
+            .expect("bid accepted")
+    }
+
+    /// The auction's last seq in Redis.
+    pub async fn seq(&self, id: &AuctionId) -> u64 {
+        self.engine.snapshot(id, None).await.unwrap().seq
+    }
+}
+
+pub fn auction_id() -> AuctionId {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    AuctionId::new(&format!("t{}", std::process::id()), &format!("lot-{n}")).unwrap()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Open now for an hour, starting price 100, flat step.
+pub fn open_now(step: i64) -> AuctionSettings {
+    AuctionSettings {
+        title: "Test lot".into(),
+        currency: "USD".into(),
+        starting_price: 100,
+        reserve_price: None,
+        increments: Increments::flat(step).unwrap(),
+        starts_at: None,
+        ends_at: now_ms() + 3_600_000,
+        soft_close: None,
+        bid_limit: None,
+    }
+}
+
+/// An HS256 token for `sub` valid for `ttl_secs` (negative: already expired).
+pub fn token(sub: &str, name: &str, ttl_secs: i64) -> String {
+    token_signed(sub, name, ttl_secs, SECRET)
+}
+
+pub fn token_signed(sub: &str, name: &str, ttl_secs: i64, secret: &str) -> String {
+    let exp = (now_ms() / 1000 + ttl_secs).max(0);
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": sub, "name": name, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A running `gavel-bid-api` process, killed on drop.
+pub struct Server {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(redis: &str, database: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = temp_dir("bid-api");
+        let log = dir.join("bid-api.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gavel-bid-api"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--redis-url", redis, "--database-url", database])
+            .args(["--jwt-secret", SECRET, "--jwt-leeway", "0s"])
+            .args(["--flush-consumer", &format!("test-{port}")])
+            .args(extra)
+            .env_remove("GAVEL_DEV_AUTH")
+            .env_remove("GAVEL_ALLOWED_ORIGINS")
+            .env("RUST_LOG", "info,gavel_bid_api=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start gavel-bid-api");
+        let mut server = Self {
+            child: Some(child),
+            port,
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("bid-api exited with {status}:\n{}", self.logs());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bid-api did not listen:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns whether it exited successfully.
+    pub fn wait_exit(&mut self) -> bool {
+        let mut child = self.child.take().expect("running");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            assert!(std::time::Instant::now() < deadline, "bid-api did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A plain HTTP GET: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path, &[]).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET with extra headers: (status, body).
+pub async fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("http timeout")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking the v1 protocol.
+pub struct Client {
+    pub ws: Ws,
+    pub welcome: Value,
+}
+
+/// How a read ended when it did not yield a message.
+#[derive(Debug)]
+pub enum End {
+    Closed(Option<u16>),
+    Failed(String),
+}
+
+impl Client {
+    /// Connects with an optional bearer token and reads the `welcome`.
+    pub async fn connect(server: &Server, token: Option<&str>) -> Self {
+        Self::connect_url(&server.ws_url(), token).await
+    }
+
+    pub async fn connect_url(url: &str, token: Option<&str>) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        Self::after_connect(ws).await
+    }
+
+    pub async fn after_connect(ws: Ws) -> Self {
+        let mut client = Self {
+            ws,
+            welcome: Value::Null,
+        };
+        client.welcome = client.next().await;
+        assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
+        client
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
+    }
+
+    /// The next protocol message, or how the connection ended.
+    pub async fn try_next(&mut self) -> Result<Value, End> {
+        // One deadline for the message, however many pings come before it.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| End::Failed("timeout".into()))?;
+            match frame {
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(serde_json::from_str(t.as_str()).expect("server sent JSON"));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(End::Closed(frame.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(End::Failed(e.to_string())),
+                None => return Err(End::Closed(None)),
+            }
+        }
+    }
+
+    /// The next protocol message (panics if the connection ends).
+    pub async fn next(&mut self) -> Value {
+        match self.try_next().await {
+            Ok(v) => v,
+            Err(end) => panic!("connection ended: {end:?}"),
+        }
+    }
+
+    /// Skips messages until one of `kind` arrives.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let m = self.next().await;
+            if m["type"] == kind {
+                return m;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.try_next().await {
+                Ok(_) => continue,
+                Err(End::Closed(code)) => return code,
+                Err(End::Failed(e)) => panic!("connection failed without a close frame: {e}"),
+            }
+        }
+    }
+
+    /// Sends a ping and waits for its pong: every earlier reply has arrived.
+    pub async fn sync(&mut self) -> Vec<Value> {
+        self.send(json!({"type":"ping"})).await;
+        let mut before = Vec::new();
+        loop {
+            let m = self.next().await;
+            if m["type"] == "pong" {
+                return before;
+            }
+            before.push(m);
+        }
+    }
+
+    pub async fn subscribe(&mut self, id: &AuctionId, since: Option<u64>) -> Vec<Value> {
+        let mut msg = json!({"type":"subscribe","auction":id.to_string()});
+        if let Some(since) = since {
+            msg["since"] = json!(since);
+        }
+        self.send(msg).await;
+        let mut got = Vec::new();
+        loop {
+            let m = self.next().await;
+            let done = m["type"] == "snapshot" || m["type"] == "error";
+            got.push(m);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    /// Sends a bid and returns its reply (other messages before it are skipped).
+    pub async fn bid(
+        &mut self,
+        id: &AuctionId,
+        amount: Option<i64>,
+        max: Option<i64>,
+        r: &str,
+    ) -> Value {
+        let mut msg = json!({"type":"bid","auction":id.to_string(),"ref":r});
+        if let Some(a) = amount {
+            msg["amount"] = json!(a);
+        }
+        if let Some(m) = max {
+            msg["max"] = json!(m);
+        }
+        self.send(msg).await;
+        loop {
+            let m = self.next().await;
+            if (m["type"] == "bid_result" || m["type"] == "bid_rejected") && m["ref"] == r {
+                return m;
+            }
+        }
+    }
+}
+
+/// Closes a close code into a number (for tests comparing codes).
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
+
+/// Waits until PostgreSQL holds `n` bids of the auction.
+pub async fn wait_for_bids(store: &Store, id: &AuctionId, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = store.bid_count(id).await.unwrap_or(0);
+        if count >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {count} of {n} bids flushed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
