@@ -617,33 +617,24 @@ impl Connection {
             retry_after_ms: None,
         };
         let bidder = match &self.identity {
-            None => {
+            Some(identity) if identity.valid_at(unix_now(), self.state.auth.leeway()) => {
+                identity.bidder.clone()
+            }
+            other => {
+                let message = if other.is_none() {
+                    "anonymous connections may watch but not bid; connect with a token"
+                } else {
+                    "token expired; reconnect with a fresh token"
+                };
                 self.state
                     .metrics
                     .bids
                     .with_label_values(&["UNAUTHENTICATED"])
                     .inc();
                 return self
-                    .reply(&rejected(
-                        ErrorCode::Unauthenticated,
-                        "anonymous connections may watch but not bid; connect with a token".into(),
-                    ))
+                    .reply(&rejected(ErrorCode::Unauthenticated, message.into()))
                     .await;
             }
-            Some(identity) if !identity.valid_at(unix_now(), self.state.auth.leeway()) => {
-                self.state
-                    .metrics
-                    .bids
-                    .with_label_values(&["UNAUTHENTICATED"])
-                    .inc();
-                return self
-                    .reply(&rejected(
-                        ErrorCode::Unauthenticated,
-                        "token expired; reconnect with a fresh token".into(),
-                    ))
-                    .await;
-            }
-            Some(identity) => identity.bidder.clone(),
         };
         let started = Instant::now();
         // Be subscribed before the bid lands, so that losing the lead is never missed.
