@@ -10,7 +10,8 @@
 //! slows the others and its memory stays bounded by the queue length.
 //!
 //! Pub/sub may lose messages (a Redis reconnect, a lagging dispatcher): each connection
-//! checks `seq` continuity and fills any gap from the auction's stream (see `ws`).
+//! checks `seq` continuity and fills any gap from the auction's stream (see `ws`). A
+//! `restored` notice, or an event of another epoch, makes it resynchronise instead.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,10 @@ pub struct FanoutEvent {
     pub auction: AuctionId,
     /// The event's seq.
     pub seq: u64,
+    /// The epoch of a bid event (or of a restore).
+    pub epoch: Option<u64>,
+    /// The auction's live state was restored: subscribers resynchronise.
+    pub restored: bool,
     /// Frames for every subscriber, in order (`price` [+ `extended`], or `closed`).
     pub public: Vec<Utf8Bytes>,
     /// The displaced bidder's id and its `outbid` frame.
@@ -277,12 +282,14 @@ impl Fanout {
         self.inner.metrics.fanout_events.inc();
         let lag_from = match &event {
             AuctionEvent::Bid(b) => Some(b.at),
-            AuctionEvent::Closed(_) => None,
+            AuctionEvent::Closed(_) | AuctionEvent::Restored(_) => None,
         };
         let messages = event_messages(&auction, &event);
         let shared = Arc::new(FanoutEvent {
             auction: auction.clone(),
             seq: messages.seq,
+            epoch: messages.epoch,
+            restored: messages.restored,
             public: messages
                 .public
                 .iter()

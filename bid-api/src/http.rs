@@ -18,10 +18,10 @@ use axum::routing::get;
 use gavel_engine::store::MAX_HISTORY_PAGE;
 use gavel_engine::{AuctionId, EngineError};
 use serde_json::json;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::protocol::ServerMessage;
-use crate::state::AppState;
+use crate::state::{AppState, Missing};
 
 /// Default page size of the bid history.
 pub const DEFAULT_HISTORY_PAGE: u32 = 100;
@@ -70,11 +70,29 @@ async fn snapshot(
     };
     match state.engine.snapshot(&id, None).await {
         Ok(s) => json_ok(ServerMessage::snapshot(&id, &s).to_json()),
-        Err(EngineError::UnknownAuction(_)) => error(
-            StatusCode::NOT_FOUND,
-            "UNKNOWN_AUCTION",
-            format!("no auction {id}"),
-        ),
+        Err(EngineError::UnknownAuction(_)) => match state.missing(&id).await {
+            Missing::Restoring | Missing::Unreachable => {
+                let mut response = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    format!("the live state of {id} is being restored; retry shortly"),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                response
+            }
+            Missing::Closed => error(
+                StatusCode::NOT_FOUND,
+                "AUCTION_CLOSED",
+                format!("{id} is closed; its bids are at /v1/auctions/{id}/bids"),
+            ),
+            Missing::Unknown => error(
+                StatusCode::NOT_FOUND,
+                "UNKNOWN_AUCTION",
+                format!("no auction {id}"),
+            ),
+        },
         Err(e) => {
             warn!(auction = %id, error = %e, "snapshot failed");
             error(
@@ -143,6 +161,15 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let redis_ok = matches!(redis, Ok(Ok(())));
     let postgres_ok = matches!(postgres, Ok(Ok(())));
     let shutting_down = state.shutting_down();
+    let was_up = state.metrics.postgres_up.get() == 1;
+    if postgres_ok != was_up {
+        if postgres_ok {
+            info!("PostgreSQL reachable again; the flusher drains the backlog");
+        } else {
+            warn!("PostgreSQL unreachable; bidding goes on, accepted bids wait in Redis");
+        }
+    }
+    state.metrics.postgres_up.set(i64::from(postgres_ok));
     let word = |ok: bool| if ok { "ok" } else { "unreachable" };
     let body = json!({
         "redis": word(redis_ok),
@@ -150,7 +177,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "shutting_down": shutting_down,
     })
     .to_string();
-    let status = if redis_ok && postgres_ok && !shutting_down {
+    // Ready means able to take bids: Redis. PostgreSQL's health is reported, not required.
+    let status = if redis_ok && !shutting_down {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

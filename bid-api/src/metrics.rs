@@ -30,6 +30,9 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Client messages refused by the per-connection rate limit.
     pub rate_limited: IntCounter,
+    /// 1 when PostgreSQL answered the last readiness probe, else 0. Bidding does not need
+    /// it (the flusher keeps the backlog in Redis), so it is not part of readiness.
+    pub postgres_up: IntGauge,
 }
 
 impl Metrics {
@@ -37,6 +40,10 @@ impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let m = Self {
+            postgres_up: IntGauge::new(
+                "gavel_postgres_up",
+                "Whether PostgreSQL answered the last readiness probe (1) or not (0)",
+            )?,
             connections: IntGauge::new("gavel_ws_connections", "Open WebSocket connections")?,
             connections_total: IntCounter::new(
                 "gavel_ws_connections_total",
@@ -94,6 +101,7 @@ impl Metrics {
         m.registry.register(Box::new(m.fanout_events.clone()))?;
         m.registry.register(Box::new(m.slow_consumers.clone()))?;
         m.registry.register(Box::new(m.rate_limited.clone()))?;
+        m.registry.register(Box::new(m.postgres_up.clone()))?;
         Ok(m)
     }
 

@@ -62,8 +62,9 @@ pub enum ErrorCode {
     InvalidAmount,
     /// A value over its limit (`ref` length, number of subscriptions).
     TooLarge,
-    /// Redis could not be reached (extension of the contract): the bid's fate is unknown
-    /// if it timed out; the snapshot will tell.
+    /// Redis could not be reached, or the auction's live state is being restored from
+    /// PostgreSQL (extension of the contract): retry after `retry_after_ms` when given. A
+    /// bid that timed out may have been applied; the snapshot will tell.
     Unavailable,
 }
 
@@ -94,6 +95,7 @@ impl From<RejectCode> for ErrorCode {
             RejectCode::UnknownAuction => ErrorCode::UnknownAuction,
             RejectCode::RateLimited => ErrorCode::RateLimited,
             RejectCode::InvalidAmount => ErrorCode::InvalidAmount,
+            RejectCode::Unavailable => ErrorCode::Unavailable,
         }
     }
 }
@@ -107,6 +109,8 @@ pub enum ClientMessage {
         auction: AuctionId,
         /// Last seq the client has seen.
         since: Option<u64>,
+        /// Epoch of the history that seq belongs to (from the last `snapshot`/`reset`).
+        epoch: Option<u64>,
     },
     /// Stop receiving an auction's events.
     Unsubscribe {
@@ -243,17 +247,19 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
         "ping" => Ok(ClientMessage::Ping),
         "subscribe" => {
             let auction = parse_auction(&obj)?;
-            let since = match obj.get("since") {
-                None | Some(Value::Null) => None,
-                Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-                Some(_) => {
-                    return Err(ParseError {
-                        auction: Some(auction.to_string()),
-                        ..ParseError::invalid("`since` must be a non-negative integer seq")
-                    });
-                }
+            let number = |name: &str| match obj.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+                Some(_) => Err(ParseError {
+                    auction: Some(auction.to_string()),
+                    ..ParseError::invalid(format!("`{name}` must be a non-negative integer"))
+                }),
             };
-            Ok(ClientMessage::Subscribe { auction, since })
+            Ok(ClientMessage::Subscribe {
+                since: number("since")?,
+                epoch: number("epoch")?,
+                auction,
+            })
         }
         "unsubscribe" => Ok(ClientMessage::Unsubscribe {
             auction: parse_auction(&obj)?,
@@ -323,6 +329,16 @@ impl From<LivePhase> for Phase {
     }
 }
 
+/// Why a `reset` was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetReason {
+    /// The live state was restored from PostgreSQL (a new epoch).
+    Restored,
+    /// The client's `since`/`epoch` names a history the server does not have.
+    SinceUnknown,
+}
+
 /// Every message the server sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -363,6 +379,22 @@ pub enum ServerMessage {
         /// The viewer's own ceiling, only to its owner.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         your_max: Option<Amount>,
+        /// Incarnation of the auction's history; a new one follows a `reset`.
+        epoch: u64,
+    },
+    /// The client's view of the auction no longer holds: its live state was restored from
+    /// PostgreSQL after Redis lost it (events the client saw after `seq` may never have
+    /// been recorded), or the `since` it resumed from is not in the history. Forget the
+    /// auction's seq and state; a fresh `snapshot` follows at once.
+    Reset {
+        /// Auction name.
+        auction: String,
+        /// The epoch of the history that follows.
+        epoch: u64,
+        /// The last seq of that history.
+        seq: u64,
+        /// Why (`restored` or `since_unknown`).
+        reason: ResetReason,
     },
     /// Reply to an accepted bid.
     BidResult {
@@ -490,6 +522,7 @@ impl ServerMessage {
             ends_at: s.ends_at,
             reserve_met: s.reserve_met,
             your_max: s.your_max,
+            epoch: s.epoch,
         }
     }
 
@@ -523,6 +556,10 @@ impl ServerMessage {
 pub struct EventMessages {
     /// The event's seq.
     pub seq: u64,
+    /// The epoch of the bid, for bids (a subscriber on another epoch resynchronises).
+    pub epoch: Option<u64>,
+    /// The live state was restored: every subscriber resynchronises (`reset`, `snapshot`).
+    pub restored: bool,
     /// `price` (+ `extended`), or `closed`.
     pub public: Vec<ServerMessage>,
     /// Displaced bidder id and its `outbid` message.
@@ -548,12 +585,23 @@ pub fn event_messages(auction: &AuctionId, event: &AuctionEvent) -> EventMessage
                 .map(|d| (d.clone(), ServerMessage::outbid(auction, e)));
             EventMessages {
                 seq: e.seq,
+                epoch: Some(e.epoch),
+                restored: false,
                 public,
                 outbid,
             }
         }
+        AuctionEvent::Restored(r) => EventMessages {
+            seq: r.seq,
+            epoch: Some(r.epoch),
+            restored: true,
+            public: Vec::new(),
+            outbid: None,
+        },
         AuctionEvent::Closed(r) => EventMessages {
             seq: r.seq,
+            epoch: None,
+            restored: false,
             public: vec![ServerMessage::Closed {
                 auction: auction.to_string(),
                 seq: r.seq,
@@ -590,14 +638,16 @@ mod tests {
             parse_client_message(r#"{"type":"subscribe","auction":"shop/strat-1962"}"#),
             Ok(ClientMessage::Subscribe {
                 auction: id(),
-                since: None
+                since: None,
+                epoch: None,
             })
         );
         assert_eq!(
             parse_client_message(r#"{"type":"subscribe","auction":"shop/strat-1962","since":7}"#),
             Ok(ClientMessage::Subscribe {
                 auction: id(),
-                since: Some(7)
+                since: Some(7),
+                epoch: None,
             })
         );
         assert_eq!(
@@ -723,10 +773,20 @@ mod tests {
                     ends_at: 9,
                     reserve_met: false,
                     your_max: None,
+                    epoch: 1,
                 },
                 json!({"type":"snapshot","auction":"shop/x","seq":2,"phase":"open","title":"T",
                        "currency":"USD","price":null,"leader":null,"bid_count":0,"min_next":100,
-                       "ends_at":9,"reserve_met":false}),
+                       "ends_at":9,"reserve_met":false,"epoch":1}),
+            ),
+            (
+                ServerMessage::Reset {
+                    auction: "shop/x".into(),
+                    epoch: 2,
+                    seq: 7,
+                    reason: ResetReason::Restored,
+                },
+                json!({"type":"reset","auction":"shop/x","epoch":2,"seq":7,"reason":"restored"}),
             ),
             (
                 ServerMessage::BidResult {
@@ -774,6 +834,7 @@ mod tests {
     fn events_become_public_messages_without_ceilings() {
         let bid = BidEvent {
             seq: 3,
+            epoch: 1,
             at: 1,
             bidder: "u2".into(),
             name: "Bo".into(),
@@ -789,6 +850,7 @@ mod tests {
             extended: true,
             displaced: Some("u1".into()),
             reserve_met: true,
+            ceiling: Some(999),
         };
         let m = event_messages(&id(), &AuctionEvent::Bid(bid));
         assert_eq!(m.seq, 3);

@@ -1,12 +1,13 @@
 //! The state shared by every request and connection of one process.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use gavel_engine::Engine;
 use gavel_engine::store::Store;
-use tokio::sync::{Notify, watch};
+use gavel_engine::{AuctionId, Engine};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -34,7 +35,35 @@ pub struct AppState {
     next_conn: AtomicU64,
     open: AtomicUsize,
     all_closed: Notify,
+    missing: MissingLookups,
 }
+
+/// What PostgreSQL says of an auction Redis does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// Never provisioned.
+    Unknown,
+    /// Provisioned and not closed: Redis lost it and the operator is restoring it.
+    Restoring,
+    /// Closed (its live state left Redis after its retention).
+    Closed,
+    /// PostgreSQL cannot say right now.
+    Unreachable,
+}
+
+/// Bounded, briefly cached PostgreSQL lookups of auctions Redis does not know, so that
+/// names a client invents cost PostgreSQL a bounded load.
+struct MissingLookups {
+    permits: Semaphore,
+    cache: Mutex<HashMap<AuctionId, (Instant, Missing)>>,
+}
+
+/// How long a lookup's answer is reused.
+const MISSING_TTL: Duration = Duration::from_secs(1);
+/// Most answers kept.
+const MISSING_CACHE: usize = 10_000;
+/// Most lookups in flight at once; more are answered `Unreachable` (retry).
+const MISSING_CONCURRENCY: usize = 8;
 
 impl AppState {
     /// Assembles the state.
@@ -66,7 +95,46 @@ impl AppState {
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             all_closed: Notify::new(),
+            missing: MissingLookups {
+                permits: Semaphore::new(MISSING_CONCURRENCY),
+                cache: Mutex::new(HashMap::new()),
+            },
         })
+    }
+
+    /// Asks PostgreSQL about an auction Redis does not have (see [`Missing`]).
+    pub async fn missing(&self, id: &AuctionId) -> Missing {
+        let cached = |cache: &Mutex<HashMap<AuctionId, (Instant, Missing)>>| {
+            let cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .get(id)
+                .filter(|(at, _)| at.elapsed() < MISSING_TTL)
+                .map(|(_, m)| *m)
+        };
+        if let Some(answer) = cached(&self.missing.cache) {
+            return answer;
+        }
+        let Ok(_permit) = self.missing.permits.try_acquire() else {
+            return Missing::Unreachable;
+        };
+        let answer = match self.store.known_auction(id).await {
+            Ok(None) => Missing::Unknown,
+            Ok(Some(known)) if known.result.is_some() => Missing::Closed,
+            Ok(Some(_)) => Missing::Restoring,
+            Err(e) => {
+                tracing::debug!(auction = %id, error = %e, "cannot ask PostgreSQL about an auction");
+                return Missing::Unreachable;
+            }
+        };
+        let mut cache = self.missing.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MISSING_CACHE {
+            cache.retain(|_, (at, _)| at.elapsed() < MISSING_TTL);
+            if cache.len() >= MISSING_CACHE {
+                cache.clear();
+            }
+        }
+        cache.insert(id.clone(), (Instant::now(), answer));
+        answer
     }
 
     /// Whether the process is shutting down.

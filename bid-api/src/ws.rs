@@ -12,7 +12,12 @@
 //! - A token on the upgrade that does not verify refuses the upgrade with HTTP 401 and a
 //!   JSON `{"code":"UNAUTHENTICATED",...}` body; no token means an anonymous watcher.
 //! - With `since`, the events after `since` up to the snapshot are replayed first, then
-//!   `snapshot`, then live events: every message arrives in `seq` order.
+//!   `snapshot`, then live events: every message arrives in `seq` order. Events Redis no
+//!   longer holds are replayed from PostgreSQL. When `since`/`epoch` name a history the
+//!   server does not have (a restore since, a seq never recorded), `reset` comes instead
+//!   of the replay.
+//! - When the auction's live state is restored from PostgreSQL, every subscriber gets
+//!   `reset` and a fresh `snapshot` (see [`crate::protocol::ServerMessage::Reset`]).
 //! - `unsubscribe` has no reply. Subscribing again re-sends the snapshot (and replay).
 //! - A connection that placed a bid on an auction keeps getting its `outbid` for that
 //!   auction until it closes, even if it never subscribed.
@@ -26,17 +31,17 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use gavel_engine::{AuctionEvent, AuctionId, BidError, BidRequest, EngineError};
+use gavel_engine::{AuctionEvent, AuctionId, BidError, BidRequest, EngineError, RejectCode};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthError, Identity, find_token, origin_allowed, unix_now};
 use crate::fanout::{ConnHandle, FanoutEvent, Kick};
 use crate::protocol::{
-    ClientMessage, ErrorCode, PROTOCOL, Ref, SUBPROTOCOL, ServerMessage, event_messages,
-    parse_client_message,
+    ClientMessage, ErrorCode, PROTOCOL, Ref, ResetReason, SUBPROTOCOL, ServerMessage,
+    event_messages, parse_client_message,
 };
-use crate::state::{AppState, ConnectionSlot};
+use crate::state::{AppState, ConnectionSlot, Missing};
 
 /// Close code: normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -197,13 +202,20 @@ struct Connection {
     identity: Option<Identity>,
     handle: Arc<ConnHandle>,
     rx: mpsc::Receiver<Arc<FanoutEvent>>,
-    /// Subscribed auctions and the last seq delivered for each.
-    subs: HashMap<AuctionId, u64>,
+    /// Subscribed auctions and the epoch and last seq delivered for each.
+    subs: HashMap<AuctionId, Delivered>,
     /// Auctions this connection bid on (for `outbid`).
     bid_on: HashSet<AuctionId>,
     rate: RateLimit,
     last_seen: Instant,
     _slot: ConnectionSlot,
+}
+
+/// Where a subscription stands.
+#[derive(Clone, Copy, Debug)]
+struct Delivered {
+    epoch: u64,
+    seq: u64,
 }
 
 enum Step {
@@ -412,7 +424,11 @@ impl Connection {
         match parsed {
             Err(e) => self.reply(&e.to_server_message()).await,
             Ok(ClientMessage::Ping) => self.reply(&ServerMessage::Pong).await,
-            Ok(ClientMessage::Subscribe { auction, since }) => self.subscribe(auction, since).await,
+            Ok(ClientMessage::Subscribe {
+                auction,
+                since,
+                epoch,
+            }) => self.subscribe(auction, since, epoch).await,
             Ok(ClientMessage::Unsubscribe { auction }) => {
                 if self.subs.remove(&auction).is_some() {
                     if self.bid_on.contains(&auction) {
@@ -453,7 +469,12 @@ impl Connection {
         self.subs.contains_key(auction) || self.bid_on.contains(auction)
     }
 
-    async fn subscribe(&mut self, auction: AuctionId, since: Option<u64>) -> Step {
+    async fn subscribe(
+        &mut self,
+        auction: AuctionId,
+        since: Option<u64>,
+        epoch: Option<u64>,
+    ) -> Step {
         let error = |code, message: String| ServerMessage::Error {
             code,
             message,
@@ -497,9 +518,22 @@ impl Connection {
                     self.state.fanout.stop_watching(&auction, self.handle.id);
                 }
                 let reply = match e {
-                    EngineError::UnknownAuction(_) => {
-                        error(ErrorCode::UnknownAuction, format!("no auction {auction}"))
-                    }
+                    EngineError::UnknownAuction(_) => match self.state.missing(&auction).await {
+                        Missing::Unknown => {
+                            error(ErrorCode::UnknownAuction, format!("no auction {auction}"))
+                        }
+                        Missing::Restoring => error(
+                            ErrorCode::Unavailable,
+                            "the auction's live state is being restored; retry in a second".into(),
+                        ),
+                        Missing::Closed => {
+                            error(ErrorCode::AuctionClosed, format!("{auction} is closed"))
+                        }
+                        Missing::Unreachable => error(
+                            ErrorCode::Unavailable,
+                            "auction state unavailable; retry".into(),
+                        ),
+                    },
                     other => {
                         warn!(%auction, error = %other, "snapshot failed");
                         error(
@@ -511,45 +545,123 @@ impl Connection {
                 return self.reply(&reply).await;
             }
         };
-        if let Some(since) = since
-            && since < snapshot.seq
-            && self.replay(&auction, since, snapshot.seq).await.is_err()
-        {
-            return Step::Drop;
+        if let Some(since) = since {
+            let same_history = epoch.is_none_or(|e| e == snapshot.epoch);
+            let resumed = same_history
+                && since <= snapshot.seq
+                && match self.replay(&auction, since, snapshot.seq).await {
+                    Ok(complete) => complete,
+                    Err(Gone) => return Step::Drop,
+                };
+            if !resumed {
+                let reset = ServerMessage::Reset {
+                    auction: auction.to_string(),
+                    epoch: snapshot.epoch,
+                    seq: snapshot.seq,
+                    reason: ResetReason::SinceUnknown,
+                };
+                if self.send_msg(&reset).await.is_err() {
+                    return Step::Drop;
+                }
+            }
         }
         let message = ServerMessage::snapshot(&auction, &snapshot);
-        self.subs.insert(auction, snapshot.seq);
+        self.subs.insert(
+            auction,
+            Delivered {
+                epoch: snapshot.epoch,
+                seq: snapshot.seq,
+            },
+        );
         self.reply(&message).await
     }
 
-    /// Sends the events with `after < seq <= upto` from the auction's stream.
-    async fn replay(&mut self, auction: &AuctionId, after: u64, upto: u64) -> Result<(), Gone> {
+    /// Sends the events with `after < seq <= upto`: from the auction's Redis stream, and
+    /// from PostgreSQL for what the stream no longer holds. Returns whether every one of
+    /// them was sent (`false`: some are in neither, the client must reset).
+    async fn replay(&mut self, auction: &AuctionId, after: u64, upto: u64) -> Result<bool, Gone> {
         let mut next = after;
         while next < upto {
-            let page = match self
-                .state
-                .engine
-                .events_since(auction, next, REPLAY_PAGE.min(upto - next))
-                .await
-            {
+            let limit = REPLAY_PAGE.min(upto - next);
+            let mut page = match self.state.engine.events_since(auction, next, limit).await {
                 Ok(page) => page,
                 Err(e) => {
                     warn!(%auction, error = %e, "cannot read the event stream for a replay");
-                    return Ok(());
+                    return Ok(false);
                 }
             };
-            if page.is_empty() {
-                return Ok(());
+            if page.first().is_none_or(|e| e.seq() != next + 1) {
+                // Trimmed from Redis (or lost with it): PostgreSQL has the older ones.
+                page = match self
+                    .state
+                    .store
+                    .events_after(auction, next, limit as u32)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        warn!(%auction, error = %e, "cannot read PostgreSQL for a replay");
+                        return Ok(false);
+                    }
+                };
+                if page.first().is_none_or(|e| e.seq() != next + 1) {
+                    return Ok(false);
+                }
             }
             for event in page {
                 if event.seq() > upto {
-                    return Ok(());
+                    return Ok(true);
+                }
+                if event.seq() != next + 1 {
+                    return Ok(false);
                 }
                 next = event.seq();
                 self.send_event(auction, &event).await?;
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Drops what the connection knows of the auction and starts again from its current
+    /// state: `reset`, then a fresh `snapshot` (or an `error` if it cannot be read).
+    async fn resync(&mut self, auction: &AuctionId) -> Step {
+        let viewer = self.bidder_id().map(str::to_owned);
+        match self.state.engine.snapshot(auction, viewer.as_deref()).await {
+            Ok(snapshot) => {
+                let reset = ServerMessage::Reset {
+                    auction: auction.to_string(),
+                    epoch: snapshot.epoch,
+                    seq: snapshot.seq,
+                    reason: ResetReason::Restored,
+                };
+                if self.send_msg(&reset).await.is_err() {
+                    return Step::Drop;
+                }
+                self.subs.insert(
+                    auction.clone(),
+                    Delivered {
+                        epoch: snapshot.epoch,
+                        seq: snapshot.seq,
+                    },
+                );
+                self.reply(&ServerMessage::snapshot(auction, &snapshot))
+                    .await
+            }
+            Err(e) => {
+                warn!(%auction, error = %e, "cannot read the restored state");
+                self.subs.remove(auction);
+                self.state.fanout.stop_watching(auction, self.handle.id);
+                self.reply(&ServerMessage::Error {
+                    code: ErrorCode::Unavailable,
+                    message:
+                        "the auction was restored but its state cannot be read; subscribe again"
+                            .into(),
+                    r#ref: None,
+                    auction: Some(auction.to_string()),
+                })
+                .await
+            }
+        }
     }
 
     async fn send_event(&mut self, auction: &AuctionId, event: &AuctionEvent) -> Result<(), Gone> {
@@ -571,7 +683,7 @@ impl Connection {
             .as_ref()
             .filter(|(who, _)| Some(who.as_str()) == self.bidder_id())
             .map(|(_, frame)| frame.clone());
-        let Some(&last) = self.subs.get(&event.auction) else {
+        let Some(&delivered) = self.subs.get(&event.auction) else {
             if let Some(frame) = mine
                 && self.bid_on.contains(&event.auction)
                 && self.send_text(frame).await.is_err()
@@ -580,20 +692,35 @@ impl Connection {
             }
             return Step::Continue;
         };
+        if event.restored {
+            if event.epoch == Some(delivered.epoch) && event.seq == delivered.seq {
+                return Step::Continue; // Already resynchronised on this epoch.
+            }
+            return self.resync(&event.auction).await;
+        }
+        if event.epoch.is_some_and(|e| e != delivered.epoch) {
+            // An event of another history: ours was restored (or is about to be).
+            return self.resync(&event.auction).await;
+        }
+        let last = delivered.seq;
         if event.seq <= last {
             return Step::Continue;
         }
         if event.seq > last + 1 {
             debug!(auction = %event.auction, last, seq = event.seq, "filling a gap from the stream");
-            if self
-                .replay(&event.auction, last, event.seq - 1)
-                .await
-                .is_err()
-            {
-                return Step::Drop;
+            match self.replay(&event.auction, last, event.seq - 1).await {
+                Ok(true) => {}
+                Ok(false) => return self.resync(&event.auction).await,
+                Err(Gone) => return Step::Drop,
             }
         }
-        self.subs.insert(event.auction.clone(), event.seq);
+        self.subs.insert(
+            event.auction.clone(),
+            Delivered {
+                epoch: delivered.epoch,
+                seq: event.seq,
+            },
+        );
         for frame in event.public.iter().cloned() {
             if self.send_text(frame).await.is_err() {
                 return Step::Drop;
@@ -675,7 +802,17 @@ impl Connection {
                     self.state.fanout.leave(&auction, self.handle.id).await;
                 }
                 match e {
-                    BidError::Rejected(r) => {
+                    BidError::Rejected(mut r) => {
+                        if r.code == RejectCode::UnknownAuction {
+                            match self.state.missing(&auction).await {
+                                Missing::Unknown => {}
+                                Missing::Closed => r.code = RejectCode::AuctionClosed,
+                                Missing::Restoring | Missing::Unreachable => {
+                                    r.code = RejectCode::Unavailable;
+                                    r.retry_after_ms = Some(1_000);
+                                }
+                            }
+                        }
                         self.state
                             .metrics
                             .bids
@@ -724,6 +861,10 @@ fn rejection_message(code: gavel_engine::RejectCode, min_next: Option<i64>) -> S
         RateLimited => "too many bids; retry later".to_owned(),
         InvalidAmount => {
             "amounts must be integers between 1 and 10^15, with max >= amount".to_owned()
+        }
+        Unavailable => {
+            "the auction's live state is being restored; nothing was decided, retry shortly"
+                .to_owned()
         }
     }
 }

@@ -196,7 +196,7 @@ async fn sigkill_of_one_process_loses_no_accepted_bid() {
 async fn a_slow_consumer_is_cut_off_with_1013_and_slows_no_one() {
     const EVENTS: u64 = 10_000;
     let env = Env::new().await;
-    let server = env.server(&["--send-queue", "256"]);
+    let server = env.server(&["--send-queue", "1024"]);
     let id = env.auction(10).await;
 
     // A fast subscriber that checks every event, in order.

@@ -51,7 +51,7 @@ async fn every_message_type_has_its_exact_shape() {
         vec![
             json!({"type":"snapshot","auction":a,"seq":0,"phase":"open","title":"Test lot",
             "currency":"USD","price":null,"leader":null,"bid_count":0,"min_next":100,
-            "ends_at":ends_at,"reserve_met":true})
+            "ends_at":ends_at,"reserve_met":true,"epoch":1})
         ]
     );
 
@@ -100,7 +100,7 @@ async fn every_message_type_has_its_exact_shape() {
         snap,
         json!({"type":"snapshot","auction":a,"seq":4,"phase":"open","title":"Test lot",
             "currency":"USD","price":130,"leader":"Bob","bid_count":4,"min_next":140,
-            "ends_at":ends_at,"reserve_met":true,"your_max":500})
+            "ends_at":ends_at,"reserve_met":true,"your_max":500,"epoch":1})
     );
     let snap = watcher.subscribe(&id, None).await.pop().unwrap();
     assert!(snap.get("your_max").is_none(), "{snap}");

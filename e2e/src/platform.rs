@@ -771,11 +771,16 @@ impl LocalOptions {
     }
 }
 
+/// Builds the command of a platform process again (for a restart).
+type Recipe = Box<dyn Fn() -> Command + Send + Sync>;
+
 /// One child process of the platform.
 struct Process {
     name: String,
     child: Child,
     log: PathBuf,
+    recipe: Recipe,
+    base_url: String,
 }
 
 /// A complete platform on this machine: throw-away Redis and PostgreSQL, bid-api
@@ -801,8 +806,9 @@ pub struct LocalPlatform {
     pub manifests: PathBuf,
     /// The folder of the processes' logs.
     pub logs: PathBuf,
-    _redis: TestRedis,
-    _postgres: TestPostgres,
+    rust_log: String,
+    redis: TestRedis,
+    postgres: TestPostgres,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -863,7 +869,7 @@ impl LocalPlatform {
         for dir in [&manifests, &logs] {
             std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
-        let redis = blocking("redis-server", TestRedis::start).await?;
+        let redis = blocking("redis-server", TestRedis::start_durable).await?;
         let postgres = blocking("postgres", TestPostgres::start).await?;
         let base = postgres.url();
         let database_url = tokio::spawn(async move { create_database(&base, "gavel").await })
@@ -886,19 +892,28 @@ impl LocalPlatform {
             ),
             manifests,
             logs,
-            _redis: redis,
-            _postgres: postgres,
+            rust_log: opts.rust_log.clone(),
+            redis,
+            postgres,
         };
         let mut ready_urls = Vec::new();
         for i in 1..=opts.bid_apis {
             let port = free_port();
-            let mut cmd = Command::new(&bid_api);
-            cmd.env("GAVEL_LISTEN", format!("127.0.0.1:{port}"))
-                .env("GAVEL_DEV_AUTH", "true")
-                .env("GAVEL_JWT_SECRET", &platform.jwt_secret)
-                .args(&opts.bid_api_args);
-            platform.spawn(&format!("bid-api-{i}"), cmd, &opts)?;
             let http = format!("http://127.0.0.1:{port}");
+            let (bin, secret, args) = (
+                bid_api.clone(),
+                platform.jwt_secret.clone(),
+                opts.bid_api_args.clone(),
+            );
+            let recipe: Recipe = Box::new(move || {
+                let mut cmd = Command::new(&bin);
+                cmd.env("GAVEL_LISTEN", format!("127.0.0.1:{port}"))
+                    .env("GAVEL_DEV_AUTH", "true")
+                    .env("GAVEL_JWT_SECRET", &secret)
+                    .args(&args);
+                cmd
+            });
+            platform.spawn(&format!("bid-api-{i}"), recipe, &http)?;
             platform
                 .ws_urls
                 .push(format!("ws://127.0.0.1:{port}/v1/ws"));
@@ -906,12 +921,17 @@ impl LocalPlatform {
             ready_urls.push((format!("bid-api-{i}"), http));
         }
         let port = free_port();
-        let mut cmd = Command::new(&operator);
-        cmd.arg("--standalone")
-            .arg(&platform.manifests)
-            .env("GAVEL_OPERATOR_LISTEN", format!("127.0.0.1:{port}"));
-        platform.spawn("operator", cmd, &opts)?;
         platform.operator_url = format!("http://127.0.0.1:{port}");
+        let (bin, manifests) = (operator.clone(), platform.manifests.clone());
+        let recipe: Recipe = Box::new(move || {
+            let mut cmd = Command::new(&bin);
+            cmd.arg("--standalone")
+                .arg(&manifests)
+                .env("GAVEL_OPERATOR_LISTEN", format!("127.0.0.1:{port}"));
+            cmd
+        });
+        let operator_url = platform.operator_url.clone();
+        platform.spawn("operator", recipe, &operator_url)?;
         ready_urls.push(("operator".into(), platform.operator_url.clone()));
         for (i, (name, url)) in ready_urls.iter().enumerate() {
             platform.wait_ready(i, name, url).await?;
@@ -919,15 +939,27 @@ impl LocalPlatform {
         Ok(platform)
     }
 
-    fn spawn(
-        &mut self,
-        name: &str,
-        mut cmd: Command,
-        opts: &LocalOptions,
-    ) -> Result<(), PlatformError> {
+    fn spawn(&mut self, name: &str, recipe: Recipe, base_url: &str) -> Result<(), PlatformError> {
         let log = self.logs.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).map_err(io_error(&log))?;
-        let err_file = file.try_clone().map_err(io_error(&log))?;
+        let child = self.start_child(name, &recipe, &log)?;
+        self.processes.push(Process {
+            name: name.to_owned(),
+            child,
+            log,
+            recipe,
+            base_url: base_url.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn start_child(&self, name: &str, recipe: &Recipe, log: &Path) -> Result<Child, PlatformError> {
+        let mut cmd = recipe();
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io_error(log))?;
+        let err_file = file.try_clone().map_err(io_error(log))?;
         // Only the settings chosen here: none of the caller's GAVEL_* variables (say, from
         // a sourced .gavel/env or a production shell) leak into the platform.
         for (key, _) in std::env::vars_os() {
@@ -939,7 +971,7 @@ impl LocalPlatform {
         cmd.env("GAVEL_REDIS_URL", &self.redis_url)
             .env("GAVEL_LOG_FORMAT", "text")
             .env("GAVEL_DATABASE_URL", &self.database_url)
-            .env("RUST_LOG", &opts.rust_log)
+            .env("RUST_LOG", &self.rust_log)
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err_file);
@@ -949,12 +981,48 @@ impl LocalPlatform {
         })?;
         watchdog(child.id());
         tracing::info!(name, pid = child.id(), log = %log.display(), "started");
-        self.processes.push(Process {
-            name: name.to_owned(),
-            child,
-            log,
-        });
-        Ok(())
+        Ok(child)
+    }
+
+    /// Kills process `name` (`bid-api-1`, …, `operator`) with SIGKILL: a crash, for
+    /// fault tests. Returns whether it was running.
+    pub fn kill(&mut self, name: &str) -> bool {
+        let Some(p) = self.processes.iter_mut().find(|p| p.name == name) else {
+            return false;
+        };
+        let running = matches!(p.child.try_wait(), Ok(None));
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        running
+    }
+
+    /// Starts process `name` again with its first settings (same port) after
+    /// [`LocalPlatform::kill`], and waits until it is ready.
+    pub async fn restart(&mut self, name: &str) -> Result<(), PlatformError> {
+        self.kill(name);
+        let index = self
+            .processes
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| PlatformError::Start {
+                what: name.to_owned(),
+                message: "no such platform process".into(),
+            })?;
+        let p = &self.processes[index];
+        let child = self.start_child(name, &p.recipe, &p.log)?;
+        let base = p.base_url.clone();
+        self.processes[index].child = child;
+        self.wait_ready(index, name, &base).await
+    }
+
+    /// The platform's Redis, for fault tests (kill, restart, restart empty).
+    pub fn redis(&mut self) -> &mut TestRedis {
+        &mut self.redis
+    }
+
+    /// The platform's PostgreSQL, for fault tests (stop, restart).
+    pub fn postgres(&mut self) -> &mut TestPostgres {
+        &mut self.postgres
     }
 
     /// Waits for `GET /readyz` (or `/healthz` where there is no `/readyz`) to answer 200.

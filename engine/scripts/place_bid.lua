@@ -1,7 +1,8 @@
 -- Place one bid: validation, open-by-time check, per-bidder token bucket, proxy
 -- resolution (DESIGN.md §3), seq increment, stream append and live PUBLISH, atomically.
--- KEYS: state hash, ceilings hash, rate-limit hash, event stream.
--- ARGV: bidder id, display name, amount, max ('' when absent), channel, clock override.
+-- KEYS: state hash, ceilings hash, rate-limit hash, event stream, flush stream.
+-- ARGV: bidder id, display name, amount, max ('' when absent), channel, clock override,
+--       auction id, replay window (entries kept in the event stream).
 -- Returns {'accepted', event-json} or {'rejected', code, min_next, retry_after_ms}.
 local bidder, name = ARGV[1], ARGV[2]
 
@@ -29,8 +30,11 @@ end
 
 local f = redis.call('HMGET', KEYS[1], 'start_price', 'reserve', 'tiers', 'starts_at',
   'ends_at', 'window', 'extension', 'rate', 'burst', 'price', 'leader', 'leader_name',
-  'ceiling', 'bid_count', 'seq', 'ext_end', 'closed')
+  'ceiling', 'bid_count', 'seq', 'ext_end', 'closed', 'epoch', 'halted')
 if not f[1] then return reject('UNKNOWN_AUCTION') end
+-- A conflict with PostgreSQL's record stopped the auction until it is restored from there.
+if f[19] and f[19] ~= '' then return reject('UNAVAILABLE', nil, 1000) end
+local epoch = tonumber(f[18]) or 1
 local start_price, reserve, tiers = tonumber(f[1]), num(f[2]), f[3]
 local starts_at, ends_at = num(f[4]), tonumber(f[5])
 local window, extension, rate, burst = num(f[6]), num(f[7]), num(f[8]), num(f[9])
@@ -109,15 +113,15 @@ if ext_end then ext_field = int(ext_end) end
 local met_field = '0'
 if reserve_met then met_field = '1' end
 
-local event = '{"kind":"bid","seq":' .. int(seq) .. ',"at":' .. int(now)
+local event = '{"kind":"bid","seq":' .. int(seq) .. ',"epoch":' .. int(epoch) .. ',"at":' .. int(now)
   .. ',"bidder":' .. cjson.encode(bidder) .. ',"name":' .. cjson.encode(name)
   .. ',"amount":' .. int(a) .. ',"max":' .. int(m) .. ',"outcome":"' .. outcome .. '"'
   .. ',"price":' .. int(price) .. ',"min_next":' .. int(price + step_at(tiers, price))
   .. ',"leader":' .. cjson.encode(leader) .. ',"leader_name":' .. cjson.encode(leader_name)
   .. ',"bid_count":' .. int(bid_count) .. ',"ends_at":' .. int(after)
   .. ',"extended":' .. json_bool(after > before) .. ',"displaced":' .. json_str(displaced)
-  .. ',"reserve_met":' .. json_bool(reserve_met) .. '}'
-redis.call('XADD', KEYS[4], int(seq) .. '-0', 'e', event)
+  .. ',"reserve_met":' .. json_bool(reserve_met) .. ',"ceiling":' .. int(ceiling) .. '}'
+append_event(KEYS[4], KEYS[5], seq, event, ARGV[7], ARGV[8])
 redis.call('HSET', KEYS[1], 'price', int(price), 'leader', leader, 'leader_name', leader_name,
   'ceiling', int(ceiling), 'bid_count', int(bid_count), 'seq', int(seq), 'ext_end', ext_field,
   'reserve_met', met_field, unpack(fields))

@@ -1,7 +1,6 @@
 -- Shared helpers, prepended to every Gavel script. Numbers are always written with
 -- string.format('%d') because Lua's default conversion keeps only 14 significant digits.
 local MAX_AMOUNT = 1000000000000000
-local FLUSH_GROUP = 'gavel-flusher'
 
 local function int(n) return string.format('%d', n) end
 
@@ -27,6 +26,13 @@ local function step_at(tiers, p)
     if step == nil or tonumber(from) <= p then step = tonumber(s) else break end
   end
   return step
+end
+
+-- Appends an event to the auction's stream (entry id <seq>-0, trimmed to about `window`
+-- entries: older history is served from PostgreSQL) and queues it on its flush stream.
+local function append_event(stream, flush, seq, event, auction, window)
+  redis.call('XADD', stream, 'MAXLEN', '~', window, int(seq) .. '-0', 'e', event)
+  redis.call('XADD', flush, '*', 'a', auction, 'e', event)
 end
 
 local function effective_end(ends_at, ext_end)

@@ -1,7 +1,7 @@
 -- Provision or update one auction's settings; never touches its bids.
--- KEYS: state hash, event stream.
+-- KEYS: state hash.
 -- ARGV: title, currency, start_price, reserve, tiers, starts_at, ends_at, window,
---       extension, rate, burst ('' for an absent optional value).
+--       extension, rate, burst ('' for an absent optional value), epoch (for a new state).
 -- Returns {'created'|'updated'|'unchanged'|'closed'|'pricing_frozen'}.
 local config = {'title', 'currency', 'start_price', 'reserve', 'tiers', 'starts_at',
                 'ends_at', 'window', 'extension', 'rate', 'burst'}
@@ -17,8 +17,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[4] == '' then reserve_met = '1' end
   redis.call('HSET', KEYS[1], 'price', '0', 'leader', '', 'leader_name', '', 'ceiling', '0',
     'leader_since', '', 'bid_count', '0', 'seq', '0', 'ext_end', '', 'reserve_met', reserve_met,
-    'closed', '0', unpack(fields))
-  redis.pcall('XGROUP', 'CREATE', KEYS[2], FLUSH_GROUP, '0', 'MKSTREAM')
+    'closed', '0', 'epoch', ARGV[12], 'halted', '', unpack(fields))
   return {'created'}
 end
 

@@ -13,28 +13,36 @@ use fred::types::scripts::Script;
 use serde::Serialize;
 
 use crate::event::AuctionEvent;
-use crate::keys::{AuctionId, FLUSH_GROUP, REGISTRY_KEY};
+use crate::keys::AuctionId;
 use crate::rules::{AuctionResult, BidAccepted, BidRequest, CloseOutcome, RejectCode, Rejection};
 use crate::settings::{Amount, AuctionSettings, Millis, SettingsError};
 
-/// Source of the place-bid script as sent to Redis (shared prelude included), so that
-/// benchmarks can run the very same script with `redis-benchmark`.
-pub const PLACE_BID_LUA: &str = concat!(
-    include_str!("../scripts/prelude.lua"),
-    include_str!("../scripts/place_bid.lua")
-);
-const PROVISION_LUA: &str = concat!(
-    include_str!("../scripts/prelude.lua"),
-    include_str!("../scripts/provision.lua")
-);
-const CLOSE_LUA: &str = concat!(
-    include_str!("../scripts/prelude.lua"),
-    include_str!("../scripts/close.lua")
-);
-const SNAPSHOT_LUA: &str = concat!(
-    include_str!("../scripts/prelude.lua"),
-    include_str!("../scripts/snapshot.lua")
-);
+/// Source of a script as sent to Redis: the flags line (so Redis refuses a writing script
+/// before it runs when memory is full), the shared prelude, then the script.
+macro_rules! script {
+    ($flags:literal, $file:literal) => {
+        concat!(
+            $flags,
+            "\n",
+            include_str!("../scripts/prelude.lua"),
+            include_str!(concat!("../scripts/", $file))
+        )
+    };
+}
+
+/// Source of the place-bid script as sent to Redis, so that benchmarks can run the very
+/// same script with `redis-benchmark`.
+pub const PLACE_BID_LUA: &str = script!("#!lua", "place_bid.lua");
+const PROVISION_LUA: &str = script!("#!lua", "provision.lua");
+const CLOSE_LUA: &str = script!("#!lua", "close.lua");
+const SNAPSHOT_LUA: &str = script!("#!lua flags=no-writes", "snapshot.lua");
+const RESTORE_LUA: &str = script!("#!lua", "restore.lua");
+const HALT_LUA: &str = script!("#!lua", "halt.lua");
+const REMOVE_LUA: &str = script!("#!lua", "remove.lua");
+
+/// Events kept in an auction's Redis stream for `since` replay by default; older ones
+/// are replayed from PostgreSQL.
+pub const DEFAULT_REPLAY_WINDOW: u64 = 1_000;
 
 /// Longest accepted bidder id, in bytes.
 pub const MAX_BIDDER_ID_BYTES: usize = 128;
@@ -64,6 +72,10 @@ pub enum EngineError {
     /// Events of the auction are not yet in PostgreSQL; removing it now would lose them.
     #[error("auction {0} still has {1} events not yet written to PostgreSQL")]
     Unflushed(AuctionId, u64),
+    /// The auction's live state contradicts PostgreSQL's record; it takes no bids and is
+    /// not closed until it is restored from there.
+    #[error("auction {0} is halted until it is restored from PostgreSQL")]
+    Halted(AuctionId),
     /// A script answered something this version does not understand.
     #[error("unexpected reply from a Gavel script: {0}")]
     Protocol(String),
@@ -181,6 +193,31 @@ pub struct Snapshot {
     pub result: Option<AuctionResult>,
     /// Redis server time of the snapshot.
     pub server_time: Millis,
+    /// Incarnation of the live state: one more at each restore from PostgreSQL.
+    pub epoch: u64,
+    /// Why the auction takes no bids until restored, if it is halted.
+    pub halted: Option<String>,
+}
+
+/// When a restore may apply (see [`Engine::restore`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Only if Redis holds no state for the auction (lost or never there).
+    Missing,
+    /// Only while Redis still holds the state of this epoch (halted or stale).
+    Replace {
+        /// The epoch found in Redis.
+        epoch: u64,
+    },
+}
+
+/// What a restore did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// The live state was rebuilt.
+    Restored,
+    /// Someone else got there first (a state exists, or another epoch); nothing changed.
+    Superseded,
 }
 
 struct Scripts {
@@ -188,13 +225,18 @@ struct Scripts {
     place_bid: Script,
     close: Script,
     snapshot: Script,
+    restore: Script,
+    halt: Script,
+    remove: Script,
 }
 
 /// A handle on the engine's Redis; cheap to clone and safe to share between tasks.
 #[derive(Clone)]
 pub struct Engine {
     pool: Pool,
+    config: Config,
     scripts: Arc<Scripts>,
+    replay_window: u64,
 }
 
 impl Engine {
@@ -202,7 +244,7 @@ impl Engine {
     /// connections, retrying the connection forever with backoff once established.
     pub async fn connect(url: &str, connections: usize) -> Result<Self, EngineError> {
         let config = Config::from_url(url)?;
-        let pool = Builder::from_config(config)
+        let pool = Builder::from_config(config.clone())
             .with_performance_config(|perf| {
                 perf.default_command_timeout = Duration::from_secs(5);
             })
@@ -214,18 +256,44 @@ impl Engine {
         pool.init().await?;
         Ok(Self {
             pool,
+            config,
             scripts: Arc::new(Scripts {
                 provision: Script::from_lua(PROVISION_LUA),
                 place_bid: Script::from_lua(PLACE_BID_LUA),
                 close: Script::from_lua(CLOSE_LUA),
                 snapshot: Script::from_lua(SNAPSHOT_LUA),
+                restore: Script::from_lua(RESTORE_LUA),
+                halt: Script::from_lua(HALT_LUA),
+                remove: Script::from_lua(REMOVE_LUA),
             }),
+            replay_window: DEFAULT_REPLAY_WINDOW,
         })
     }
 
-    /// A client of the pool, for commands outside the scripts (flusher, readiness).
+    /// Keeps about `events` entries in each auction's Redis stream (at least 1).
+    pub fn with_replay_window(mut self, events: u64) -> Self {
+        self.replay_window = events.max(1);
+        self
+    }
+
+    /// A client of the pool, for commands outside the scripts (readiness, replay).
     pub fn redis(&self) -> &Client {
         self.pool.next()
+    }
+
+    /// A connection of its own, for blocking reads that must not hold up the pool.
+    pub async fn dedicated_client(&self) -> Result<Client, EngineError> {
+        let client = Builder::from_config(self.config.clone())
+            .with_performance_config(|perf| {
+                perf.default_command_timeout = Duration::from_secs(10);
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = Duration::from_secs(5);
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()?;
+        client.init().await?;
+        Ok(client)
     }
 
     /// SHA1 of the place-bid script, as `EVALSHA` needs it.
@@ -236,7 +304,15 @@ impl Engine {
     /// Loads every script now, so that the first bid does not pay for it.
     pub async fn load_scripts(&self) -> Result<(), EngineError> {
         let s = &self.scripts;
-        for script in [&s.provision, &s.place_bid, &s.close, &s.snapshot] {
+        for script in [
+            &s.provision,
+            &s.place_bid,
+            &s.close,
+            &s.snapshot,
+            &s.restore,
+            &s.halt,
+            &s.remove,
+        ] {
             script.load(self.pool.next()).await?;
         }
         Ok(())
@@ -260,45 +336,99 @@ impl Engine {
     }
 
     /// Creates the auction or updates its settings. Idempotent; once the auction has bids
-    /// only non-pricing settings may change, and a closed auction is left alone. Also
-    /// registers the auction with the flushers.
+    /// only non-pricing settings may change, and a closed auction is left alone.
     pub async fn provision(
         &self,
         id: &AuctionId,
         settings: &AuctionSettings,
     ) -> Result<Provisioned, EngineError> {
+        self.provision_at_epoch(id, settings, 1).await
+    }
+
+    /// [`Engine::provision`], a new state starting at `epoch` (PostgreSQL's incarnation
+    /// number of the auction, see [`crate::restore`]).
+    pub async fn provision_at_epoch(
+        &self,
+        id: &AuctionId,
+        settings: &AuctionSettings,
+        epoch: u64,
+    ) -> Result<Provisioned, EngineError> {
         settings.validate()?;
-        let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
-        let args = vec![
-            settings.title.clone(),
-            settings.currency.clone(),
-            settings.starting_price.to_string(),
-            opt(settings.reserve_price),
-            settings.increments.encode(),
-            opt(settings.starts_at),
-            settings.ends_at.to_string(),
-            opt(settings.soft_close.map(|s| s.window_ms)),
-            opt(settings.soft_close.map(|s| s.extension_ms)),
-            opt(settings.bid_limit.map(|l| i64::from(l.per_second))),
-            opt(settings.bid_limit.map(|l| i64::from(l.burst))),
-        ];
+        let mut args = settings_args(settings);
+        args.push(epoch.max(1).to_string());
         let reply = self
-            .run(
-                &self.scripts.provision,
-                vec![id.state_key(), id.events_key()],
-                args,
+            .run(&self.scripts.provision, vec![id.state_key()], args)
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("created") => Ok(Provisioned::Created),
+            Some("updated") => Ok(Provisioned::Updated),
+            Some("unchanged") => Ok(Provisioned::Unchanged),
+            Some("closed") => Ok(Provisioned::AlreadyClosed),
+            Some("pricing_frozen") => Err(EngineError::PricingFrozen(id.clone())),
+            _ => Err(EngineError::Protocol(format!("provision: {reply:?}"))),
+        }
+    }
+
+    /// Rebuilds the auction's live state from PostgreSQL's record (see
+    /// [`crate::restore`]), atomically, if `mode` still applies; watchers get a
+    /// `restored` notice on the auction's channel.
+    pub async fn restore(
+        &self,
+        id: &AuctionId,
+        state: &crate::restore::RestoredState,
+        mode: RestoreMode,
+    ) -> Result<Restored, EngineError> {
+        let (mode, epoch) = match mode {
+            RestoreMode::Missing => ("missing", String::new()),
+            RestoreMode::Replace { epoch } => ("replace", epoch.to_string()),
+        };
+        let mut args = vec![
+            mode.to_owned(),
+            epoch,
+            id.channel(),
+            state.notice(),
+            (state.fields.len() * 2).to_string(),
+        ];
+        for (k, v) in &state.fields {
+            args.push(k.clone());
+            args.push(v.clone());
+        }
+        for (bidder, own) in &state.ceilings {
+            args.push(bidder.clone());
+            args.push(own.to_string());
+        }
+        let keys = vec![
+            id.state_key(),
+            id.ceilings_key(),
+            id.events_key(),
+            id.rate_key(),
+        ];
+        let reply = self.run(&self.scripts.restore, keys, args).await?;
+        match reply.first().map(String::as_str) {
+            Some("restored") => Ok(Restored::Restored),
+            Some("exists" | "changed") => Ok(Restored::Superseded),
+            _ => Err(EngineError::Protocol(format!("restore: {reply:?}"))),
+        }
+    }
+
+    /// Stops the auction from taking bids until it is restored, if its live state is still
+    /// at `epoch`. Returns whether it halted it.
+    pub async fn halt(
+        &self,
+        id: &AuctionId,
+        epoch: u64,
+        reason: &str,
+    ) -> Result<bool, EngineError> {
+        let reply: i64 = self
+            .scripts
+            .halt
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![id.state_key()],
+                vec![epoch.to_string(), reason.to_owned()],
             )
             .await?;
-        let outcome = match reply.first().map(String::as_str) {
-            Some("created") => Provisioned::Created,
-            Some("updated") => Provisioned::Updated,
-            Some("unchanged") => Provisioned::Unchanged,
-            Some("closed") => return Ok(Provisioned::AlreadyClosed),
-            Some("pricing_frozen") => return Err(EngineError::PricingFrozen(id.clone())),
-            _ => return Err(EngineError::Protocol(format!("provision: {reply:?}"))),
-        };
-        let _: i64 = self.pool.next().sadd(REGISTRY_KEY, id.to_string()).await?;
-        Ok(outcome)
+        Ok(reply == 1)
     }
 
     /// Places a bid at Redis server time: one `EVALSHA`, one round trip.
@@ -327,6 +457,7 @@ impl Engine {
             id.ceilings_key(),
             id.rate_key(),
             id.events_key(),
+            id.flush_key(),
         ];
         let args = vec![
             bidder.id.clone(),
@@ -335,6 +466,8 @@ impl Engine {
             opt(request.max),
             id.channel(),
             opt(now),
+            id.to_string(),
+            self.replay_window.to_string(),
         ];
         let reply = self.run(&self.scripts.place_bid, keys, args).await?;
         match reply.as_slice() {
@@ -379,11 +512,13 @@ impl Engine {
             mode_arg.to_owned(),
             id.channel(),
             now.map(|n| n.to_string()).unwrap_or_default(),
+            id.to_string(),
+            self.replay_window.to_string(),
         ];
         let reply = self
             .run(
                 &self.scripts.close,
-                vec![id.state_key(), id.events_key()],
+                vec![id.state_key(), id.events_key(), id.flush_key()],
                 args,
             )
             .await?;
@@ -398,6 +533,7 @@ impl Engine {
                     .map_err(|_| EngineError::Protocol(format!("close end: {ends}")))?,
             }),
             [tag] if tag == "unknown" => Err(EngineError::UnknownAuction(id.clone())),
+            [tag] if tag == "halted" => Err(EngineError::Halted(id.clone())),
             _ => Err(EngineError::Protocol(format!("close: {reply:?}"))),
         }
     }
@@ -463,82 +599,60 @@ impl Engine {
             .collect()
     }
 
-    /// Events appended but not yet written to PostgreSQL (pending or never delivered).
-    pub async fn unflushed(&self, id: &AuctionId) -> Result<u64, EngineError> {
-        let client = self.pool.next();
-        let key = id.events_key();
-        let exists: i64 = client.exists(&key).await?;
-        if exists == 0 {
-            return Ok(0);
-        }
-        let groups: Value = client.xinfo_groups(&key).await?;
-        let groups = match groups {
-            Value::Array(groups) => groups,
-            _ => Vec::new(),
-        };
-        let group = groups
-            .into_iter()
-            .map(value_map)
-            .find(|fields| fields.get("name").map(String::as_str) == Some(FLUSH_GROUP));
-        let Some(fields) = group else {
-            // No flusher group yet: nothing was ever delivered.
-            let len: u64 = client.xlen(&key).await?;
-            return Ok(len);
-        };
-        let number = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
-        let pending = number("pending").unwrap_or(0);
-        let lag = match number("lag") {
-            Some(lag) => lag,
-            // Redis leaves `lag` nil when it cannot tell; count what follows the last
-            // delivered entry instead.
-            None => {
-                let last = fields
-                    .get("last-delivered-id")
-                    .cloned()
-                    .unwrap_or_else(|| "0-0".to_owned());
-                let after: Vec<(String, HashMap<String, String>)> = client
-                    .xrange_values(&key, format!("({last}"), "+", None)
-                    .await?;
-                after.len() as u64
-            }
-        };
-        Ok(pending + lag)
-    }
-
     /// Deletes the auction's live state (settings, bidders' ceilings and rate limits, event
-    /// stream) and unregisters it. PostgreSQL records are not touched. Refuses with
-    /// [`EngineError::Unflushed`] while events of the stream are not yet in PostgreSQL, so
-    /// that no accepted bid is ever lost.
-    pub async fn remove(&self, id: &AuctionId) -> Result<(), EngineError> {
-        let left = self.unflushed(id).await?;
-        if left > 0 {
-            return Err(EngineError::Unflushed(id.clone(), left));
+    /// stream). PostgreSQL records are not touched. `flushed` is the number of the
+    /// auction's events PostgreSQL holds ([`crate::store::Store::event_count`]); while
+    /// Redis holds more, it refuses with [`EngineError::Unflushed`], so that no accepted
+    /// bid is ever lost.
+    pub async fn remove(&self, id: &AuctionId, flushed: u64) -> Result<(), EngineError> {
+        let keys = id.all_keys().to_vec();
+        let reply = self
+            .run(&self.scripts.remove, keys, vec![flushed.to_string()])
+            .await?;
+        match reply.as_slice() {
+            [tag] if tag == "removed" => Ok(()),
+            [tag, left] if tag == "unflushed" => Err(EngineError::Unflushed(
+                id.clone(),
+                left.parse().unwrap_or(1),
+            )),
+            _ => Err(EngineError::Protocol(format!("remove: {reply:?}"))),
         }
-        let client = self.pool.next();
-        let _: i64 = client.del(id.all_keys().to_vec()).await?;
-        let _: i64 = client.srem(REGISTRY_KEY, id.to_string()).await?;
-        Ok(())
     }
 }
 
-fn value_map(value: Value) -> HashMap<String, String> {
-    let text = |v: &Value| v.as_string().unwrap_or_default();
-    match value {
-        Value::Array(items) => items
-            .chunks(2)
-            .filter_map(|kv| match kv {
-                [k, v] => Some((text(k), text(v))),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(map) => map
-            .inner()
-            .into_iter()
-            .map(|(k, v)| (k.as_str().unwrap_or_default().to_owned(), text(&v)))
-            .collect(),
-        _ => HashMap::new(),
-    }
+/// The settings as the provision and restore scripts take them, in the state hash's
+/// encoding ('' for an absent optional value).
+pub(crate) fn settings_args(settings: &AuctionSettings) -> Vec<String> {
+    let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+    vec![
+        settings.title.clone(),
+        settings.currency.clone(),
+        settings.starting_price.to_string(),
+        opt(settings.reserve_price),
+        settings.increments.encode(),
+        opt(settings.starts_at),
+        settings.ends_at.to_string(),
+        opt(settings.soft_close.map(|s| s.window_ms)),
+        opt(settings.soft_close.map(|s| s.extension_ms)),
+        opt(settings.bid_limit.map(|l| i64::from(l.per_second))),
+        opt(settings.bid_limit.map(|l| i64::from(l.burst))),
+    ]
 }
+
+/// Names of the state hash's settings fields, in [`settings_args`] order.
+pub(crate) const SETTINGS_FIELDS: [&str; 11] = [
+    "title",
+    "currency",
+    "start_price",
+    "reserve",
+    "tiers",
+    "starts_at",
+    "ends_at",
+    "window",
+    "extension",
+    "rate",
+    "burst",
+];
 
 fn parse_snapshot(reply: &[String]) -> Option<Snapshot> {
     let fields: HashMap<&str, &str> = reply
@@ -575,7 +689,7 @@ fn parse_snapshot(reply: &[String]) -> Option<Snapshot> {
     let result = match text("result") {
         Some(json) if !json.is_empty() => match AuctionEvent::from_json(json.as_bytes()).ok()? {
             AuctionEvent::Closed(result) => Some(result),
-            AuctionEvent::Bid(_) => return None,
+            AuctionEvent::Bid(_) | AuctionEvent::Restored(_) => return None,
         },
         _ => None,
     };
@@ -607,5 +721,9 @@ fn parse_snapshot(reply: &[String]) -> Option<Snapshot> {
         your_max: opt_int("your_max"),
         result,
         server_time,
+        epoch: opt_int("epoch")
+            .and_then(|e| u64::try_from(e).ok())
+            .unwrap_or(1),
+        halted: text("halted").filter(|h| !h.is_empty()).map(str::to_owned),
     })
 }

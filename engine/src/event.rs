@@ -17,6 +17,18 @@ pub enum AuctionEvent {
     Bid(BidEvent),
     /// The auction closed.
     Closed(AuctionResult),
+    /// The live state was rebuilt from PostgreSQL (published only, never in a stream):
+    /// every watcher resynchronises from a fresh snapshot.
+    Restored(RestoredNotice),
+}
+
+/// What watchers learn of a restore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredNotice {
+    /// The last seq of the restored state.
+    pub seq: u64,
+    /// The new epoch.
+    pub epoch: u64,
 }
 
 impl AuctionEvent {
@@ -25,6 +37,7 @@ impl AuctionEvent {
         match self {
             AuctionEvent::Bid(bid) => bid.seq,
             AuctionEvent::Closed(result) => result.seq,
+            AuctionEvent::Restored(notice) => notice.seq,
         }
     }
 
@@ -40,6 +53,9 @@ impl AuctionEvent {
 pub struct BidEvent {
     /// Sequence number.
     pub seq: u64,
+    /// Epoch of the live state that accepted it (see [`crate::restore`]).
+    #[serde(default = "first_epoch")]
+    pub epoch: u64,
     /// Redis server time of the bid.
     pub at: Millis,
     /// Bidder id.
@@ -70,6 +86,13 @@ pub struct BidEvent {
     pub displaced: Option<String>,
     /// Whether the reserve is met.
     pub reserve_met: bool,
+    /// The leader's ceiling after the bid (private, like `max`): what a restore needs.
+    #[serde(default)]
+    pub ceiling: Option<Amount>,
+}
+
+fn first_epoch() -> u64 {
+    1
 }
 
 impl From<BidEvent> for BidAccepted {

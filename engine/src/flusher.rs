@@ -1,39 +1,49 @@
-//! The flusher: moves every auction's events from its Redis stream to PostgreSQL.
+//! The flusher: moves every event from the Redis flush streams to PostgreSQL.
 //!
-//! Each flusher is one consumer of the `gavel-flusher` group on every registered stream.
-//! It writes a batch in one transaction (idempotent on auction + seq) and acknowledges
-//! the entries only after the commit, so a crash between the two replays the batch
-//! harmlessly. Entries left pending by a consumer that died are claimed after
-//! [`FlusherConfig::claim_idle`]. When PostgreSQL is down nothing is acknowledged and
-//! the backlog stays in Redis until it comes back. An entry that cannot be written after
-//! [`FlusherConfig::max_attempts`] tries goes to the dead-letter stream.
+//! The scripts append each accepted bid and each close to its auction's stream (for
+//! `since` replay) and to one of [`FLUSH_SHARDS`] flush streams (the flushers' work
+//! queue). Each flusher is one consumer of the `gavel-flusher` group on every flush
+//! stream and blocks on all of them in one `XREADGROUP`, so an idle platform costs a
+//! command per flusher per block period, whatever the number of auctions.
+//!
+//! A batch (events of any auctions) is written in one durable transaction; its entries
+//! are acknowledged and deleted only after the commit, so a crash between the two replays
+//! the batch harmlessly. Entries left pending by a consumer that died are claimed after
+//! [`FlusherConfig::claim_idle`]. When PostgreSQL is down nothing is acknowledged and the
+//! backlog waits in Redis. An event PostgreSQL already holds with other content is a
+//! *conflict* (Redis lost state and reused a seq): it is never written nor silently
+//! dropped: it goes to the dead-letter stream, is counted and logged, and its auction is
+//! halted until the operator restores it from PostgreSQL. An entry that cannot be written
+//! after [`FlusherConfig::max_attempts`] tries is dead-lettered too.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use tracing::{debug, error, info, warn};
 
 use crate::client::Engine;
 use crate::event::AuctionEvent;
-use crate::keys::{AuctionId, DEAD_LETTER_KEY, FLUSH_GROUP, REGISTRY_KEY};
-use crate::store::{Store, StoreError};
+use crate::keys::{AuctionId, DEAD_LETTER_KEY, DEAD_LETTER_MAX, FLUSH_GROUP, flush_keys};
+use crate::store::{FlushItem, Store, StoreError};
+
+pub use crate::keys::FLUSH_SHARDS;
 
 /// Tuning of one flusher.
 #[derive(Clone, Debug)]
 pub struct FlusherConfig {
     /// This consumer's name in the group; unique per process (pod name, pid).
     pub consumer: String,
-    /// Most entries read from one stream at a time.
+    /// Most entries read at a time.
     pub batch: u64,
     /// How long another consumer's entry must sit unacknowledged before it is claimed.
     pub claim_idle: Duration,
     /// Tries before an entry that PostgreSQL refuses is dead-lettered.
     pub max_attempts: u32,
-    /// Pause between passes that found nothing to do.
-    pub idle_poll: Duration,
+    /// How long one read waits for new entries when there are none.
+    pub block: Duration,
 }
 
 impl FlusherConfig {
@@ -44,7 +54,7 @@ impl FlusherConfig {
             batch: 512,
             claim_idle: Duration::from_secs(5),
             max_attempts: 5,
-            idle_poll: Duration::from_millis(50),
+            block: Duration::from_secs(1),
         }
     }
 }
@@ -56,10 +66,17 @@ pub struct FlushMetrics {
     pub written: IntCounter,
     /// Entries moved to the dead-letter stream.
     pub dead_letters: IntCounter,
+    /// Events that contradict PostgreSQL's record.
+    pub conflicts: IntCounter,
     /// Failed write attempts (PostgreSQL down or refusing).
     pub failures: IntCounter,
-    /// Events in Redis not yet in PostgreSQL, sampled about once a second.
+    /// Events in Redis not yet in PostgreSQL, sampled every few seconds.
     pub backlog: IntGauge,
+    /// Entries in the dead-letter stream, sampled with the backlog.
+    pub dead_letter_len: IntGauge,
+    /// Time from a bid's acceptance to its commit in PostgreSQL: the window of bids a
+    /// total loss of Redis's data could take.
+    pub lag: Histogram,
 }
 
 impl FlushMetrics {
@@ -72,7 +89,11 @@ impl FlushMetrics {
             )?,
             dead_letters: IntCounter::new(
                 "gavel_flush_dead_letters_total",
-                "Stream entries moved to the dead-letter stream after repeated failures",
+                "Stream entries moved to the dead-letter stream (refused repeatedly, or in conflict)",
+            )?,
+            conflicts: IntCounter::new(
+                "gavel_flush_conflicts_total",
+                "Events whose (auction, seq) PostgreSQL holds with other content; the auction is halted until restored",
             )?,
             failures: IntCounter::new(
                 "gavel_flush_failures_total",
@@ -82,11 +103,27 @@ impl FlushMetrics {
                 "gavel_flush_backlog",
                 "Accepted events in Redis not yet written to PostgreSQL",
             )?,
+            dead_letter_len: IntGauge::new(
+                "gavel_flush_dead_letter_entries",
+                "Entries in the dead-letter stream (alert when above zero)",
+            )?,
+            lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gavel_flush_lag_seconds",
+                    "Time from a bid's acceptance in Redis to its commit in PostgreSQL",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+            )?,
         };
         registry.register(Box::new(metrics.written.clone()))?;
         registry.register(Box::new(metrics.dead_letters.clone()))?;
+        registry.register(Box::new(metrics.conflicts.clone()))?;
         registry.register(Box::new(metrics.failures.clone()))?;
         registry.register(Box::new(metrics.backlog.clone()))?;
+        registry.register(Box::new(metrics.dead_letter_len.clone()))?;
+        registry.register(Box::new(metrics.lag.clone()))?;
         Ok(metrics)
     }
 
@@ -99,10 +136,24 @@ impl FlushMetrics {
 /// What one pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PassStats {
-    /// Events committed.
+    /// Events committed (or found already committed with the same content).
     pub written: u64,
-    /// Entries dead-lettered.
+    /// Entries dead-lettered (conflicts included).
     pub dead_lettered: u64,
+    /// Events in conflict with PostgreSQL's record.
+    pub conflicts: u64,
+}
+
+impl PassStats {
+    fn add(&mut self, other: PassStats) {
+        self.written += other.written;
+        self.dead_lettered += other.dead_lettered;
+        self.conflicts += other.conflicts;
+    }
+
+    fn handled(&self) -> u64 {
+        self.written + self.dead_lettered
+    }
 }
 
 /// Why a pass stopped early; the flusher retries after a backoff.
@@ -111,25 +162,40 @@ pub enum FlushError {
     /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    /// The engine failed (connecting, halting an auction).
+    #[error(transparent)]
+    Engine(#[from] crate::client::EngineError),
     /// PostgreSQL is unreachable; entries stay pending.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// One consumer of the auction event streams.
+/// Entries by stream, as `XREADGROUP` answers.
+type XReadReply = HashMap<String, Vec<(String, HashMap<String, String>)>>;
+
+/// One stream entry: its stream, its id and its fields.
+struct Entry {
+    stream: String,
+    id: String,
+    fields: HashMap<String, String>,
+}
+
+/// One consumer of the flush streams.
 pub struct Flusher {
-    redis: Client,
+    engine: Engine,
+    /// A connection of its own: its reads block.
+    redis: Option<Client>,
     store: Store,
     config: FlusherConfig,
     metrics: FlushMetrics,
+    keys: Vec<String>,
     /// Streams where this consumer may hold unacknowledged entries of its own.
     own_pending: HashSet<String>,
     /// Write attempts of entries PostgreSQL refused, by stream entry id.
     attempts: HashMap<String, u32>,
     last_claim: Option<Instant>,
+    groups_ready: bool,
 }
-
-type Entry = (String, HashMap<String, String>);
 
 impl Flusher {
     /// A flusher reading through `engine`'s Redis and writing to `store`.
@@ -139,14 +205,19 @@ impl Flusher {
         config: FlusherConfig,
         metrics: FlushMetrics,
     ) -> Self {
+        let keys = flush_keys();
         Self {
-            redis: engine.redis().clone(),
+            engine: engine.clone(),
+            redis: None,
             store,
             config,
             metrics,
-            own_pending: HashSet::new(),
+            // Whatever a previous run of this consumer left pending is retried first.
+            own_pending: keys.iter().cloned().collect(),
+            keys,
             attempts: HashMap::new(),
             last_claim: None,
+            groups_ready: false,
         }
     }
 
@@ -156,17 +227,21 @@ impl Flusher {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
         loop {
-            let pause = match self.pass().await {
-                Ok(stats) if stats.written + stats.dead_lettered > 0 => {
-                    backoff = Duration::from_millis(100);
-                    Duration::ZERO
-                }
+            // A pass cut short by the shutdown leaves its entries pending to this
+            // consumer; the drain below reads them again.
+            let result = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                result = self.pass(Some(self.config.block)) => result,
+            };
+            let pause = match result {
                 Ok(_) => {
                     backoff = Duration::from_millis(100);
-                    self.config.idle_poll
+                    continue;
                 }
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "flush pass failed; entries stay pending in Redis");
+                    self.redis = None;
                     let pause = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     pause
@@ -185,167 +260,183 @@ impl Flusher {
         }
     }
 
-    /// Runs passes until one finds nothing left, or `limit` passes.
+    /// Runs passes without waiting until one finds nothing left, or `timeout` passes.
     pub async fn drain(&mut self, timeout: Duration) -> Result<(), FlushError> {
+        self.own_pending.extend(self.keys.iter().cloned());
         let deadline = Instant::now() + timeout;
         loop {
-            let stats = self.pass().await?;
-            if stats.written + stats.dead_lettered == 0 || Instant::now() >= deadline {
+            let stats = self.pass(None).await?;
+            if stats.handled() == 0 || Instant::now() >= deadline {
                 return Ok(());
             }
         }
     }
 
-    /// One pass over every registered auction: claim abandoned entries when due, retry
-    /// this consumer's own pending entries, read new ones, write and acknowledge.
-    pub async fn pass(&mut self) -> Result<PassStats, FlushError> {
-        let auctions: Vec<String> = self.redis.smembers(REGISTRY_KEY).await?;
-        let claim_due = self
-            .last_claim
-            .is_none_or(|t| t.elapsed() >= self.config.claim_idle / 2);
-        let mut stats = PassStats::default();
-        let mut backlog = 0;
-        for auction in &auctions {
-            let Ok(id) = auction.parse::<AuctionId>() else {
-                warn!(auction, "ignoring malformed id in the auction registry");
-                continue;
-            };
-            let key = id.events_key();
-            if claim_due {
-                if self.last_claim.is_none() {
-                    self.own_pending.insert(key.clone());
-                }
-                self.claim(&key).await?;
-                backlog += self.backlog(&key).await.unwrap_or(0);
-            }
-            let s = self.flush_stream(&id, &key).await?;
-            stats.written += s.written;
-            stats.dead_lettered += s.dead_lettered;
+    async fn client(&mut self) -> Result<Client, FlushError> {
+        if let Some(client) = &self.redis {
+            return Ok(client.clone());
         }
-        if claim_due {
-            self.last_claim = Some(Instant::now());
-            self.metrics.backlog.set(backlog as i64);
-        }
-        Ok(stats)
+        let client = self.engine.dedicated_client().await?;
+        self.redis = Some(client.clone());
+        Ok(client)
     }
 
-    async fn claim(&mut self, key: &str) -> Result<(), FlushError> {
-        let idle = self.config.claim_idle.as_millis() as u64;
-        let claimed: Value = match self
-            .redis
-            .xautoclaim(
-                key,
-                FLUSH_GROUP,
-                &self.config.consumer,
-                idle,
-                "0-0",
-                Some(self.config.batch),
-                true,
-            )
-            .await
-        {
-            Ok(v) => v,
-            Err(e) if e.details().starts_with("NOGROUP") => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        if let Value::Array(parts) = claimed
-            && parts
-                .get(1)
-                .is_some_and(|ids| matches!(ids, Value::Array(ids) if !ids.is_empty()))
-        {
-            info!(
-                stream = key,
-                "claimed entries left pending by another consumer"
-            );
-            self.own_pending.insert(key.to_owned());
-        }
-        Ok(())
-    }
-
-    async fn backlog(&self, key: &str) -> Result<u64, FlushError> {
-        let groups: Value = self.redis.xinfo_groups(key).await?;
-        let Value::Array(groups) = groups else {
-            return Ok(0);
-        };
-        let mut total = 0;
-        for group in groups {
-            let fields: Vec<Value> = match group {
-                Value::Array(f) => f,
-                _ => continue,
-            };
-            for pair in fields.chunks(2) {
-                if let [k, v] = pair
-                    && matches!(k.as_str().as_deref(), Some("pending" | "lag"))
+    /// One pass: claim abandoned entries when due, retry this consumer's own pending
+    /// entries, else read new ones (waiting up to `block` for some), write and acknowledge.
+    pub async fn pass(&mut self, block: Option<Duration>) -> Result<PassStats, FlushError> {
+        let redis = self.client().await?;
+        if !self.groups_ready {
+            for key in &self.keys {
+                let created: Result<Value, _> =
+                    redis.xgroup_create(key, FLUSH_GROUP, "0", true).await;
+                if let Err(e) = created
+                    && !e.details().starts_with("BUSYGROUP")
                 {
-                    total += v.as_u64().unwrap_or(0);
+                    return Err(e.into());
                 }
             }
+            self.groups_ready = true;
         }
-        Ok(total)
-    }
-
-    async fn read(&mut self, key: &str, from: &str) -> Result<Vec<Entry>, FlushError> {
-        // Redis answers nil when nothing is new.
-        let reply: Result<Value, _> = self
-            .redis
-            .xreadgroup(
-                FLUSH_GROUP,
-                &self.config.consumer,
-                Some(self.config.batch),
-                None,
-                false,
-                key,
-                from,
-            )
-            .await;
-        match reply {
-            Ok(Value::Null) => Ok(Vec::new()),
-            Ok(value) => {
-                let mut streams: HashMap<String, Vec<Entry>> = value.into_xread_response()?;
-                Ok(streams.remove(key).unwrap_or_default())
-            }
-            Err(e) if e.details().starts_with("NOGROUP") => {
-                // A stream created before its group (or a group deleted by hand): recreate it
-                // from the start so nothing is skipped.
-                let _: Result<Value, _> =
-                    self.redis.xgroup_create(key, FLUSH_GROUP, "0", true).await;
-                Ok(Vec::new())
-            }
-            Err(e) if e.kind() == &ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
+        if self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= self.config.claim_idle / 2)
+        {
+            self.claim_and_measure(&redis).await?;
+            self.last_claim = Some(Instant::now());
         }
-    }
-
-    async fn flush_stream(&mut self, id: &AuctionId, key: &str) -> Result<PassStats, FlushError> {
         let mut entries = Vec::new();
-        if self.own_pending.contains(key) {
-            entries = self.read(key, "0").await?;
-            if entries.is_empty() {
-                self.own_pending.remove(key);
-            }
+        if !self.own_pending.is_empty() {
+            let keys: Vec<String> = self.own_pending.iter().cloned().collect();
+            entries = self.read(&redis, &keys, "0", None).await?;
+            let holding: HashSet<&str> = entries.iter().map(|e| e.stream.as_str()).collect();
+            self.own_pending.retain(|k| holding.contains(k.as_str()));
         }
         if entries.is_empty() {
-            entries = self.read(key, ">").await?;
+            let keys = self.keys.clone();
+            entries = self.read(&redis, &keys, ">", block).await?;
         }
         if entries.is_empty() {
             return Ok(PassStats::default());
         }
-        self.own_pending.insert(key.to_owned());
+        self.own_pending
+            .extend(entries.iter().map(|e| e.stream.clone()));
+        self.flush(&redis, entries).await
+    }
 
-        let mut good = Vec::with_capacity(entries.len());
-        let mut stats = PassStats::default();
-        for (entry_id, fields) in &entries {
-            match fields
-                .get("e")
-                .map(|e| AuctionEvent::from_json(e.as_bytes()))
+    /// Creates the group on every flush stream (and the stream), from the start, so that
+    /// nothing appended before is skipped.
+    async fn create_groups(&mut self, redis: &Client) -> Result<(), FlushError> {
+        for key in &self.keys {
+            let created: Result<Value, _> = redis.xgroup_create(key, FLUSH_GROUP, "0", true).await;
+            if let Err(e) = created
+                && !e.details().starts_with("BUSYGROUP")
             {
-                Some(Ok(event)) => good.push((entry_id.clone(), event)),
-                other => {
-                    let reason = match other {
-                        Some(Err(e)) => format!("unparseable event: {e}"),
-                        _ => "entry has no event field".to_owned(),
-                    };
-                    self.dead_letter(id, key, entry_id, fields, &reason).await?;
+                return Err(e.into());
+            }
+        }
+        self.groups_ready = true;
+        Ok(())
+    }
+
+    async fn claim_and_measure(&mut self, redis: &Client) -> Result<(), FlushError> {
+        let idle = self.config.claim_idle.as_millis() as u64;
+        let mut backlog = 0u64;
+        for key in &self.keys {
+            let claimed: Value = match redis
+                .xautoclaim(
+                    key,
+                    FLUSH_GROUP,
+                    &self.config.consumer,
+                    idle,
+                    "0-0",
+                    Some(self.config.batch),
+                    true,
+                )
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if e.details().starts_with("NOGROUP") => {
+                    self.groups_ready = false;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Value::Array(parts) = claimed
+                && parts
+                    .get(1)
+                    .is_some_and(|ids| matches!(ids, Value::Array(ids) if !ids.is_empty()))
+            {
+                info!(stream = %key, "claimed entries left pending by another consumer");
+                self.own_pending.insert(key.clone());
+            }
+            backlog += group_backlog(redis, key).await.unwrap_or(0);
+        }
+        self.metrics.backlog.set(backlog as i64);
+        let dead: u64 = redis.xlen(DEAD_LETTER_KEY).await.unwrap_or(0);
+        self.metrics.dead_letter_len.set(dead as i64);
+        Ok(())
+    }
+
+    async fn read(
+        &mut self,
+        redis: &Client,
+        keys: &[String],
+        from: &str,
+        block: Option<Duration>,
+    ) -> Result<Vec<Entry>, FlushError> {
+        let ids: Vec<&str> = keys.iter().map(|_| from).collect();
+        let mut retried = false;
+        let value = loop {
+            let reply: Result<Value, _> = redis
+                .xreadgroup(
+                    FLUSH_GROUP,
+                    &self.config.consumer,
+                    Some(self.config.batch),
+                    block.map(|b| b.as_millis() as u64),
+                    false,
+                    keys.to_vec(),
+                    ids.clone(),
+                )
+                .await;
+            match reply {
+                Ok(Value::Null) => return Ok(Vec::new()),
+                Ok(value) => break value,
+                Err(e) if e.details().starts_with("NOGROUP") && !retried => {
+                    // A group deleted by hand, or a Redis that lost its data: recreate them
+                    // from the start and read again.
+                    warn!("flush group missing; creating it again");
+                    self.create_groups(redis).await?;
+                    retried = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let streams: XReadReply = value.into_xread_response()?;
+        let mut entries = Vec::new();
+        for (stream, list) in streams {
+            for (id, fields) in list {
+                entries.push(Entry {
+                    stream: stream.clone(),
+                    id,
+                    fields,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn flush(
+        &mut self,
+        redis: &Client,
+        entries: Vec<Entry>,
+    ) -> Result<PassStats, FlushError> {
+        let mut stats = PassStats::default();
+        let mut good: Vec<(Entry, FlushItem)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match parse_entry(&entry) {
+                Ok(item) => good.push((entry, item)),
+                Err(reason) => {
+                    self.dead_letter(redis, &entry, &reason).await?;
                     stats.dead_lettered += 1;
                 }
             }
@@ -353,18 +444,36 @@ impl Flusher {
         if good.is_empty() {
             return Ok(stats);
         }
-        let events: Vec<AuctionEvent> = good.iter().map(|(_, e)| e.clone()).collect();
-        match self.store.write_events(id, &events).await {
-            Ok(()) => {
-                self.ack(key, good.iter().map(|(i, _)| i.clone()).collect())
-                    .await?;
-                stats.written += good.len() as u64;
-                self.metrics.written.inc_by(good.len() as u64);
-                debug!(auction = %id, count = good.len(), "flushed events");
-                let closed = events.iter().any(|e| matches!(e, AuctionEvent::Closed(_)));
-                if closed {
-                    self.retire_if_done(id, key).await?;
+        let items: Vec<FlushItem> = good.iter().map(|(_, item)| item.clone()).collect();
+        match self.store.write_batch(&items).await {
+            Ok(report) => {
+                let conflicts: HashSet<usize> = report.conflicts.iter().copied().collect();
+                for &i in &report.conflicts {
+                    let (entry, item) = &good[i];
+                    self.conflict(redis, entry, item).await?;
                 }
+                stats.conflicts += conflicts.len() as u64;
+                stats.dead_lettered += conflicts.len() as u64;
+                let done: Vec<&Entry> = good
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !conflicts.contains(i))
+                    .map(|(_, (entry, _))| entry)
+                    .collect();
+                self.ack(redis, &done).await?;
+                stats.written += done.len() as u64;
+                self.metrics.written.inc_by(report.written as u64);
+                let now = crate::settings::unix_millis();
+                for (i, (_, item)) in good.iter().enumerate() {
+                    if let AuctionEvent::Bid(bid) = &item.event
+                        && !conflicts.contains(&i)
+                    {
+                        self.metrics
+                            .lag
+                            .observe((now - bid.at).max(0) as f64 / 1000.0);
+                    }
+                }
+                debug!(count = done.len(), "flushed events");
             }
             Err(e) if e.is_transient() => {
                 self.metrics.failures.inc();
@@ -372,9 +481,9 @@ impl Flusher {
             }
             Err(e) => {
                 self.metrics.failures.inc();
-                warn!(auction = %id, error = %e, "batch refused; writing its entries one by one");
-                for (entry_id, event) in good {
-                    stats.written += self.write_one(id, key, &entry_id, event, &entries).await?;
+                warn!(error = %e, "batch refused; writing its entries one by one");
+                for (entry, item) in good {
+                    stats.add(self.write_one(redis, entry, item).await?);
                 }
             }
         }
@@ -384,89 +493,156 @@ impl Flusher {
     /// Writes one entry alone; after `max_attempts` refusals it is dead-lettered.
     async fn write_one(
         &mut self,
-        id: &AuctionId,
-        key: &str,
-        entry_id: &str,
-        event: AuctionEvent,
-        entries: &[Entry],
-    ) -> Result<u64, FlushError> {
-        match self
-            .store
-            .write_events(id, std::slice::from_ref(&event))
-            .await
-        {
-            Ok(()) => {
-                self.attempts.remove(entry_id);
-                self.ack(key, vec![entry_id.to_owned()]).await?;
-                self.metrics.written.inc();
-                Ok(1)
+        redis: &Client,
+        entry: Entry,
+        item: FlushItem,
+    ) -> Result<PassStats, FlushError> {
+        let mut stats = PassStats::default();
+        match self.store.write_batch(std::slice::from_ref(&item)).await {
+            Ok(report) if !report.conflicts.is_empty() => {
+                self.conflict(redis, &entry, &item).await?;
+                stats.conflicts += 1;
+                stats.dead_lettered += 1;
             }
-            Err(e) if e.is_transient() => Err(e.into()),
+            Ok(report) => {
+                self.attempts.remove(&entry.id);
+                self.ack(redis, &[&entry]).await?;
+                self.metrics.written.inc_by(report.written as u64);
+                stats.written += 1;
+            }
+            Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {
-                let tries = self.attempts.entry(entry_id.to_owned()).or_insert(0);
+                let tries = self.attempts.entry(entry.id.clone()).or_insert(0);
                 *tries += 1;
                 if *tries >= self.config.max_attempts {
-                    self.attempts.remove(entry_id);
-                    let fields = entries
-                        .iter()
-                        .find(|(i, _)| i == entry_id)
-                        .map(|(_, f)| f.clone())
-                        .unwrap_or_default();
-                    self.dead_letter(id, key, entry_id, &fields, &e.to_string())
-                        .await?;
+                    self.attempts.remove(&entry.id);
+                    self.dead_letter(redis, &entry, &e.to_string()).await?;
+                    stats.dead_lettered += 1;
                 }
-                Ok(0)
             }
         }
+        Ok(stats)
     }
 
-    async fn ack(&self, key: &str, ids: Vec<String>) -> Result<(), FlushError> {
-        let _: i64 = self.redis.xack(key, FLUSH_GROUP, ids).await?;
+    /// An event that contradicts the record: kept in the dead-letter stream, counted,
+    /// logged, and its auction halted (if still at that epoch) until restored.
+    async fn conflict(
+        &mut self,
+        redis: &Client,
+        entry: &Entry,
+        item: &FlushItem,
+    ) -> Result<(), FlushError> {
+        self.metrics.conflicts.inc();
+        let epoch = match &item.event {
+            AuctionEvent::Bid(b) => Some(b.epoch),
+            _ => None,
+        };
+        let halted = match epoch {
+            Some(epoch) => {
+                self.engine
+                    .halt(
+                        &item.auction,
+                        epoch,
+                        &format!("seq {} conflicts with PostgreSQL", item.event.seq()),
+                    )
+                    .await?
+            }
+            None => false,
+        };
+        error!(
+            auction = %item.auction,
+            seq = item.event.seq(),
+            halted,
+            "event conflicts with PostgreSQL's record (Redis lost state); kept in {DEAD_LETTER_KEY}"
+        );
+        self.dead_letter(
+            redis,
+            entry,
+            "conflict: PostgreSQL holds this seq with other content",
+        )
+        .await
+    }
+
+    async fn ack(&self, redis: &Client, entries: &[&Entry]) -> Result<(), FlushError> {
+        let mut by_stream: HashMap<&str, Vec<String>> = HashMap::new();
+        for entry in entries {
+            by_stream
+                .entry(entry.stream.as_str())
+                .or_default()
+                .push(entry.id.clone());
+        }
+        for (stream, ids) in by_stream {
+            let _: i64 = redis.xack(stream, FLUSH_GROUP, ids.clone()).await?;
+            // Flushed entries leave Redis: the auction's own stream keeps the replay window.
+            let _: i64 = redis.xdel(stream, ids).await?;
+        }
         Ok(())
     }
 
     async fn dead_letter(
-        &self,
-        id: &AuctionId,
-        key: &str,
-        entry_id: &str,
-        fields: &HashMap<String, String>,
+        &mut self,
+        redis: &Client,
+        entry: &Entry,
         reason: &str,
     ) -> Result<(), FlushError> {
-        let payload = fields.get("e").cloned().unwrap_or_default();
-        let _: String = self
-            .redis
+        let auction = entry.fields.get("a").cloned().unwrap_or_default();
+        let payload = entry.fields.get("e").cloned().unwrap_or_default();
+        let _: String = redis
             .xadd(
                 DEAD_LETTER_KEY,
                 false,
-                None,
+                ("MAXLEN", "~", DEAD_LETTER_MAX as i64),
                 "*",
                 vec![
-                    ("auction", id.to_string()),
-                    ("entry", entry_id.to_owned()),
+                    ("auction", auction.clone()),
+                    ("entry", entry.id.clone()),
                     ("event", payload),
                     ("error", reason.to_owned()),
                 ],
             )
             .await?;
-        self.ack(key, vec![entry_id.to_owned()]).await?;
+        self.ack(redis, &[entry]).await?;
         self.metrics.dead_letters.inc();
-        error!(auction = %id, entry = entry_id, reason, "event moved to the dead-letter stream {DEAD_LETTER_KEY}");
+        error!(auction, entry = %entry.id, reason, "event moved to the dead-letter stream {DEAD_LETTER_KEY}");
         Ok(())
     }
+}
 
-    /// A closed auction gets no more events: once nothing of its stream is pending it
-    /// leaves the registry and costs the flushers nothing more.
-    async fn retire_if_done(&self, id: &AuctionId, key: &str) -> Result<(), FlushError> {
-        let summary: Value = self.redis.xpending(key, FLUSH_GROUP, ()).await?;
-        let pending = match summary {
-            Value::Array(parts) => parts.first().and_then(Value::as_u64).unwrap_or(1),
-            _ => 1,
+fn parse_entry(entry: &Entry) -> Result<FlushItem, String> {
+    let auction: AuctionId = entry
+        .fields
+        .get("a")
+        .ok_or("entry has no auction field")?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let json = entry.fields.get("e").ok_or("entry has no event field")?;
+    let event =
+        AuctionEvent::from_json(json.as_bytes()).map_err(|e| format!("unparseable event: {e}"))?;
+    Ok(FlushItem {
+        auction,
+        json: json.clone(),
+        event,
+    })
+}
+
+async fn group_backlog(redis: &Client, key: &str) -> Result<u64, FlushError> {
+    let groups: Value = redis.xinfo_groups(key).await?;
+    let Value::Array(groups) = groups else {
+        return Ok(0);
+    };
+    let mut total = 0;
+    for group in groups {
+        let fields: Vec<Value> = match group {
+            Value::Array(f) => f,
+            _ => continue,
         };
-        if pending == 0 {
-            let _: i64 = self.redis.srem(REGISTRY_KEY, id.to_string()).await?;
-            info!(auction = %id, "auction closed and fully flushed");
+        for pair in fields.chunks(2) {
+            if let [k, v] = pair
+                && matches!(k.as_str().as_deref(), Some("pending" | "lag"))
+            {
+                total += v.as_u64().unwrap_or(0);
+            }
         }
-        Ok(())
     }
+    Ok(total)
 }

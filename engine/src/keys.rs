@@ -8,14 +8,30 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The set of auction ids whose event streams the flushers drain.
-pub const REGISTRY_KEY: &str = "gavel:auctions";
-
-/// Stream of entries the flusher could not write after repeated attempts.
+/// Stream of entries the flusher could not write (refused repeatedly, or in conflict with
+/// PostgreSQL's record); bounded to [`DEAD_LETTER_MAX`] entries.
 pub const DEAD_LETTER_KEY: &str = "gavel:dead-letter";
 
-/// Consumer group of the PostgreSQL flushers on every event stream.
+/// Most entries kept in the dead-letter stream (approximate trim).
+pub const DEAD_LETTER_MAX: u64 = 10_000;
+
+/// Consumer group of the PostgreSQL flushers on the flush streams.
 pub const FLUSH_GROUP: &str = "gavel-flusher";
+
+/// Number of flush streams: every event is appended to its auction's stream (replay) and
+/// to one flush stream (the flushers' work queue), chosen by the auction's hash. The
+/// flushers block on all of them in one call, so their cost follows events, not auctions.
+pub const FLUSH_SHARDS: u16 = 16;
+
+/// The flush stream of shard `shard`.
+pub fn flush_key(shard: u16) -> String {
+    format!("gavel:flush:{shard}")
+}
+
+/// Every flush stream.
+pub fn flush_keys() -> Vec<String> {
+    (0..FLUSH_SHARDS).map(flush_key).collect()
+}
 
 /// An auction's identity: the Kubernetes namespace and name of its `Auction` object,
 /// written `namespace/name` everywhere (protocol, database, logs).
@@ -93,6 +109,15 @@ impl AuctionId {
         self.key("live")
     }
 
+    /// The flush stream this auction's events are queued on for PostgreSQL.
+    pub fn flush_key(&self) -> String {
+        // FNV-1a: stable across processes and versions, unlike the std hasher.
+        let hash = self.to_string().bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        flush_key((hash % u32::from(FLUSH_SHARDS)) as u16)
+    }
+
     /// Every key of the auction, for removal.
     pub fn all_keys(&self) -> [String; 4] {
         [
@@ -152,6 +177,20 @@ mod tests {
             assert!(key.contains("{shop/strat-1962.v2}"), "{key}");
             assert_eq!(AuctionId::from_key(key).as_ref(), Some(&id));
         }
+    }
+
+    #[test]
+    fn auctions_spread_over_every_flush_stream() {
+        let keys: std::collections::HashSet<String> = (0..2_000)
+            .map(|i| {
+                AuctionId::new("shop", &format!("lot-{i}"))
+                    .unwrap()
+                    .flush_key()
+            })
+            .collect();
+        assert_eq!(keys, flush_keys().into_iter().collect());
+        let id: AuctionId = "shop/lot-1".parse().unwrap();
+        assert_eq!(id.flush_key(), id.clone().flush_key(), "stable");
     }
 
     #[test]

@@ -6,14 +6,16 @@
 //!   `EVALSHA` per bid, and their typed client [`Engine`].
 //! - [`event`]: the JSON events the scripts append to each auction's stream and publish.
 //! - [`store`]: the PostgreSQL schema (sqlx migrations) and its queries.
-//! - [`flusher`]: moves accepted bids and results from the Redis streams to PostgreSQL,
-//!   exactly once per `(auction, seq)`.
+//! - [`flusher`]: moves accepted bids and results from the Redis flush streams to
+//!   PostgreSQL, exactly once per `(auction, seq)`, and detects conflicts with the record.
+//! - [`restore`]: rebuilds an auction's live state from PostgreSQL when Redis lost it.
 //! - `testing` (feature `testing`): throw-away Redis and PostgreSQL servers for tests.
 
 pub mod client;
 pub mod event;
 pub mod flusher;
 pub mod keys;
+pub mod restore;
 pub mod rules;
 pub mod settings;
 pub mod store;
@@ -21,9 +23,10 @@ pub mod store;
 pub mod testing;
 
 pub use client::{
-    BidError, Bidder, CloseMode, Engine, EngineError, LivePhase, Provisioned, Snapshot,
+    BidError, Bidder, CloseMode, Engine, EngineError, LivePhase, Provisioned, RestoreMode,
+    Restored, Snapshot,
 };
-pub use event::{AuctionEvent, BidEvent};
+pub use event::{AuctionEvent, BidEvent, RestoredNotice};
 pub use keys::AuctionId;
 pub use rules::{
     AuctionModel, AuctionResult, BidAccepted, BidRequest, CloseOutcome, Outcome, RejectCode,

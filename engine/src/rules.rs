@@ -87,6 +87,9 @@ pub enum RejectCode {
     RateLimited,
     /// Zero, negative, too large, missing, or `max < amount`.
     InvalidAmount,
+    /// The auction cannot take bids right now (its live state is being restored from
+    /// PostgreSQL); nothing was decided, retry after the rejection's delay.
+    Unavailable,
 }
 
 impl RejectCode {
@@ -99,6 +102,7 @@ impl RejectCode {
             RejectCode::UnknownAuction => "UNKNOWN_AUCTION",
             RejectCode::RateLimited => "RATE_LIMITED",
             RejectCode::InvalidAmount => "INVALID_AMOUNT",
+            RejectCode::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -111,6 +115,7 @@ impl RejectCode {
             RejectCode::UnknownAuction,
             RejectCode::RateLimited,
             RejectCode::InvalidAmount,
+            RejectCode::Unavailable,
         ]
         .into_iter()
         .find(|code| code.as_str() == s)

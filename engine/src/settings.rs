@@ -249,6 +249,16 @@ pub enum SettingsError {
     },
 }
 
+/// Milliseconds since the Unix epoch by this machine's clock (0 before 1970), for
+/// measurements; decisions use Redis server time.
+pub fn unix_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| {
+            Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! their own) and results. The schema lives in `engine/migrations/` and is applied with
 //! [`Store::migrate`]. Every write is idempotent, keyed on the auction and `seq`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -9,6 +10,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::event::{AuctionEvent, BidEvent};
 use crate::keys::AuctionId;
+use crate::restore::DurableRecord;
 use crate::rules::{AuctionResult, Outcome};
 use crate::settings::{Amount, AuctionSettings, Millis};
 
@@ -71,6 +73,44 @@ pub struct PublicBid {
     pub placed_at: Millis,
 }
 
+/// One event read from a flush stream, to be written.
+#[derive(Clone, Debug)]
+pub struct FlushItem {
+    /// Its auction.
+    pub auction: AuctionId,
+    /// The JSON exactly as the script emitted it (what `events` records and compares).
+    pub json: String,
+    /// The parsed event.
+    pub event: AuctionEvent,
+}
+
+/// What [`Store::write_batch`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Events newly recorded.
+    pub written: usize,
+    /// Indices (into the batch) of events whose `(auction, seq)` PostgreSQL already holds
+    /// with other content: never written, never silently dropped.
+    pub conflicts: Vec<usize>,
+}
+
+/// What PostgreSQL knows of an auction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownAuction {
+    /// Its current epoch.
+    pub epoch: u64,
+    /// Its result, once recorded.
+    pub result: Option<AuctionResult>,
+}
+
+fn event_epoch(event: &AuctionEvent) -> i64 {
+    match event {
+        AuctionEvent::Bid(b) => b.epoch as i64,
+        AuctionEvent::Closed(_) => 0,
+        AuctionEvent::Restored(r) => r.epoch as i64,
+    }
+}
+
 /// A pool of PostgreSQL connections with Gavel's queries.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -105,15 +145,15 @@ impl Store {
         Ok(())
     }
 
-    /// Records or updates an auction's settings.
+    /// Records or updates an auction's settings; returns its epoch.
     pub async fn upsert_auction(
         &self,
         id: &AuctionId,
         s: &AuctionSettings,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let increments = serde_json::to_value(s.increments.tiers())
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(
+        let (epoch,): (i64,) = sqlx::query_as(
             "INSERT INTO auctions (auction_id, title, currency, starting_price, reserve_price,
                  increments, starts_at, ends_at)
              VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::bigint / 1000.0),
@@ -121,7 +161,8 @@ impl Store {
              ON CONFLICT (auction_id) DO UPDATE SET title = EXCLUDED.title,
                  currency = EXCLUDED.currency, starting_price = EXCLUDED.starting_price,
                  reserve_price = EXCLUDED.reserve_price, increments = EXCLUDED.increments,
-                 starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at, updated_at = now()",
+                 starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at, updated_at = now()
+             RETURNING epoch",
         )
         .bind(id.to_string())
         .bind(&s.title)
@@ -131,51 +172,116 @@ impl Store {
         .bind(increments)
         .bind(s.starts_at)
         .bind(s.ends_at)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(())
+        Ok(epoch as u64)
     }
 
-    /// Writes a batch of one auction's events in one transaction; events already written
-    /// are skipped, so replaying a batch is harmless.
-    pub async fn write_events(
-        &self,
-        id: &AuctionId,
-        events: &[AuctionEvent],
-    ) -> Result<(), StoreError> {
-        let bids: Vec<&BidEvent> = events
+    /// Writes a batch of events (of any auctions) in one durable transaction. An event
+    /// already recorded with the same content is skipped, so replaying a batch is
+    /// harmless; one recorded with other content is a conflict: it is not written, and
+    /// its index in `items` is reported. Bids, their ceilings and results are recorded for
+    /// the newly written events only.
+    pub async fn write_batch(&self, items: &[FlushItem]) -> Result<BatchReport, StoreError> {
+        let items: Vec<(usize, &FlushItem)> = items
             .iter()
-            .filter_map(|e| match e {
-                AuctionEvent::Bid(b) => Some(b),
-                AuctionEvent::Closed(_) => None,
-            })
+            .enumerate()
+            .filter(|(_, i)| !matches!(i.event, AuctionEvent::Restored(_)))
             .collect();
+        if items.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        let auctions: Vec<String> = items.iter().map(|(_, i)| i.auction.to_string()).collect();
+        let seqs: Vec<i64> = items.iter().map(|(_, i)| i.event.seq() as i64).collect();
+        let epochs: Vec<i64> = items.iter().map(|(_, i)| event_epoch(&i.event)).collect();
+        let jsons: Vec<&str> = items.iter().map(|(_, i)| i.json.as_str()).collect();
         let mut tx = self.pool.begin().await?;
         // The flusher acknowledges entries in Redis once this commit returns, so the commit
         // must be durable whatever the server's default is.
         sqlx::query("SET LOCAL synchronous_commit TO on")
             .execute(&mut *tx)
             .await?;
+        let inserted: Vec<(String, i64)> = sqlx::query_as(
+            "INSERT INTO events (auction_id, seq, epoch, event)
+             SELECT a, s, e, j::jsonb FROM UNNEST($1::text[], $2::bigint[], $3::bigint[],
+                 $4::text[]) AS t(a, s, e, j)
+             ON CONFLICT (auction_id, seq) DO NOTHING
+             RETURNING auction_id, seq",
+        )
+        .bind(&auctions)
+        .bind(&seqs)
+        .bind(&epochs)
+        .bind(&jsons)
+        .fetch_all(&mut *tx)
+        .await?;
+        let inserted: HashSet<(String, i64)> = inserted.into_iter().collect();
+        let mut fresh = Vec::new();
+        let mut replayed = Vec::new();
+        for (k, (index, item)) in items.iter().enumerate() {
+            if inserted.contains(&(auctions[k].clone(), seqs[k])) {
+                fresh.push(*item);
+            } else {
+                replayed.push((*index, k));
+            }
+        }
+        // A duplicate within the batch is inserted once; any other copy is compared too.
+        let mut report = BatchReport {
+            written: fresh.len(),
+            conflicts: Vec::new(),
+        };
+        if !replayed.is_empty() {
+            let pick = |f: &dyn Fn(usize) -> String| -> Vec<String> {
+                replayed.iter().map(|(_, k)| f(*k)).collect()
+            };
+            let differing: Vec<(i32,)> = sqlx::query_as(
+                "SELECT t.i FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::int[])
+                     AS t(a, s, j, i)
+                 JOIN events e ON e.auction_id = t.a AND e.seq = t.s
+                 WHERE e.event <> t.j::jsonb",
+            )
+            .bind(pick(&|k| auctions[k].clone()))
+            .bind(replayed.iter().map(|(_, k)| seqs[*k]).collect::<Vec<i64>>())
+            .bind(pick(&|k| jsons[k].to_owned()))
+            .bind(
+                replayed
+                    .iter()
+                    .map(|(index, _)| *index as i32)
+                    .collect::<Vec<i32>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            report.conflicts = differing.into_iter().map(|(i,)| i as usize).collect();
+            report.conflicts.sort_unstable();
+        }
+        let bids: Vec<(&AuctionId, &BidEvent)> = fresh
+            .iter()
+            .filter_map(|i| match &i.event {
+                AuctionEvent::Bid(b) => Some((&i.auction, b)),
+                _ => None,
+            })
+            .collect();
         if !bids.is_empty() {
-            let col = |f: fn(&BidEvent) -> i64| bids.iter().map(|b| f(b)).collect::<Vec<i64>>();
+            let ids: Vec<String> = bids.iter().map(|(a, _)| a.to_string()).collect();
+            let col =
+                |f: fn(&BidEvent) -> i64| bids.iter().map(|(_, b)| f(b)).collect::<Vec<i64>>();
             let text = |f: fn(&BidEvent) -> &str| {
                 bids.iter()
-                    .map(|b| f(b).to_owned())
+                    .map(|(_, b)| f(b).to_owned())
                     .collect::<Vec<String>>()
             };
-            let seqs = col(|b| b.seq as i64);
+            let bid_seqs = col(|b| b.seq as i64);
             sqlx::query(
                 "INSERT INTO bids (auction_id, seq, bidder_id, bidder_name, amount, outcome,
                      price_after, leader_after, placed_at)
-                 SELECT $1, seq, bidder, name, amount, outcome, price, leader,
+                 SELECT a, seq, bidder, name, amount, outcome, price, leader,
                      to_timestamp(at / 1000.0)
-                 FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[],
-                     $7::bigint[], $8::text[], $9::bigint[])
-                     AS t(seq, bidder, name, amount, outcome, price, leader, at)
+                 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
+                     $6::text[], $7::bigint[], $8::text[], $9::bigint[])
+                     AS t(a, seq, bidder, name, amount, outcome, price, leader, at)
                  ON CONFLICT (auction_id, seq) DO NOTHING",
             )
-            .bind(id.to_string())
-            .bind(&seqs)
+            .bind(&ids)
+            .bind(&bid_seqs)
             .bind(text(|b| &b.bidder))
             .bind(text(|b| &b.name))
             .bind(col(|b| b.amount))
@@ -187,22 +293,188 @@ impl Store {
             .await?;
             sqlx::query(
                 "INSERT INTO bid_ceilings (auction_id, seq, max_amount)
-                 SELECT $1, seq, max FROM UNNEST($2::bigint[], $3::bigint[]) AS t(seq, max)
+                 SELECT a, seq, max FROM UNNEST($1::text[], $2::bigint[], $3::bigint[])
+                     AS t(a, seq, max)
                  ON CONFLICT (auction_id, seq) DO NOTHING",
             )
-            .bind(id.to_string())
-            .bind(&seqs)
+            .bind(&ids)
+            .bind(&bid_seqs)
             .bind(col(|b| b.max))
             .execute(&mut *tx)
             .await?;
         }
-        for event in events {
-            if let AuctionEvent::Closed(result) = event {
-                insert_result(&mut tx, id, result).await?;
+        for item in &fresh {
+            if let AuctionEvent::Closed(result) = &item.event {
+                insert_result(&mut tx, &item.auction, result).await?;
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(report)
+    }
+
+    /// Writes one auction's events (see [`Store::write_batch`]), their JSON re-encoded.
+    pub async fn write_events(
+        &self,
+        id: &AuctionId,
+        events: &[AuctionEvent],
+    ) -> Result<BatchReport, StoreError> {
+        let items: Vec<FlushItem> = events
+            .iter()
+            .map(|event| FlushItem {
+                auction: id.clone(),
+                json: serde_json::to_string(event).unwrap_or_default(),
+                event: event.clone(),
+            })
+            .collect();
+        self.write_batch(&items).await
+    }
+
+    /// How many of the auction's events PostgreSQL holds. Seqs start at 1 and are unique,
+    /// so it holds all of `1..=seq` exactly when this equals `seq`.
+    pub async fn event_count(&self, id: &AuctionId) -> Result<u64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM events WHERE auction_id = $1")
+            .bind(id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// The highest seq PostgreSQL holds for the auction (0 for none). Redis's seq is never
+    /// below it unless Redis lost state.
+    pub async fn durable_seq(&self, id: &AuctionId) -> Result<u64, StoreError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT coalesce(max(seq), 0) FROM events WHERE auction_id = $1")
+                .bind(id.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n as u64)
+    }
+
+    /// Whether the auction was ever provisioned (PostgreSQL has its row) and the highest
+    /// seq recorded for it, in one query.
+    pub async fn durable(&self, id: &AuctionId) -> Result<(bool, u64), StoreError> {
+        let (known, seq): (bool, i64) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM auctions WHERE auction_id = $1),
+                 (SELECT coalesce(max(seq), 0) FROM events WHERE auction_id = $1)",
+        )
+        .bind(id.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((known, seq as u64))
+    }
+
+    /// Events with `seq > after`, oldest first, at most `limit` (capped at
+    /// [`MAX_HISTORY_PAGE`]): the replay of what Redis no longer holds.
+    pub async fn events_after(
+        &self,
+        id: &AuctionId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuctionEvent>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT event::text FROM events WHERE auction_id = $1 AND seq > $2
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(id.to_string())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit).min(MAX_HISTORY_PAGE))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(json,)| {
+                AuctionEvent::from_json(json.as_bytes())
+                    .map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))
+            })
+            .collect()
+    }
+
+    /// What PostgreSQL knows of an auction a Redis lookup did not find: whether it was
+    /// ever provisioned, and its result if it closed.
+    pub async fn known_auction(&self, id: &AuctionId) -> Result<Option<KnownAuction>, StoreError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT epoch FROM auctions WHERE auction_id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((epoch,)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(KnownAuction {
+            epoch: epoch as u64,
+            result: self.result(id).await?,
+        }))
+    }
+
+    /// Reads the durable record of an auction for a restore, and takes the next epoch for
+    /// it, in one transaction (see [`crate::restore`]).
+    pub async fn begin_restore(&self, id: &AuctionId) -> Result<DurableRecord, StoreError> {
+        let auction = id.to_string();
+        let mut tx = self.pool.begin().await?;
+        let (epoch,): (i64,) = sqlx::query_as(
+            "SELECT greatest(
+                 (SELECT epoch FROM auctions WHERE auction_id = $1),
+                 (SELECT max(epoch) FROM events WHERE auction_id = $1), 1) + 1",
+        )
+        .bind(&auction)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE auctions SET epoch = $2, updated_at = now() WHERE auction_id = $1")
+            .bind(&auction)
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await?;
+        let (seq,): (i64,) =
+            sqlx::query_as("SELECT coalesce(max(seq), 0) FROM events WHERE auction_id = $1")
+                .bind(&auction)
+                .fetch_one(&mut *tx)
+                .await?;
+        let last = |kind: &'static str| {
+            sqlx::query_as::<_, (String,)>(
+                "SELECT event::text FROM events WHERE auction_id = $1 AND event->>'kind' = $2
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(auction.clone())
+            .bind(kind)
+        };
+        let decode = |json: &str| {
+            AuctionEvent::from_json(json.as_bytes())
+                .map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))
+        };
+        let last_bid = match last("bid").fetch_optional(&mut *tx).await? {
+            Some((json,)) => match decode(&json)? {
+                AuctionEvent::Bid(bid) => Some(bid),
+                _ => None,
+            },
+            None => None,
+        };
+        let closed = match last("closed").fetch_optional(&mut *tx).await? {
+            Some((json,)) => match decode(&json)? {
+                AuctionEvent::Closed(result) => Some((result, json)),
+                _ => None,
+            },
+            None => None,
+        };
+        // Each bidder's own ceiling as the place-bid script keeps it: the leader's ceiling
+        // when the bidder led after its latest bid, else that bid's `max`.
+        let ceilings: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT DISTINCT ON (event->>'bidder') event->>'bidder',
+                 CASE WHEN event->>'leader' = event->>'bidder' AND event ? 'ceiling'
+                      THEN (event->>'ceiling')::bigint
+                      ELSE (event->>'max')::bigint END
+             FROM events WHERE auction_id = $1 AND event->>'kind' = 'bid'
+             ORDER BY event->>'bidder', seq DESC",
+        )
+        .bind(&auction)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(DurableRecord {
+            epoch: epoch as u64,
+            seq: seq as u64,
+            last_bid,
+            closed,
+            ceilings,
+        })
     }
 
     /// Records an auction's result unless one is already recorded.

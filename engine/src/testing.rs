@@ -85,43 +85,56 @@ fn watchdog(pid: u32, dir: &Path) {
     ));
 }
 
+/// The persistence and memory settings Gavel ships for Redis (the local platform, the
+/// chart's development Redis, the README's production requirements): an append-only file
+/// fsynced before every reply, so a killed Redis restarts with every acknowledged bid, and
+/// a memory cap with `noeviction`, so a full Redis refuses writes instead of dropping
+/// auction state.
+pub const DURABLE_REDIS_ARGS: [&str; 8] = [
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--maxmemory",
+    "1gb",
+    "--maxmemory-policy",
+    "noeviction",
+];
+
 /// A `redis-server` of this test alone.
 pub struct TestRedis {
     child: Child,
     dir: PathBuf,
     port: u16,
+    args: Vec<String>,
 }
 
 impl TestRedis {
     /// Starts a server with no persistence on a free port.
     pub fn start() -> Self {
-        let bin = find_binary("redis-server", &[], "redis-server");
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts a server with Gavel's shipped persistence ([`DURABLE_REDIS_ARGS`]).
+    pub fn start_durable() -> Self {
+        let mut args = vec!["--save", ""];
+        args.extend(DURABLE_REDIS_ARGS);
+        Self::start_with(&args)
+    }
+
+    /// Starts a server with these extra arguments on a free port.
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = temp_dir("redis");
         let port = free_port();
-        let log = dir.join("redis.log");
-        let mut child = Command::new(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start redis-server");
-        wait_for_port(port, &mut child, "redis-server", &log);
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let child = spawn_redis(port, &dir, &args);
         watchdog(child.id(), &dir);
-        Self { child, dir, port }
+        Self {
+            child,
+            dir,
+            port,
+            args,
+        }
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -133,6 +146,55 @@ impl TestRedis {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Kills the server with SIGKILL (a crash: nothing is written on the way out).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and data directory, with the same
+    /// settings (after [`TestRedis::kill`]; with persistence it reloads its data).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_redis(self.port, &self.dir, &self.args);
+        watchdog(self.child.id(), &self.dir);
+    }
+
+    /// Kills the server, deletes its data and starts it empty on the same port: Redis
+    /// "lost everything" (a new node, a failover to an empty replica).
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.file_name().is_some_and(|n| n != "redis.log") {
+                    let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+                }
+            }
+        }
+        self.child = spawn_redis(self.port, &self.dir, &self.args);
+        watchdog(self.child.id(), &self.dir);
+    }
+}
+
+fn spawn_redis(port: u16, dir: &Path, args: &[String]) -> Child {
+    let bin = find_binary("redis-server", &[], "redis-server");
+    let log = dir.join("redis.log");
+    let mut child = Command::new(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start redis-server");
+    wait_for_port(port, &mut child, "redis-server", &log);
+    child
 }
 
 impl Drop for TestRedis {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use fred::prelude::*;
 use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
-use gavel_engine::keys::{DEAD_LETTER_KEY, FLUSH_GROUP, REGISTRY_KEY};
+use gavel_engine::keys::{DEAD_LETTER_KEY, FLUSH_GROUP};
 use gavel_engine::store::Store;
 use gavel_engine::testing::{TestPostgres, create_database, database_url};
 use gavel_engine::{AuctionEvent, AuctionId, AuctionModel, BidError, BidRequest, Engine};
@@ -21,7 +21,7 @@ fn flusher(engine: &Engine, store: &Store, name: &str) -> (Flusher, FlushMetrics
     let mut config = FlusherConfig::new(name);
     config.claim_idle = Duration::from_millis(300);
     config.max_attempts = 3;
-    config.idle_poll = Duration::from_millis(20);
+    config.block = Duration::from_millis(50);
     (
         Flusher::new(engine, store.clone(), config, metrics.clone()),
         metrics,
@@ -46,6 +46,12 @@ async fn wait_for_bids(store: &Store, id: &AuctionId, n: u64) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Events Redis accepted that PostgreSQL does not hold yet.
+async fn unflushed(engine: &Engine, store: &Store, id: &AuctionId) -> u64 {
+    let seq = engine.snapshot(id, None).await.unwrap().seq;
+    seq - store.event_count(id).await.unwrap()
 }
 
 async fn seqs_in_db(store: &Store, id: &AuctionId) -> Vec<u64> {
@@ -138,7 +144,7 @@ async fn concurrent_bidders_end_as_the_model_replayed_in_seq_order() {
     assert_eq!(seqs_in_db(&store, &id).await, (1..=n).collect::<Vec<_>>());
     let _ = stop_tx.send(());
     flushing.await.unwrap();
-    assert_eq!(engine.unflushed(&id).await.unwrap(), 0);
+    assert_eq!(unflushed(&engine, &store, &id).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +161,11 @@ async fn a_consumer_killed_between_write_and_ack_loses_and_duplicates_nothing() 
             .unwrap();
     }
     // A consumer reads 20 entries, commits them to PostgreSQL, and dies before XACK.
+    let _: Value = engine
+        .redis()
+        .xgroup_create(id.flush_key(), FLUSH_GROUP, "0", true)
+        .await
+        .unwrap();
     let entries: HashMap<String, Vec<Entry>> = engine
         .redis()
         .xreadgroup_map(
@@ -163,38 +174,42 @@ async fn a_consumer_killed_between_write_and_ack_loses_and_duplicates_nothing() 
             Some(20),
             None,
             false,
-            id.events_key(),
+            id.flush_key(),
             ">",
         )
         .await
         .unwrap();
-    let events: Vec<AuctionEvent> = entries[&id.events_key()]
+    let events: Vec<AuctionEvent> = entries[&id.flush_key()]
         .iter()
         .map(|(_, f)| AuctionEvent::from_json(f["e"].as_bytes()).unwrap())
         .collect();
     store.write_events(&id, &events).await.unwrap();
     assert_eq!(store.bid_count(&id).await.unwrap(), 20);
     assert_eq!(
-        engine.unflushed(&id).await.unwrap(),
-        30,
-        "20 pending + 10 undelivered"
+        unflushed(&engine, &store, &id).await,
+        10,
+        "20 written (pending in Redis) + 10 undelivered"
     );
 
     // A live consumer flushes the rest and, once they are idle long enough, claims the
     // dead one's entries and writes them again without duplicating them.
     let (mut live, metrics) = flusher(&engine, &store, "survivor");
-    live.pass().await.unwrap();
+    live.pass(None).await.unwrap();
     assert_eq!(store.bid_count(&id).await.unwrap(), 30);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    live.pass().await.unwrap();
-    live.pass().await.unwrap();
+    live.pass(None).await.unwrap();
+    live.pass(None).await.unwrap();
     assert_eq!(
-        engine.unflushed(&id).await.unwrap(),
+        unflushed(&engine, &store, &id).await,
         0,
         "claimed entries not acknowledged"
     );
     assert_eq!(seqs_in_db(&store, &id).await, (1..=30).collect::<Vec<_>>());
-    assert_eq!(metrics.written.get(), 30);
+    assert_eq!(
+        metrics.written.get(),
+        10,
+        "the 20 replayed events were already there"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +263,11 @@ async fn postgres_down_mid_stream_bidding_goes_on_and_the_backlog_drains() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(engine.unflushed(&id).await.unwrap() > 0);
+    let queued: u64 = engine.redis().xlen(id.flush_key()).await.unwrap();
+    assert!(
+        queued > 0,
+        "nothing waits in Redis while PostgreSQL is down"
+    );
 
     let pg = tokio::task::spawn_blocking(move || {
         pg.restart();
@@ -260,7 +279,7 @@ async fn postgres_down_mid_stream_bidding_goes_on_and_the_backlog_drains() {
     assert_eq!(seqs_in_db(&store, &id).await, (1..=60).collect::<Vec<_>>());
     let _ = stop_tx.send(());
     flushing.await.unwrap();
-    assert_eq!(engine.unflushed(&id).await.unwrap(), 0);
+    assert_eq!(unflushed(&engine, &store, &id).await, 0);
     drop(pg);
 }
 
@@ -276,15 +295,28 @@ async fn poison_entries_go_to_the_dead_letter_stream_without_blocking_the_rest()
         .unwrap();
     // Entries only a bug or a hand could write: unparseable, and refused by PostgreSQL.
     let redis = engine.redis();
+    let auction = id.to_string();
     let _: String = redis
-        .xadd(id.events_key(), false, None, "1-1", vec![("e", "not json")])
+        .xadd(
+            id.flush_key(),
+            false,
+            None,
+            "*",
+            vec![("a", auction.as_str()), ("e", "not json")],
+        )
         .await
         .unwrap();
     let refused = r#"{"kind":"bid","seq":77,"at":2000,"bidder":"x","name":"X","amount":0,"max":0,
         "outcome":"leading","price":0,"min_next":1,"leader":"x","leader_name":"X","bid_count":1,
         "ends_at":9,"extended":false,"displaced":null,"reserve_met":true}"#;
     let _: String = redis
-        .xadd(id.events_key(), false, None, "1-2", vec![("e", refused)])
+        .xadd(
+            id.flush_key(),
+            false,
+            None,
+            "*",
+            vec![("a", auction.as_str()), ("e", refused)],
+        )
         .await
         .unwrap();
     for i in 0..5 {
@@ -296,7 +328,7 @@ async fn poison_entries_go_to_the_dead_letter_stream_without_blocking_the_rest()
 
     let (mut f, metrics) = flusher(&engine, &store, "f1");
     for _ in 0..5 {
-        f.pass().await.unwrap();
+        f.pass(None).await.unwrap();
     }
     assert_eq!(seqs_in_db(&store, &id).await, (1..=6).collect::<Vec<_>>());
     assert_eq!(metrics.dead_letters.get(), 2);
@@ -304,17 +336,17 @@ async fn poison_entries_go_to_the_dead_letter_stream_without_blocking_the_rest()
         .xrange_values(DEAD_LETTER_KEY, "-", "+", None)
         .await
         .unwrap();
-    let entries: BTreeSet<&str> = dead.iter().map(|(_, f)| f["entry"].as_str()).collect();
-    assert_eq!(entries, BTreeSet::from(["1-1", "1-2"]));
+    let events: BTreeSet<&str> = dead.iter().map(|(_, f)| f["event"].as_str()).collect();
+    assert_eq!(events, BTreeSet::from(["not json", refused]));
     assert!(
         dead.iter()
             .all(|(_, f)| f["auction"] == id.to_string() && !f["error"].is_empty())
     );
-    assert_eq!(engine.unflushed(&id).await.unwrap(), 0);
+    assert_eq!(unflushed(&engine, &store, &id).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_auction_is_flushed_with_its_result_and_retired() {
+async fn a_closed_auction_is_flushed_with_its_result_and_can_leave_redis() {
     let (engine, _redis) = engine().await;
     let store = Store::connect_lazy(&database_url().await).unwrap();
     let id = auction_id();
@@ -333,17 +365,16 @@ async fn a_closed_auction_is_flushed_with_its_result_and_retired() {
         panic!("{closed:?}")
     };
     let (mut f, _) = flusher(&engine, &store, "f1");
-    f.pass().await.unwrap();
+    f.pass(None).await.unwrap();
     assert_eq!(store.result(&id).await.unwrap(), Some(result.clone()));
     // Recording the same result again (the operator does) changes nothing.
     store.record_result(&id, &result).await.unwrap();
     assert_eq!(store.result(&id).await.unwrap(), Some(result));
-    let registered: bool = engine
-        .redis()
-        .sismember(REGISTRY_KEY, id.to_string())
+    // Every event is in PostgreSQL, so the live state may go.
+    engine
+        .remove(&id, store.event_count(&id).await.unwrap())
         .await
         .unwrap();
-    assert!(!registered, "closed and flushed auction still registered");
     let history = store.bids(&id, 0, 10).await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!((history[0].bidder.as_str(), history[0].amount), ("A", 5));

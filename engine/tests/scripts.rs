@@ -496,7 +496,7 @@ async fn scripts_are_reloaded_after_a_flush_and_keys_share_one_slot() {
 }
 
 #[tokio::test]
-async fn remove_deletes_live_state_only() {
+async fn remove_deletes_live_state_only_once_postgres_holds_every_event() {
     let (engine, _redis) = engine().await;
     let id = auction_id();
     engine.provision(&id, &settings(1)).await.unwrap();
@@ -504,30 +504,15 @@ async fn remove_deletes_live_state_only() {
         .place_bid_at(&id, &bidder("a"), amount(5), Some(2_000))
         .await
         .unwrap();
-    assert_eq!(engine.unflushed(&id).await.unwrap(), 1);
     assert!(matches!(
-        engine.remove(&id).await,
+        engine.remove(&id, 0).await,
         Err(EngineError::Unflushed(_, 1))
     ));
-    // Once flushed (acknowledged by the flusher group) it can go.
-    let _: () = engine
-        .redis()
-        .xgroup_setid(id.events_key(), gavel_engine::keys::FLUSH_GROUP, "$")
-        .await
-        .unwrap();
-    assert_eq!(engine.unflushed(&id).await.unwrap(), 0);
-    engine.remove(&id).await.unwrap();
-    assert_eq!(
-        engine.unflushed(&id).await.unwrap(),
-        0,
-        "a removed auction has nothing left"
-    );
+    let left: i64 = engine.redis().exists(id.state_key()).await.unwrap();
+    assert_eq!(left, 1, "refused removal deleted something");
+    engine.remove(&id, 1).await.unwrap();
     let left: i64 = engine.redis().exists(id.all_keys().to_vec()).await.unwrap();
     assert_eq!(left, 0);
-    let registered: bool = engine
-        .redis()
-        .sismember(gavel_engine::keys::REGISTRY_KEY, id.to_string())
-        .await
-        .unwrap();
-    assert!(!registered);
+    // Removing what is gone is harmless.
+    engine.remove(&id, 0).await.unwrap();
 }

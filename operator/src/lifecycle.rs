@@ -13,13 +13,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gavel_crds::{Auction, AuctionStatus, SpecError};
 use gavel_engine::flusher::{FlushError, Flusher};
+use gavel_engine::restore::restored_state;
 use gavel_engine::store::{Store, StoreError};
-use gavel_engine::{AuctionId, CloseOutcome, Engine, EngineError, Millis};
+use gavel_engine::{AuctionId, CloseOutcome, Engine, EngineError, Millis, RestoreMode, Restored};
 use kube::ResourceExt;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::plan::{self, Live, Observed, Step, Timing};
+use crate::plan::{self, Durable, Live, Observed, Step, Timing};
 use crate::status::{self, CONDITION_RECORDED, Note};
 
 /// Most steps one reconcile carries out before it yields and comes back.
@@ -66,7 +67,15 @@ pub struct Lifecycle {
     store: Store,
     flusher: Arc<Mutex<Flusher>>,
     timing: Timing,
+    /// When reading PostgreSQL's record last failed.
+    durable_failed: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// Longest wait for PostgreSQL's record during a reconcile.
+const DURABLE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long after a failed read of PostgreSQL's record reconciles do without it.
+const DURABLE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch by the local clock.
 pub fn local_now() -> Millis {
@@ -102,6 +111,7 @@ impl Lifecycle {
             store,
             flusher,
             timing,
+            durable_failed: Arc::default(),
         }
     }
 
@@ -139,6 +149,8 @@ impl Lifecycle {
             provisioned: false,
             store_error: None,
             now: local_now(),
+            durable: None,
+            restored: None,
         };
         let id = match auction_id(auction) {
             Ok(id) => id,
@@ -150,6 +162,13 @@ impl Lifecycle {
             }
         };
         for _ in 0..MAX_STEPS {
+            // PostgreSQL first: what it holds came from Redis, so a later snapshot is never
+            // behind it unless Redis lost state.
+            obs.durable = if obs.recorded {
+                None
+            } else {
+                self.observe_durable(&id).await
+            };
             obs.live = self.observe(&id).await?;
             obs.now = local_now();
             let step = plan::plan(&obs, &self.timing);
@@ -164,6 +183,7 @@ impl Lifecycle {
                 }
                 Step::Release => return Ok(self.finish(auction, &obs, None, true)),
                 Step::Provision => self.provision(&id, &mut obs).await?,
+                Step::Restore(mode) => self.restore(&id, &mut obs, mode).await?,
                 Step::Close(mode) => match self.engine.close(&id, mode).await? {
                     CloseOutcome::Closed(result) => info!(
                         auction = %id,
@@ -179,7 +199,9 @@ impl Lifecycle {
                 },
                 Step::Record(result) => {
                     self.drain().await?;
-                    let left = self.engine.unflushed(&id).await?;
+                    let left = result
+                        .seq
+                        .saturating_sub(self.store.event_count(&id).await?);
                     obs.unflushed = Some(left);
                     if left == 0 {
                         self.store.record_result(&id, &result).await?;
@@ -190,7 +212,8 @@ impl Lifecycle {
                     }
                 }
                 Step::Remove => {
-                    self.engine.remove(&id).await?;
+                    let flushed = self.store.event_count(&id).await?;
+                    self.engine.remove(&id, flushed).await?;
                     info!(auction = %id, "live Redis state removed; PostgreSQL records kept");
                 }
             }
@@ -205,6 +228,70 @@ impl Lifecycle {
             Err(EngineError::UnknownAuction(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// PostgreSQL's record of the auction (was it provisioned, its highest recorded seq).
+    /// `None` when PostgreSQL cannot answer quickly: bidding and closing never wait on
+    /// it, so after a failure it is not asked again for [`DURABLE_BACKOFF`].
+    async fn observe_durable(&self, id: &AuctionId) -> Option<Durable> {
+        let failed_at = *self
+            .durable_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if failed_at.is_some_and(|at| at.elapsed() < DURABLE_BACKOFF) {
+            return None;
+        }
+        let error = match tokio::time::timeout(DURABLE_TIMEOUT, self.store.durable(id)).await {
+            Ok(Ok((known, seq))) => return Some(Durable { known, seq }),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {DURABLE_TIMEOUT:?}"),
+        };
+        warn!(auction = %id, error, "cannot read the auction's record in PostgreSQL");
+        *self
+            .durable_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        None
+    }
+
+    /// Rebuilds the live state from PostgreSQL's record (see `gavel_engine::restore`).
+    async fn restore(
+        &self,
+        id: &AuctionId,
+        obs: &mut Observed,
+        mode: RestoreMode,
+    ) -> Result<(), LifecycleError> {
+        let Ok(settings) = obs.settings.clone() else {
+            return Ok(());
+        };
+        let record = self.store.begin_restore(id).await?;
+        let state = restored_state(&settings, &record);
+        match self.engine.restore(id, &state, mode).await? {
+            Restored::Restored => {
+                let why = match (mode, obs.live.as_ref().and_then(|l| l.halted.clone())) {
+                    (RestoreMode::Missing, _) => "Redis lost the live state".to_owned(),
+                    (RestoreMode::Replace { .. }, Some(reason)) => {
+                        format!("the live state contradicted PostgreSQL ({reason})")
+                    }
+                    (RestoreMode::Replace { .. }, None) => {
+                        "the live state in Redis was behind PostgreSQL's record".to_owned()
+                    }
+                };
+                let message = format!(
+                    "{why}; restored from PostgreSQL at seq {} (epoch {}) at {}",
+                    state.seq,
+                    state.epoch,
+                    gavel_crds::format_time(local_now())
+                );
+                warn!(auction = %id, seq = state.seq, epoch = state.epoch, "{message}");
+                obs.restored = Some(message);
+                obs.provisioned = true;
+            }
+            Restored::Superseded => {
+                info!(auction = %id, "live state already restored or provisioned by another process")
+            }
+        }
+        Ok(())
     }
 
     async fn provision(&self, id: &AuctionId, obs: &mut Observed) -> Result<(), LifecycleError> {
@@ -273,12 +360,16 @@ impl Lifecycle {
 pub async fn run_flusher(flusher: Arc<Mutex<Flusher>>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let result = flusher.lock().await.pass().await;
+        // Short blocking reads: a reconcile waiting to drain takes the lock in between.
+        let result = flusher
+            .lock()
+            .await
+            .pass(Some(Duration::from_millis(100)))
+            .await;
         let pause = match result {
-            Ok(stats) if stats.written + stats.dead_lettered > 0 => Duration::ZERO,
             Ok(_) => {
                 backoff = Duration::from_millis(100);
-                Duration::from_millis(100)
+                Duration::ZERO
             }
             Err(e) => {
                 warn!(error = %e, "flush pass failed; bids stay in Redis until PostgreSQL answers");

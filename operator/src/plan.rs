@@ -9,9 +9,11 @@
 use std::time::Duration;
 
 use gavel_crds::{AuctionStatus, Phase, SpecError};
-use gavel_engine::{AuctionResult, AuctionSettings, LivePhase, Millis, Snapshot};
+use gavel_engine::{AuctionResult, AuctionSettings, LivePhase, Millis, RestoreMode, Snapshot};
 
-use crate::status::{self, CONDITION_OPEN, CONDITION_READY, CONDITION_RECORDED};
+use crate::status::{
+    self, CONDITION_OPEN, CONDITION_READY, CONDITION_RECORDED, CONDITION_RESTORED,
+};
 
 /// How long after a deadline the operator wakes up, so that Redis's clock has certainly
 /// passed it when the close script runs.
@@ -38,6 +40,21 @@ pub struct Live {
     pub result: Option<AuctionResult>,
     /// Redis server time of the observation: the clock every decision uses.
     pub server_time: Millis,
+    /// Last event seq in Redis.
+    pub seq: u64,
+    /// Incarnation of the live state.
+    pub epoch: u64,
+    /// Set when the live state contradicts PostgreSQL (it takes no bids until restored).
+    pub halted: Option<String>,
+}
+
+/// What PostgreSQL holds of the auction, when it could be asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Durable {
+    /// The auction was provisioned before (PostgreSQL has its row).
+    pub known: bool,
+    /// Highest event seq recorded (0 for none).
+    pub seq: u64,
 }
 
 impl From<&Snapshot> for Live {
@@ -52,6 +69,9 @@ impl From<&Snapshot> for Live {
             reserve_met: s.reserve_met,
             result: s.result.clone(),
             server_time: s.server_time,
+            seq: s.seq,
+            epoch: s.epoch,
+            halted: s.halted.clone(),
         }
     }
 }
@@ -85,6 +105,10 @@ pub struct Observed {
     pub store_error: Option<String>,
     /// The local clock, used only when Redis gave no time (not provisioned).
     pub now: Millis,
+    /// PostgreSQL's record of the auction; `None` when PostgreSQL could not be asked.
+    pub durable: Option<Durable>,
+    /// A restore done during this reconcile, described for the status and the Event.
+    pub restored: Option<String>,
 }
 
 impl Observed {
@@ -109,6 +133,14 @@ impl Observed {
             .and_then(|s| s.phase)
             .is_some_and(Phase::is_final)
     }
+
+    /// Whether the status says the auction was provisioned in Redis before.
+    pub fn status_live(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| matches!(p, Phase::Scheduled | Phase::Open))
+    }
 }
 
 /// The one thing to do next.
@@ -116,6 +148,9 @@ impl Observed {
 pub enum Step {
     /// Push the settings to Redis and PostgreSQL (idempotent), then observe again.
     Provision,
+    /// Rebuild the live state from PostgreSQL's record: Redis lost it (`Missing`), or
+    /// holds one that contradicts the record (`Replace`).
+    Restore(RestoreMode),
     /// Close now: at the effective end, or at once with no winner.
     Close(gavel_engine::CloseMode),
     /// Make sure every accepted bid is in PostgreSQL, then record the result there.
@@ -159,9 +194,20 @@ fn until(now: Millis, deadline: Millis) -> Duration {
     Duration::from_millis(u64::try_from(deadline - now + DEADLINE_MARGIN_MS).unwrap_or(0))
 }
 
+/// Retry delay while PostgreSQL cannot say whether a lost auction has a record.
+pub const RECORD_RETRY: Duration = Duration::from_secs(2);
+
 /// Decides the next step.
 pub fn plan(o: &Observed, timing: &Timing) -> Step {
     let now = o.now();
+    // A live state that contradicts PostgreSQL is replaced before anything else happens
+    // to it (bids, close, deletion): the record decides.
+    if let Some(live) = &o.live
+        && o.settings.is_ok()
+        && (live.halted.is_some() || o.durable.is_some_and(|d| d.seq > live.seq))
+    {
+        return Step::Restore(RestoreMode::Replace { epoch: live.epoch });
+    }
     if o.deleting {
         return match &o.live {
             None => Step::Release,
@@ -184,7 +230,17 @@ pub fn plan(o: &Observed, timing: &Timing) -> Step {
         if o.status_final() || o.settings.is_err() {
             return Step::Wait { requeue: None };
         }
-        return Step::Provision;
+        // Provisioned before: Redis lost it. Never provision it as new (that would reuse
+        // seqs and forget bids): restore it from PostgreSQL, or wait until PostgreSQL can
+        // tell.
+        return match o.durable {
+            Some(d) if d.known || d.seq > 0 => Step::Restore(RestoreMode::Missing),
+            Some(_) => Step::Provision,
+            None if o.status_live() => Step::Wait {
+                requeue: Some(RECORD_RETRY),
+            },
+            None => Step::Provision,
+        };
     };
     if let Some(result) = &live.result {
         return if o.recorded {
@@ -248,6 +304,16 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
                     invalid_message(e),
                 );
             }
+            Ok(_) if o.durable.is_none() && o.status_live() => {
+                s.phase = old.phase;
+                set(
+                    &mut s,
+                    CONDITION_READY,
+                    false,
+                    "Unavailable",
+                    "Redis lost the live state; waiting for PostgreSQL to restore it from its record".into(),
+                );
+            }
             Ok(_) => {
                 s.phase = Some(Phase::Pending);
                 set(
@@ -261,6 +327,15 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
         }
         return s;
     };
+    if let Some(message) = &o.restored {
+        set(
+            &mut s,
+            CONDITION_RESTORED,
+            true,
+            "RestoredFromPostgres",
+            message.clone(),
+        );
+    }
 
     s.current_price = live.price;
     s.bid_count = Some(live.bid_count);

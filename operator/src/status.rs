@@ -2,7 +2,8 @@
 //!
 //! Conditions: `Ready` (provisioned and managed, or why not: `InvalidSpec`,
 //! `PricingFrozen`, `Provisioning`, `Unavailable`), `Open` (taking bids: `BiddingOpen`,
-//! `NotStarted`, `Ended`, `Cancelled`) and `ResultRecorded` (`Recorded`, `Flushing`).
+//! `NotStarted`, `Ended`, `Cancelled`), `ResultRecorded` (`Recorded`, `Flushing`) and,
+//! once Redis lost the live state and it was rebuilt from PostgreSQL, `Restored`.
 //! Events are emitted on a phase change only, so a status refresh never repeats them.
 
 use gavel_crds::{AuctionStatus, Phase};
@@ -16,6 +17,9 @@ pub const CONDITION_READY: &str = "Ready";
 pub const CONDITION_OPEN: &str = "Open";
 /// The final result and every accepted bid are in PostgreSQL.
 pub const CONDITION_RECORDED: &str = "ResultRecorded";
+/// The live state was rebuilt from PostgreSQL after Redis lost it (the message says when,
+/// at which seq and epoch); absent when it never happened.
+pub const CONDITION_RESTORED: &str = "Restored";
 
 /// The condition of type `kind`, if present.
 pub fn condition<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a Condition> {
@@ -166,6 +170,15 @@ pub fn events(old: Option<&AuctionStatus>, new: &AuctionStatus, currency: &str) 
             Some(Phase::Pending) | None => None,
         };
         notes.extend(note);
+    }
+    let restored = |s: Option<&AuctionStatus>| {
+        s.and_then(|s| condition(&s.conditions, CONDITION_RESTORED))
+            .map(|c| c.message.clone())
+    };
+    if let Some(message) = restored(Some(new))
+        && restored(old).as_ref() != Some(&message)
+    {
+        notes.push(Note::new(Severity::Warning, "Restored", "Restore", message));
     }
     if let Some((status, reason)) = ready_reason(Some(new))
         && status == "False"

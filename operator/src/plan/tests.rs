@@ -33,6 +33,9 @@ fn live(phase: LivePhase, starts_at: Option<Millis>, ends_at: Millis) -> Live {
         reserve_met: true,
         result: None,
         server_time: NOW,
+        seq: 3,
+        epoch: 1,
+        halted: None,
     }
 }
 
@@ -85,6 +88,11 @@ fn base() -> Observed {
         provisioned: false,
         store_error: None,
         now: NOW,
+        durable: Some(Durable {
+            known: false,
+            seq: 0,
+        }),
+        restored: None,
     }
 }
 
@@ -163,6 +171,83 @@ fn table() -> Vec<Case> {
             },
             FOREVER,
             Some(Phase::Closed),
+        ),
+        // --- Redis lost it (or holds a state that contradicts PostgreSQL).
+        case(
+            "open auction missing from Redis with bids in PostgreSQL is restored, never provisioned",
+            |o| {
+                o.status = Some(status(Phase::Open, 1));
+                o.durable = Some(Durable {
+                    known: true,
+                    seq: 7,
+                });
+            },
+            Step::Restore(RestoreMode::Missing),
+            Some(Phase::Pending),
+        ),
+        case(
+            "provisioned auction missing from Redis without bids recorded is restored too (new epoch)",
+            |o| {
+                o.status = Some(status(Phase::Scheduled, 1));
+                o.durable = Some(Durable {
+                    known: true,
+                    seq: 0,
+                });
+            },
+            Step::Restore(RestoreMode::Missing),
+            Some(Phase::Pending),
+        ),
+        case(
+            "missing from Redis while PostgreSQL cannot tell: wait, never provision it as new",
+            |o| {
+                o.status = Some(status(Phase::Open, 1));
+                o.durable = None;
+            },
+            wait(RECORD_RETRY.as_millis() as u64),
+            Some(Phase::Open),
+        ),
+        case(
+            "never provisioned and PostgreSQL down: provision (Redis decides)",
+            |o| o.durable = None,
+            Step::Provision,
+            Some(Phase::Pending),
+        ),
+        case(
+            "halted by a conflict: the state of its epoch is replaced from PostgreSQL",
+            |o| {
+                o.status = Some(status(Phase::Open, 1));
+                let mut l = live(LivePhase::Open, None, end);
+                l.halted = Some("seq 2 conflicts".into());
+                l.epoch = 4;
+                o.live = Some(l);
+            },
+            Step::Restore(RestoreMode::Replace { epoch: 4 }),
+            Some(Phase::Open),
+        ),
+        case(
+            "Redis behind PostgreSQL's record (a lagging replica): replaced",
+            |o| {
+                o.status = Some(status(Phase::Open, 1));
+                o.live = Some(live(LivePhase::Open, None, end));
+                o.durable = Some(Durable {
+                    known: true,
+                    seq: 9,
+                });
+            },
+            Step::Restore(RestoreMode::Replace { epoch: 1 }),
+            Some(Phase::Open),
+        ),
+        case(
+            "halted while being deleted: restored first, then deleted",
+            |o| {
+                o.status = Some(status(Phase::Open, 1));
+                o.deleting = true;
+                let mut l = live(LivePhase::Open, None, end);
+                l.halted = Some("conflict".into());
+                o.live = Some(l);
+            },
+            Step::Restore(RestoreMode::Replace { epoch: 1 }),
+            Some(Phase::Open),
         ),
         // --- Scheduled.
         case(
