@@ -410,6 +410,8 @@ pub enum ServerMessage {
         min_next: Amount,
         /// The bid's seq.
         seq: u64,
+        /// Epoch of the history the bid belongs to (see `reset`).
+        epoch: u64,
     },
     /// Reply to a refused bid.
     BidRejected {
@@ -796,9 +798,10 @@ mod tests {
                     price: 10,
                     min_next: 12,
                     seq: 4,
+                    epoch: 1,
                 },
                 json!({"type":"bid_result","ref":1,"auction":"shop/x","outcome":"ceiling_raised",
-                       "price":10,"min_next":12,"seq":4}),
+                       "price":10,"min_next":12,"seq":4,"epoch":1}),
             ),
             (
                 ServerMessage::BidRejected {

@@ -795,6 +795,7 @@ impl Connection {
                     price: accepted.price,
                     min_next: accepted.min_next,
                     seq: accepted.seq,
+                    epoch: accepted.epoch,
                 }
             }
             Err(e) => {

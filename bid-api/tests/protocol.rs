@@ -60,7 +60,7 @@ async fn every_message_type_has_its_exact_shape() {
     assert_eq!(
         r,
         json!({"type":"bid_result","ref":"a1","auction":a,"outcome":"leading","price":100,
-            "min_next":110,"seq":1})
+            "min_next":110,"seq":1,"epoch":1})
     );
     assert_eq!(
         watcher.next().await,
@@ -77,7 +77,7 @@ async fn every_message_type_has_its_exact_shape() {
     assert_eq!(
         r,
         json!({"type":"bid_result","ref":8,"auction":a,"outcome":"ceiling_raised","price":110,
-            "min_next":120,"seq":3})
+            "min_next":120,"seq":3,"epoch":1})
     );
     assert_eq!(
         alice.next().await,
@@ -91,7 +91,7 @@ async fn every_message_type_has_its_exact_shape() {
     assert_eq!(
         r,
         json!({"type":"bid_result","ref":"a2","auction":a,"outcome":"outbid","price":130,
-            "min_next":140,"seq":4})
+            "min_next":140,"seq":4,"epoch":1})
     );
 
     // your_max only to its owner

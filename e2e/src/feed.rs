@@ -69,6 +69,10 @@ pub fn describe(msg: &ServerMessage, currency: &str) -> String {
             }
             line
         }
+        ServerMessage::Reset(r) => format!(
+            "{}: history reset ({}) at #{}, epoch {}: a fresh snapshot follows",
+            r.auction, r.reason, r.seq, r.epoch
+        ),
         ServerMessage::BidResult(r) => format!(
             "#{} bid {} accepted: {}; price {}, min next {}",
             r.seq,

@@ -82,6 +82,8 @@ pub enum Code {
     InvalidAmount,
     /// A frame over the size limit.
     TooLarge,
+    /// Nothing was decided (Redis unreachable, or the auction being restored): retry.
+    Unavailable,
     /// A code this client does not know.
     #[serde(other)]
     Other,
@@ -100,6 +102,7 @@ impl Code {
             Code::InvalidMessage => "INVALID_MESSAGE",
             Code::InvalidAmount => "INVALID_AMOUNT",
             Code::TooLarge => "TOO_LARGE",
+            Code::Unavailable => "UNAVAILABLE",
             Code::Other => "OTHER",
         }
     }
@@ -131,6 +134,8 @@ pub enum ServerMessage {
     Extended(Extended),
     /// The auction closed.
     Closed(Closed),
+    /// Forget the auction's seq: a fresh snapshot follows.
+    Reset(Reset),
     /// A malformed or unauthorised message.
     Error(ErrorMessage),
     /// Reply to `ping`.
@@ -193,6 +198,9 @@ pub struct Snapshot {
     /// This bidder's own ceiling, if it has one.
     #[serde(default)]
     pub your_max: Option<Amount>,
+    /// Epoch of the auction's history.
+    #[serde(default = "first_epoch")]
+    pub epoch: u64,
 }
 
 impl Snapshot {
@@ -223,6 +231,28 @@ pub struct BidResult {
     pub min_next: Amount,
     /// The bid's event sequence number.
     pub seq: u64,
+    /// Epoch of the history the bid belongs to (1 unless the auction was restored).
+    #[serde(default = "first_epoch")]
+    pub epoch: u64,
+}
+
+fn first_epoch() -> u64 {
+    1
+}
+
+/// `reset`: the auction's history was restored (or the `since` asked for is unknown);
+/// a fresh `snapshot` follows.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Reset {
+    /// `<namespace>/<name>`.
+    pub auction: String,
+    /// Epoch of the history that follows.
+    pub epoch: u64,
+    /// Its last seq.
+    pub seq: u64,
+    /// `restored` or `since_unknown`.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// `bid_rejected`.
@@ -344,6 +374,7 @@ impl ServerMessage {
             ServerMessage::Outbid(m) => Some(&m.auction),
             ServerMessage::Extended(m) => Some(&m.auction),
             ServerMessage::Closed(m) => Some(&m.auction),
+            ServerMessage::Reset(m) => Some(&m.auction),
             ServerMessage::Welcome(_)
             | ServerMessage::Error(_)
             | ServerMessage::Pong

@@ -111,6 +111,7 @@ impl From<BidEvent> for BidAccepted {
             extended: e.extended,
             displaced: e.displaced,
             reserve_met: e.reserve_met,
+            epoch: e.epoch,
         }
     }
 }

@@ -186,6 +186,9 @@ pub struct BidAccepted {
     pub displaced: Option<String>,
     /// Whether the current price has reached the reserve (true without a reserve).
     pub reserve_met: bool,
+    /// Epoch of the live state that accepted it (always 1 in this model, which has no
+    /// restores; see `crate::restore`).
+    pub epoch: u64,
 }
 
 /// The current leader and its hidden ceiling.
@@ -390,6 +393,7 @@ impl AuctionModel {
             extended: ends_at > before,
             displaced,
             reserve_met: st.reserve_met,
+            epoch: 1,
         })
     }
 
