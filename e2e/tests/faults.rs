@@ -382,9 +382,11 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
     let st = status(&local);
     assert_eq!(st["finalPrice"].as_i64(), Some(price));
     assert_eq!(st["bidCount"].as_u64(), Some(last));
-    let w = seen.lock().unwrap();
-    assert_eq!(w.seq, result.seq, "the watcher ended on the close");
-    assert_eq!(w.price, Some(price));
+    {
+        let w = seen.lock().unwrap();
+        assert_eq!(w.seq, result.seq, "the watcher ended on the close");
+        assert_eq!(w.price, Some(price));
+    }
 
     // Every acknowledged bid, against the record.
     let acks = load.acks.lock().unwrap().clone();
