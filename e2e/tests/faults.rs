@@ -68,7 +68,7 @@ async fn bidder(
             // are accepted (leading or outbid) whatever this bidder last saw.
             let (amount, max) = match n % 3 {
                 0 => (Some(min_next), None),
-                _ => (None, Some(min_next + (5 + n % 7) * STEP)),
+                _ => (None, Some(min_next + (40 + n % 7) * STEP)),
             };
             match client.bid(&auction, amount, max, T).await {
                 Ok(BidReply::Accepted(r)) => {
@@ -202,6 +202,10 @@ fn acks_so_far(load: &Load) -> usize {
 
 /// Lets the load run until `more` further bids were accepted.
 async fn bids_go_on(load: &Load, more: usize, what: &str) {
+    eprintln!(
+        "faults: {} bids accepted so far; waiting for {more} more {what}",
+        acks_so_far(load)
+    );
     let target = acks_so_far(load) + more;
     wait_for(
         &format!("{more} accepted bids {what}"),

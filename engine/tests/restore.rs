@@ -286,3 +286,64 @@ async fn a_reused_seq_is_a_counted_conflict_that_halts_the_auction_until_restore
         "no new conflict after the restore"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_bids_before_running_the_script_and_recovers() {
+    let redis = gavel_engine::testing::TestRedis::start_with(&[
+        "--save",
+        "",
+        "--maxmemory",
+        "4mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ]);
+    let engine = Engine::connect(&redis.url(), 1).await.unwrap();
+    let id = auction_id();
+    engine.provision(&id, &settings(1)).await.unwrap();
+    engine
+        .place_bid_at(&id, &bidder("ann"), amount(10), Some(2_000))
+        .await
+        .unwrap();
+    let before = engine.snapshot(&id, Some("ann")).await.unwrap();
+    // Fill Redis with something else until it refuses writes (small values, so that the
+    // last accepted one leaves it over the limit).
+    let filler = "x".repeat(1024);
+    let mut keys = 0;
+    loop {
+        let set: Result<(), _> = engine
+            .redis()
+            .set(format!("filler:{keys}"), filler.as_str(), None, None, false)
+            .await;
+        if let Err(e) = set {
+            assert!(e.to_string().contains("OOM"), "{e}");
+            break;
+        }
+        keys += 1;
+        assert!(keys < 20_000, "maxmemory never reached");
+    }
+    for who in ["bo", "cy"] {
+        match engine
+            .place_bid_at(&id, &bidder(who), amount(50), Some(2_000))
+            .await
+        {
+            Err(BidError::Engine(e)) => assert!(e.to_string().contains("OOM"), "{e}"),
+            other => panic!("a full Redis accepted or rejected a bid: {other:?}"),
+        }
+    }
+    // Reads still work, and nothing was half-applied.
+    let during = engine.snapshot(&id, Some("ann")).await.unwrap();
+    assert_eq!(facts(&during), facts(&before));
+    let queued: u64 = engine.redis().xlen(id.flush_key()).await.unwrap();
+    assert_eq!(queued, 1, "only the first bid is queued for PostgreSQL");
+    // Memory freed: bidding resumes where it was.
+    let _: i64 = engine
+        .redis()
+        .del((0..keys).map(|k| format!("filler:{k}")).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let next = engine
+        .place_bid_at(&id, &bidder("bo"), amount(50), Some(2_000))
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 2);
+}
