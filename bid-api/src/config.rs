@@ -116,6 +116,11 @@ pub struct Config {
     #[arg(long, env = "GAVEL_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
+    /// Events kept in each auction's Redis stream for `since` replay (approximately);
+    /// older ones are replayed from PostgreSQL.
+    #[arg(long, env = "GAVEL_REPLAY_WINDOW", default_value_t = gavel_engine::client::DEFAULT_REPLAY_WINDOW)]
+    pub replay_window: u64,
+
     /// Auctions one connection may subscribe to at once.
     #[arg(long, env = "GAVEL_MAX_SUBSCRIPTIONS", default_value_t = 64)]
     pub max_subscriptions: usize,

@@ -83,6 +83,7 @@ impl AppState {
             .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
             .filter(|o| !o.is_empty())
             .collect();
+        let engine = engine.with_replay_window(config.replay_window);
         Arc::new(Self {
             config,
             engine,

@@ -618,3 +618,60 @@ async fn origins_heartbeat_and_graceful_shutdown() {
     wait_for_bids(&env.store, &id, 5).await;
     assert!(server.logs().contains("bid-api stopped"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_since_older_than_the_trimmed_stream_is_replayed_from_postgres() {
+    let env = Env::new().await;
+    let server = env.server(&[]);
+    let id = env.auction(10).await;
+    // Bids through an engine keeping about 5 events per stream: Redis trims whole
+    // stream nodes (100 entries), so 300 bids leave far fewer than 300 in the stream.
+    let engine = gavel_engine::Engine::connect(&env.redis_url, 1)
+        .await
+        .unwrap()
+        .with_replay_window(5);
+    const BIDS: u64 = 300;
+    for i in 0..BIDS as i64 {
+        let who = gavel_engine::Bidder::new(if i % 2 == 0 { "p" } else { "q" }, "P").unwrap();
+        let bid = gavel_engine::BidRequest {
+            amount: Some(100 + 10 * i),
+            max: None,
+        };
+        engine.place_bid(&id, &who, bid).await.unwrap();
+    }
+    let kept: u64 = fred::interfaces::StreamsInterface::xlen(env.engine.redis(), id.events_key())
+        .await
+        .unwrap();
+    assert!(kept < BIDS / 2, "the stream kept {kept} of {BIDS} events");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.store.event_count(&id).await.unwrap() < BIDS {
+        assert!(std::time::Instant::now() < deadline, "not flushed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Resuming from seq 3: every later event in order, then the snapshot, then live.
+    let mut c = Client::connect(&server, None).await;
+    let got = c.subscribe(&id, Some(3)).await;
+    let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let mut expected: Vec<u64> = (4..=BIDS).collect();
+    expected.push(BIDS);
+    assert_eq!(seqs, expected);
+    assert_eq!(got[0]["type"], "price");
+    assert_eq!(got[0]["price"], 130);
+    assert_eq!(got.last().unwrap()["type"], "snapshot");
+    env.bid(&id, "p", 100_000).await;
+    assert_eq!(c.next().await["seq"], BIDS + 1);
+
+    // A since from another epoch, or beyond the history, gets a reset, not a replay.
+    for (since, epoch) in [(3, 7), (BIDS + 50, 1)] {
+        let mut d = Client::connect(&server, None).await;
+        d.send(json!({"type":"subscribe","auction":id.to_string(),"since":since,"epoch":epoch}))
+            .await;
+        let reset = d.next().await;
+        assert_eq!(reset["type"], "reset", "{reset}");
+        assert_eq!(reset["reason"], "since_unknown");
+        assert_eq!(reset["epoch"], 1);
+        let snapshot = d.next().await;
+        assert_eq!(snapshot["type"], "snapshot");
+        assert_eq!(snapshot["seq"], BIDS + 1);
+    }
+}
