@@ -172,6 +172,17 @@ pub struct AuctionSpec {
     /// Cancelled). Cannot be undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<bool>,
+    /// How long a closed auction's live state stays in Redis once its result is recorded
+    /// (compare a Job's ttlSecondsAfterFinished): a duration such as 10m or 0s (units ms,
+    /// s, m, h), at most 720h. Afterwards PostgreSQL serves its snapshot, history and
+    /// replay. Absent: the operator's --retention (1h by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        extend("format" = "duration"),
+        length(min = 2, max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
+    )]
+    pub retention: Option<String>,
 }
 
 /// One tier of the increment table.
@@ -381,6 +392,7 @@ impl AuctionSpec {
             .map(|s| parse_time("startsAt", s))
             .transpose()?;
         let ends_at = parse_time("endsAt", &self.ends_at)?;
+        self.retention_ms()?;
         let soft_close = match &self.soft_close {
             None => None,
             Some(soft) => {
@@ -428,7 +440,22 @@ impl AuctionSpec {
     pub fn cancel_requested(&self) -> bool {
         self.cancel == Some(true)
     }
+
+    /// `retention` in milliseconds (`None` when absent), or why it is invalid.
+    pub fn retention_ms(&self) -> Result<Option<Millis>, SpecError> {
+        let Some(text) = &self.retention else {
+            return Ok(None);
+        };
+        let ms = duration::parse_ms("retention", text)?;
+        if !(0..=MAX_RETENTION_MS).contains(&ms) {
+            return Err(SpecError::new("retention", "must be between 0s and 720h"));
+        }
+        Ok(Some(ms))
+    }
 }
+
+/// Longest `retention`: 30 days.
+pub const MAX_RETENTION_MS: Millis = 720 * 3_600_000;
 
 fn strip_prefix(s: &str, prefix: &str) -> String {
     s.strip_prefix(prefix).unwrap_or(s).to_owned()

@@ -196,6 +196,13 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// A progress line on stderr with the seconds since the test started.
+fn progress(what: &str) {
+    static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("faults [{t:6.1}s]: {what}");
+}
+
 fn acks_so_far(load: &Load) -> usize {
     load.acks.lock().unwrap().len()
 }
@@ -245,6 +252,7 @@ fn outcome_name(o: Outcome) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
+    progress("building the platform binaries");
     tokio::task::spawn_blocking(build_platform_binaries)
         .await
         .unwrap()
@@ -253,6 +261,7 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
     let mut local = LocalPlatform::start(LocalOptions::new(binary_dir().unwrap(), work.clone()))
         .await
         .expect("local platform");
+    progress("platform started");
     let auction = format!("{NS}/{NAME}");
     let mut spec = AuctionSpec::new("Fault lot", 100, STEP, Duration::from_secs(600));
     spec.bid_limit = None;
@@ -297,6 +306,7 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
     let wiped_at = Instant::now();
     let epoch_before = load.acks.lock().unwrap().last().unwrap().epoch;
     tokio::task::block_in_place(|| local.redis().restart_empty());
+    progress("Redis restarted empty");
     wait_for(
         "the watcher's reset after the restore",
         Duration::from_secs(60),
@@ -329,6 +339,7 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
 
     // 5. The operator killed just before the end, restarted after it: closed once, late
     //    only by the restart.
+    progress("moving the end 3 s ahead");
     let ends_at = now_ms() + 3_000;
     spec.ends_in = None;
     spec.ends_at = ends_at;

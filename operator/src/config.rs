@@ -69,6 +69,12 @@ pub struct Args {
     #[arg(long, env = "GAVEL_STATUS_REFRESH", default_value = "5s", value_parser = parse_duration)]
     pub status_refresh: Duration,
 
+    /// How long a closed auction's live state stays in Redis after its result is recorded
+    /// (an Auction's spec.retention overrides it); then it leaves Redis and PostgreSQL
+    /// serves the auction's snapshot, history and replay.
+    #[arg(long, env = "GAVEL_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub retention: Duration,
+
     /// Run a flusher (Redis event streams → PostgreSQL) continuously. Default: on in
     /// standalone mode (no bid-api needed), off in a cluster where the bid-api pods flush.
     /// Closing always flushes the auction's last bids itself.

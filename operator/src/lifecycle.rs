@@ -151,6 +151,12 @@ impl Lifecycle {
             now: local_now(),
             durable: None,
             restored: None,
+            retention: auction
+                .spec
+                .retention_ms()
+                .ok()
+                .flatten()
+                .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         };
         let id = match auction_id(auction) {
             Ok(id) => id,
@@ -214,7 +220,7 @@ impl Lifecycle {
                 Step::Remove => {
                     let flushed = self.store.event_count(&id).await?;
                     self.engine.remove(&id, flushed).await?;
-                    info!(auction = %id, "live Redis state removed; PostgreSQL records kept");
+                    info!(auction = %id, "live Redis state removed; PostgreSQL serves the auction from now on");
                 }
             }
         }

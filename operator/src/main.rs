@@ -80,6 +80,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )));
     let timing = Timing {
         refresh: args.status_refresh,
+        retention: args.retention,
         ..Timing::default()
     };
     let lifecycle = Lifecycle::new(engine.clone(), store.clone(), flusher.clone(), timing);

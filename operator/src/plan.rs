@@ -109,6 +109,8 @@ pub struct Observed {
     pub durable: Option<Durable>,
     /// A restore done during this reconcile, described for the status and the Event.
     pub restored: Option<String>,
+    /// `spec.retention`, when set.
+    pub retention: Option<Duration>,
 }
 
 impl Observed {
@@ -178,6 +180,9 @@ pub struct Timing {
     pub idle: Duration,
     /// Retry delay while the last bids are being flushed to PostgreSQL.
     pub flush_retry: Duration,
+    /// How long a closed auction's live state stays in Redis after its result is
+    /// recorded, unless its spec says otherwise.
+    pub retention: Duration,
 }
 
 impl Default for Timing {
@@ -186,6 +191,7 @@ impl Default for Timing {
             refresh: Duration::from_secs(5),
             idle: Duration::from_secs(300),
             flush_retry: Duration::from_millis(250),
+            retention: Duration::from_secs(3_600),
         }
     }
 }
@@ -244,7 +250,17 @@ pub fn plan(o: &Observed, timing: &Timing) -> Step {
     };
     if let Some(result) = &live.result {
         return if o.recorded {
-            Step::Wait { requeue: None }
+            // Kept in Redis for its retention, then PostgreSQL serves it alone.
+            let keep = o.retention.unwrap_or(timing.retention);
+            let leave_at =
+                result.closed_at + Millis::try_from(keep.as_millis()).unwrap_or(Millis::MAX / 2);
+            if now >= leave_at {
+                Step::Remove
+            } else {
+                Step::Wait {
+                    requeue: Some(until(now, leave_at).min(timing.idle)),
+                }
+            }
         } else if o.unflushed.is_some_and(|n| n > 0) {
             Step::Wait {
                 requeue: Some(timing.flush_retry),

@@ -83,6 +83,7 @@ fn auction(starts_in_ms: i64, ends_in_ms: i64) -> Auction {
             soft_close: None,
             bid_limit: None,
             cancel: None,
+            retention: None,
         },
     );
     a.metadata.namespace = Some("shop".into());
@@ -274,7 +275,11 @@ async fn an_ended_auction_is_closed_recorded_reported_and_announced() {
             .contains("won by Bob at 10500 USD"),
         "{event}"
     );
-    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    // Next: the end of its retention in Redis (1h), capped by the idle period.
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Timing::default().idle)
+    );
     no_more_requests(&mut f.server).await;
 
     // Every accepted bid and the result are in PostgreSQL.

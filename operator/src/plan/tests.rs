@@ -93,6 +93,7 @@ fn base() -> Observed {
             seq: 0,
         }),
         restored: None,
+        retention: None,
     }
 }
 
@@ -413,7 +414,7 @@ fn table() -> Vec<Case> {
             Some(Phase::Open),
         ),
         case(
-            "closed and recorded: report Closed, nothing more to do",
+            "closed and recorded: report Closed, keep it in Redis for its retention",
             |o| {
                 o.status = Some(status(Phase::Open, 1));
                 o.recorded = true;
@@ -421,7 +422,7 @@ fn table() -> Vec<Case> {
                 l.result = Some(result(false));
                 o.live = Some(l);
             },
-            FOREVER,
+            wait(idle),
             Some(Phase::Closed),
         ),
         case(
@@ -434,7 +435,7 @@ fn table() -> Vec<Case> {
                 l.result = Some(result(false));
                 o.live = Some(l);
             },
-            FOREVER,
+            wait(idle),
             Some(Phase::Closed),
         ),
         case(
@@ -446,8 +447,48 @@ fn table() -> Vec<Case> {
                 l.result = Some(result(true));
                 o.live = Some(l);
             },
-            FOREVER,
+            wait(idle),
             Some(Phase::Cancelled),
+        ),
+        case(
+            "closed, recorded and retention passed: its live state leaves Redis",
+            |o| {
+                o.status = Some(recorded_status(Phase::Closed));
+                o.recorded = true;
+                o.now = NOW + 3_600 * SEC;
+                let mut l = live(LivePhase::Closed, None, NOW - SEC);
+                l.result = Some(result(false));
+                l.server_time = NOW + 3_600 * SEC;
+                o.live = Some(l);
+            },
+            Step::Remove,
+            Some(Phase::Closed),
+        ),
+        case(
+            "spec.retention 0s: leaves Redis as soon as recorded",
+            |o| {
+                o.status = Some(recorded_status(Phase::Closed));
+                o.recorded = true;
+                o.retention = Some(Duration::ZERO);
+                let mut l = live(LivePhase::Closed, None, NOW - SEC);
+                l.result = Some(result(false));
+                o.live = Some(l);
+            },
+            Step::Remove,
+            Some(Phase::Closed),
+        ),
+        case(
+            "spec.retention 10s: sleeps until then",
+            |o| {
+                o.status = Some(recorded_status(Phase::Closed));
+                o.recorded = true;
+                o.retention = Some(Duration::from_secs(10));
+                let mut l = live(LivePhase::Closed, None, NOW - SEC);
+                l.result = Some(result(false));
+                o.live = Some(l);
+            },
+            wait(margin(9 * SEC)),
+            Some(Phase::Closed),
         ),
         // --- Deletion.
         case(
