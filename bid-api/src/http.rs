@@ -82,11 +82,14 @@ async fn snapshot(
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
                 response
             }
-            Missing::Closed => error(
-                StatusCode::NOT_FOUND,
-                "AUCTION_CLOSED",
-                format!("{id} is closed; its bids are at /v1/auctions/{id}/bids"),
-            ),
+            Missing::Closed => match state.store.closed_snapshot(&id, None).await {
+                Ok(Some(s)) => json_ok(ServerMessage::snapshot(&id, &s).to_json()),
+                Ok(None) | Err(_) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    format!("{id} is closed but its record cannot be read; retry"),
+                ),
+            },
             Missing::Unknown => error(
                 StatusCode::NOT_FOUND,
                 "UNKNOWN_AUCTION",

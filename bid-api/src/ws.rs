@@ -504,12 +504,12 @@ impl Connection {
                 .await;
         }
         let viewer = self.bidder_id().map(str::to_owned);
-        let snapshot = match self
+        let live = self
             .state
             .engine
             .snapshot(&auction, viewer.as_deref())
-            .await
-        {
+            .await;
+        let snapshot = match live {
             Ok(s) => s,
             Err(e) => {
                 if !was_interested {
@@ -517,32 +517,46 @@ impl Connection {
                 } else if !self.subs.contains_key(&auction) {
                     self.state.fanout.stop_watching(&auction, self.handle.id);
                 }
-                let reply = match e {
-                    EngineError::UnknownAuction(_) => match self.state.missing(&auction).await {
-                        Missing::Unknown => {
-                            error(ErrorCode::UnknownAuction, format!("no auction {auction}"))
-                        }
-                        Missing::Restoring => error(
-                            ErrorCode::Unavailable,
-                            "the auction's live state is being restored; retry in a second".into(),
-                        ),
-                        Missing::Closed => {
-                            error(ErrorCode::AuctionClosed, format!("{auction} is closed"))
-                        }
-                        Missing::Unreachable => error(
-                            ErrorCode::Unavailable,
-                            "auction state unavailable; retry".into(),
-                        ),
-                    },
-                    other => {
-                        warn!(%auction, error = %other, "snapshot failed");
-                        error(
-                            ErrorCode::Unavailable,
-                            "auction state unavailable; retry".into(),
-                        )
-                    }
+                let missing = match &e {
+                    EngineError::UnknownAuction(_) => Some(self.state.missing(&auction).await),
+                    _ => None,
                 };
-                return self.reply(&reply).await;
+                // A closed auction that left Redis: PostgreSQL has all of it.
+                let archived = match missing {
+                    Some(Missing::Closed) => self
+                        .state
+                        .store
+                        .closed_snapshot(&auction, viewer.as_deref())
+                        .await
+                        .unwrap_or_else(|e| {
+                            warn!(%auction, error = %e, "cannot read a closed auction from PostgreSQL");
+                            None
+                        }),
+                    _ => None,
+                };
+                match archived {
+                    Some(snapshot) => snapshot,
+                    None => {
+                        let reply = match missing {
+                            Some(Missing::Unknown) => {
+                                error(ErrorCode::UnknownAuction, format!("no auction {auction}"))
+                            }
+                            Some(Missing::Restoring) => error(
+                                ErrorCode::Unavailable,
+                                "the auction's live state is being restored; retry in a second"
+                                    .into(),
+                            ),
+                            _ => {
+                                warn!(%auction, error = %e, "snapshot failed");
+                                error(
+                                    ErrorCode::Unavailable,
+                                    "auction state unavailable; retry".into(),
+                                )
+                            }
+                        };
+                        return self.reply(&reply).await;
+                    }
+                }
             }
         };
         if let Some(since) = since {

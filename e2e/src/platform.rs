@@ -120,6 +120,8 @@ pub struct AuctionSpec {
     pub soft_close: Option<(String, String)>,
     /// Per-bidder rate limit `(perSecond, burst)`.
     pub bid_limit: Option<(u32, u32)>,
+    /// How long the closed auction stays in Redis (`spec.retention`, e.g. `0s`).
+    pub retention: Option<String>,
 }
 
 /// Now, as Unix milliseconds of this machine's clock.
@@ -145,6 +147,7 @@ impl AuctionSpec {
             ends_in: Some(ends_in),
             soft_close: None,
             bid_limit: Some((50, 100)),
+            retention: None,
         }
     }
 
@@ -192,6 +195,9 @@ impl AuctionSpec {
         if let Some((per_second, burst)) = self.bid_limit {
             spec["bidLimit"] = json!({ "perSecond": per_second, "burst": burst });
         }
+        if let Some(retention) = &self.retention {
+            spec["retention"] = json!(retention);
+        }
         json!({
             "apiVersion": "gavel.dev/v1alpha1",
             "kind": "Auction",
@@ -235,6 +241,9 @@ impl AuctionSpec {
             y.push_str(&format!(
                 "  bidLimit: {{ perSecond: {per_second}, burst: {burst} }}\n"
             ));
+        }
+        if let Some(retention) = &self.retention {
+            y.push_str(&format!("  retention: {}\n", q(retention)));
         }
         y
     }

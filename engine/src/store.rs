@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use crate::client::{LivePhase, Snapshot};
 use crate::event::{AuctionEvent, BidEvent};
 use crate::keys::AuctionId;
 use crate::restore::DurableRecord;
@@ -402,6 +403,91 @@ impl Store {
         Ok(Some(KnownAuction {
             epoch: epoch as u64,
             result: self.result(id).await?,
+        }))
+    }
+
+    /// The snapshot of a closed auction whose live state has left Redis, from the record
+    /// alone (with `viewer`'s own last ceiling); `None` unless it is closed.
+    pub async fn closed_snapshot(
+        &self,
+        id: &AuctionId,
+        viewer: Option<&str>,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let Some(result) = self.result(id).await? else {
+            return Ok(None);
+        };
+        let row: Option<(
+            String,
+            String,
+            i64,
+            serde_json::Value,
+            Option<i64>,
+            i64,
+            i64,
+        )> = sqlx::query_as(
+            "SELECT title, currency, starting_price, increments,
+                     (EXTRACT(EPOCH FROM starts_at) * 1000)::bigint,
+                     (EXTRACT(EPOCH FROM ends_at) * 1000)::bigint, epoch
+                 FROM auctions WHERE auction_id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((title, currency, starting, increments, starts_at, ends_at, epoch)) = row else {
+            return Ok(None);
+        };
+        let (extended_end, leader, your_max): (Option<i64>, Option<String>, Option<i64>) =
+            sqlx::query_as(
+                "SELECT
+                     (SELECT max((event->>'ends_at')::bigint) FROM events
+                      WHERE auction_id = $1 AND event->>'kind' = 'bid'),
+                     (SELECT event->>'leader' FROM events
+                      WHERE auction_id = $1 AND event->>'kind' = 'bid'
+                      ORDER BY seq DESC LIMIT 1),
+                     (SELECT CASE WHEN event->>'leader' = event->>'bidder' AND event ? 'ceiling'
+                                  THEN (event->>'ceiling')::bigint
+                                  ELSE (event->>'max')::bigint END
+                      FROM events WHERE auction_id = $1 AND event->>'kind' = 'bid'
+                          AND event->>'bidder' = $2
+                      ORDER BY seq DESC LIMIT 1)",
+            )
+            .bind(id.to_string())
+            .bind(viewer.unwrap_or_default())
+            .fetch_one(&self.pool)
+            .await?;
+        let tiers: Vec<crate::settings::Tier> =
+            serde_json::from_value(increments).unwrap_or_default();
+        let price = result.final_price;
+        let step = |p: i64| {
+            tiers
+                .iter()
+                .take_while(|t| t.from <= p)
+                .last()
+                .map_or(1, |t| t.step)
+        };
+        Ok(Some(Snapshot {
+            title,
+            currency,
+            seq: result.seq,
+            phase: if result.cancelled {
+                LivePhase::Cancelled
+            } else {
+                LivePhase::Closed
+            },
+            price,
+            leader_name: price.and(result.winner_name.clone()),
+            leader: price.and(leader),
+            bid_count: result.bid_count,
+            min_next: price.map_or(starting, |p| p + step(p)),
+            starts_at,
+            ends_at: extended_end.map_or(ends_at, |e| e.max(ends_at)),
+            scheduled_ends_at: ends_at,
+            reserve_met: result.reserve_met,
+            your_max: viewer.and(your_max),
+            server_time: crate::settings::unix_millis(),
+            epoch: epoch as u64,
+            halted: None,
+            result: Some(result),
         }))
     }
 

@@ -220,7 +220,13 @@ impl Lifecycle {
                 Step::Remove => {
                     let flushed = self.store.event_count(&id).await?;
                     self.engine.remove(&id, flushed).await?;
-                    info!(auction = %id, "live Redis state removed; PostgreSQL serves the auction from now on");
+                    if !deleting {
+                        // Its retention passed: the status stays what it was (closed and
+                        // recorded); nothing is left to do for it.
+                        info!(auction = %id, "closed auction left Redis; PostgreSQL serves it from now on");
+                        return Ok(self.finish(auction, &obs, None, false));
+                    }
+                    info!(auction = %id, "live Redis state removed; PostgreSQL records kept");
                 }
             }
         }
