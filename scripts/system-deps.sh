@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the Redis and PostgreSQL server binaries the tests and the local platform
-# start are installed. As root on Debian/Ubuntu it installs what is missing; otherwise
+# start, and the headless Chromium and its WebDriver the browser tests drive, are installed. As root on Debian/Ubuntu it installs what is missing; otherwise
 # it names the packages to install.
 set -euo pipefail
 
@@ -8,6 +8,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
