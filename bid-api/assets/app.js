@@ -122,6 +122,8 @@ function showIdentity() {
   $("who").textContent = identity.signedIn
     ? `Bidding as ${who || "the token's bidder"}.`
     : "Watching anonymously: sign in to bid.";
+  // Signed in, the form folds away (the summary line opens it again).
+  $("identity").open = !identity.signedIn;
 }
 
 function setupIdentity(onChange) {
@@ -578,6 +580,15 @@ class AuctionPage {
     yourMax.textContent = s.yourMax == null ? "" : `Your maximum: ${money(s.yourMax, cur)}`;
     const over = s.phase === "closed" || s.phase === "cancelled";
     $("bidding").hidden = over;
+    if (over) {
+      // The result says it all: no standing, no outbid alert, no next bid.
+      you.hidden = true;
+      $("alert").textContent = "";
+      $("end-moved").hidden = true;
+      $("min-next").textContent = "—";
+    }
+    $("leader-label").textContent = over ? "Winner" : "Leader";
+    if (over) $("leader").textContent = s.result && s.result.winner ? s.result.winner : "None";
     const result = $("result");
     result.hidden = !over || !s.result;
     if (over && s.result) {
