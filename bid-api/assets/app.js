@@ -251,7 +251,7 @@ class AuctionPage {
     this.pending = new Map(); // ref -> {amount, max}
     this.standing = null;     // "leading" | "outbid" | null
     this.prefill = "";
-    this.initialSince = 0;
+    this.initialSince = null;
     this.feedSeqs = new Set();
   }
 
@@ -320,8 +320,11 @@ class AuctionPage {
   }
 
   subscribe() {
+    // The last applied seq; at first, a few events back for the feed (none if the REST
+    // snapshot was unavailable: then the feed starts now).
     const since = this.s.seq ?? this.initialSince;
-    const msg = { type: "subscribe", auction: this.id, since };
+    const msg = { type: "subscribe", auction: this.id };
+    if (since !== null) msg.since = since;
     if (this.s.epoch != null) msg.epoch = this.s.epoch;
     this.resyncing = true;
     this.send(msg);
@@ -588,6 +591,7 @@ class AuctionPage {
       $("min-next").textContent = "—";
     }
     $("leader-label").textContent = over ? "Winner" : "Leader";
+    $("price-label").textContent = over ? "Final price" : "Current price";
     if (over) $("leader").textContent = s.result && s.result.winner ? s.result.winner : "None";
     const result = $("result");
     result.hidden = !over || !s.result;

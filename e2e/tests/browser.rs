@@ -321,6 +321,47 @@ async fn ws_bid(c: &mut WsClient, id: &str, amount: i64) -> Result<()> {
     }
 }
 
+/// The page's money helpers, in the browser that runs them: each currency's own minor
+/// digits (ISO 4217 through `Intl`), exact parsing of what a bidder types.
+async fn money_in_currencies(b: &Browser) -> Result<()> {
+    let v = b
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const n = x => typeof x === 'string' ? x.replace(/\\s/g, ' ') : x;
+             import('/assets/app.js').then(m => done([
+               m.money(10500, 'USD'), m.money(1050, 'JPY'), m.money(1234567, 'KWD'),
+               m.money(1000000000000000, 'EUR'),
+               m.parseAmount('105.00', 'USD').value, m.parseAmount('105,5', 'EUR').value,
+               m.parseAmount('1,050.25', 'USD').value, m.parseAmount('1.234', 'KWD').value,
+               m.parseAmount('1050', 'JPY').value, m.parseAmount('10.5', 'JPY').error,
+               m.parseAmount('1.001', 'USD').error, m.parseAmount('abc', 'USD').error,
+               m.parseAmount('0', 'USD').error,
+             ].map(n)), e => done(String(e)));",
+            vec![],
+        )
+        .await?;
+    let expected = json!([
+        "$105.00",
+        "¥1,050",
+        "KWD 1,234.567",
+        "€10,000,000,000,000.00",
+        10500,
+        10550,
+        105025,
+        1234,
+        1050,
+        "JPY has no minor unit: type a whole amount.",
+        "USD has 2 decimals at most.",
+        "Type an amount in USD, for example 105.00.",
+        "That amount is out of range."
+    ]);
+    if v != expected {
+        bail!("money helpers: got {v}, expected {expected}");
+    }
+    Ok(())
+}
+
 /// Two bidders, live updates, outbid, refusal, soft close, close on both pages.
 async fn two_bidders(p: &Platform, alice: &Browser, bob: &Browser) -> Result<()> {
     let name = unique_name("page");
@@ -352,6 +393,7 @@ async fn two_bidders(p: &Platform, alice: &Browser, bob: &Browser) -> Result<()>
 
     bob.goto(&format!("{}/auctions/{id}", p.http_url(1))).await?;
     alice.wait_is("title", "1962 Fender Stratocaster", T).await?;
+    money_in_currencies(alice).await?;
     alice.sign_in("alice").await?;
     bob.sign_in("bob").await?;
     for b in [alice, bob] {
@@ -590,7 +632,7 @@ async fn bidder_page_in_two_browsers() {
     let p = Platform::shared();
     let driver = Driver::start().await.expect("chromedriver starts");
     let (alice, bob) = tokio::join!(
-        Browser::open(&driver, "alice", (1000, 1300)),
+        Browser::open(&driver, "alice", (900, 760)),
         Browser::open(&driver, "bob", (412, 915)),
     );
     let outcome = match (alice, bob) {
