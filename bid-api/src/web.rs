@@ -42,7 +42,10 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(index))
         .route("/auctions/{ns}/{name}", get(auction_page))
-        .route("/assets/app.css", get(|| asset(APP_CSS, "text/css; charset=utf-8")))
+        .route(
+            "/assets/app.css",
+            get(|| asset(APP_CSS, "text/css; charset=utf-8")),
+        )
         .route(
             "/assets/app.js",
             get(|| asset(APP_JS, "text/javascript; charset=utf-8")),

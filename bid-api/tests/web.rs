@@ -105,18 +105,20 @@ async fn the_list_has_open_and_upcoming_auctions_paged() {
         .await
         .unwrap();
     // Another namespace, filtered out below.
-    provision(&env, &AuctionId::new("elsewhere", "x").unwrap(), &base, true).await;
+    provision(
+        &env,
+        &AuctionId::new("elsewhere", "x").unwrap(),
+        &base,
+        true,
+    )
+    .await;
 
     let (status, body) = server.get(&format!("/v1/auctions?namespace={ns}")).await;
     assert_eq!(status, 200, "{body}");
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         names(&page),
-        [
-            open.to_string(),
-            upcoming.to_string(),
-            pg_only.to_string()
-        ],
+        [open.to_string(), upcoming.to_string(), pg_only.to_string()],
         "{body}"
     );
     assert!(page["next"].is_null());
@@ -142,7 +144,12 @@ async fn the_list_has_open_and_upcoming_auctions_paged() {
     assert_eq!(b["starts_at"].as_i64().unwrap(), now + 3_600_000);
     let c = &page["auctions"][2];
     assert_eq!(
-        (&c["live"], &c["phase"], &c["min_next"], &c["starting_price"]),
+        (
+            &c["live"],
+            &c["phase"],
+            &c["min_next"],
+            &c["starting_price"]
+        ),
         (
             &Value::from(false),
             &Value::from("open"),

@@ -111,13 +111,11 @@ impl Browser {
         let Value::Object(caps) = caps else {
             unreachable!("a JSON object literal")
         };
-        let client = ClientBuilder::new(
-            hyper_util::client::legacy::connect::HttpConnector::new(),
-        )
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .with_context(|| format!("{label}: cannot start a Chromium session"))?;
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&driver.url)
+            .await
+            .with_context(|| format!("{label}: cannot start a Chromium session"))?;
         Ok(Self {
             label,
             client,
@@ -249,7 +247,8 @@ impl Browser {
         .await?;
         self.type_into("name", name).await?;
         self.click("sign-in").await?;
-        self.wait_is("who", &format!("Bidding as {name}."), T).await?;
+        self.wait_is("who", &format!("Bidding as {name}."), T)
+            .await?;
         self.wait_is("conn", "Live", T).await
     }
 
@@ -290,6 +289,11 @@ impl Browser {
     }
 
     async fn screenshot(&self, path: &Path) -> Result<()> {
+        self.js(
+            "window.scrollTo(0, 0); document.activeElement?.blur(); return true",
+            vec![],
+        )
+        .await?;
         let png = self.client.screenshot().await?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -391,8 +395,11 @@ async fn two_bidders(p: &Platform, alice: &Browser, bob: &Browser) -> Result<()>
         .await?;
     alice.click_link(&id).await?;
 
-    bob.goto(&format!("{}/auctions/{id}", p.http_url(1))).await?;
-    alice.wait_is("title", "1962 Fender Stratocaster", T).await?;
+    bob.goto(&format!("{}/auctions/{id}", p.http_url(1)))
+        .await?;
+    alice
+        .wait_is("title", "1962 Fender Stratocaster", T)
+        .await?;
     money_in_currencies(alice).await?;
     alice.sign_in("alice").await?;
     bob.sign_in("bob").await?;
@@ -471,14 +478,18 @@ async fn two_bidders(p: &Platform, alice: &Browser, bob: &Browser) -> Result<()>
     }
 
     // The close, on both.
-    alice.wait_is("result", "Won by bob at $1.30.", LONG).await?;
+    alice
+        .wait_is("result", "Won by bob at $1.30.", LONG)
+        .await?;
     bob.wait_is("result", "You won at $1.30.", LONG).await?;
     for b in [alice, bob] {
         b.wait_is("countdown", "Ended", T).await?;
         b.wait_is("phase", "Closed", T).await?;
     }
     let dir = screenshot_dir()?;
-    alice.screenshot(&dir.join("auction-closed-alice.png")).await?;
+    alice
+        .screenshot(&dir.join("auction-closed-alice.png"))
+        .await?;
     bob.screenshot(&dir.join("auction-closed-bob-phone.png"))
         .await?;
     Ok(())
@@ -493,12 +504,9 @@ impl Browser {
             .await
             .with_context(|| format!("{}: no link to {id}", self.label))?;
         link.send_keys(&char::from(Key::Enter).to_string()).await?;
-        self.wait_js(
-            "return location.pathname",
-            "the auction page",
-            T,
-            |v| v.as_str() == Some(&format!("/auctions/{id}")),
-        )
+        self.wait_js("return location.pathname", "the auction page", T, |v| {
+            v.as_str() == Some(&format!("/auctions/{id}"))
+        })
         .await
         .map(|_| ())
     }
@@ -529,7 +537,9 @@ impl OwnBidApi {
     }
 
     async fn start(&mut self) -> Result<()> {
-        let bin = binary_dir().map_err(|e| anyhow!("{e}"))?.join("gavel-bid-api");
+        let bin = binary_dir()
+            .map_err(|e| anyhow!("{e}"))?
+            .join("gavel-bid-api");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -632,7 +642,7 @@ async fn bidder_page_in_two_browsers() {
     let p = Platform::shared();
     let driver = Driver::start().await.expect("chromedriver starts");
     let (alice, bob) = tokio::join!(
-        Browser::open(&driver, "alice", (900, 760)),
+        Browser::open(&driver, "alice", (900, 1000)),
         Browser::open(&driver, "bob", (412, 915)),
     );
     let outcome = match (alice, bob) {

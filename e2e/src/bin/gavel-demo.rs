@@ -50,7 +50,10 @@ fn page_url(platform: &Platform, id: &str) -> String {
 }
 
 fn watch_in_browser(platform: &Platform, id: &str) {
-    say("demo", &format!("watch it in a browser: {}", page_url(platform, id)));
+    say(
+        "demo",
+        &format!("watch it in a browser: {}", page_url(platform, id)),
+    );
 }
 
 fn header(text: &str) {
