@@ -385,7 +385,9 @@ class AuctionPage {
 
   onSnapshot(m) {
     if (this.s.epoch != null && m.epoch != null && m.epoch !== this.s.epoch) {
+      // A new history without a `reset` first (say, after a reconnect): start the feed over.
       this.feedNote("The auction's live state was restored; continuing from here.");
+      for (const li of [...$("feed").querySelectorAll("li[data-seq]")]) li.remove();
       this.feedSeqs.clear();
     }
     const s = this.s;
@@ -468,12 +470,21 @@ class AuctionPage {
     this.render();
   }
 
+  /** The server's history changed under the page (restored from the record, or `since`
+   * unknown): forget the seq, drop feed entries after the history's last seq (they may
+   * never have been recorded, and their seqs will be reused), render the next snapshot. */
   onReset(m) {
     this.s.seq = null;
     this.s.epoch = m.epoch ?? null;
     this.resyncing = true;
-    this.feedSeqs.clear();
-    this.feedNote("The auction's live state was restored; continuing from the next snapshot.");
+    for (const li of [...$("feed").querySelectorAll("li[data-seq]")]) {
+      const seq = Number(li.dataset.seq);
+      if (m.seq == null || seq > m.seq) {
+        li.remove();
+        this.feedSeqs.delete(seq);
+      }
+    }
+    this.feedNote("The auction's live state was restored from its record; continuing from there.");
   }
 
   setStanding(standing) {

@@ -11,7 +11,9 @@
 //! - a late bid moves the end (soft close) on both pages; the close shows the winner on
 //!   both; a screenshot of each page at close is written under `target/browser/`;
 //! - a page on a bid-api process of this test's own follows the bids while that process
-//!   is stopped and started again, and its feed shows every bid once, in order.
+//!   is stopped and started again, and its feed shows every bid once, in order; then
+//!   Redis loses the auction, the operator restores it from PostgreSQL, and the page
+//!   takes the `reset`, keeps the recorded bids once and goes on live.
 //!
 //! `GAVEL_CHROMIUM` and `GAVEL_CHROMEDRIVER` name other binaries. Waits are generous
 //! bounds, not timings.
@@ -633,7 +635,78 @@ async fn reconnects_without_gap(p: &Platform, viewer: &Browser) -> Result<()> {
     viewer.wait_is("price", "$1.50", T).await?;
     viewer.wait_is("bid-count", "6", T).await?;
     viewer.wait_is("leader", "dave", T).await?;
+
+    // Redis loses the auction: the operator restores it from PostgreSQL, the page gets
+    // `reset` and a fresh snapshot, keeps the recorded bids once, and goes on live.
+    wait_recorded(p, &id, 6).await?;
+    lose_live_state(&local.redis_url, &id)?;
+    viewer
+        .wait_js(
+            "return [...document.querySelectorAll('#feed li.system')].map(li => li.textContent).join('|')",
+            "the restore note in the feed",
+            LONG,
+            |v| v.as_str().is_some_and(|t| t.contains("restored")),
+        )
+        .await?;
+    let mut erin = p.bidder(0, "erin").await?;
+    let deadline = Instant::now() + LONG;
+    // Bids are refused as UNAVAILABLE while the restore runs.
+    while let Err(e) = ws_bid(&mut erin, &id, 160).await {
+        if Instant::now() > deadline {
+            return Err(e.context("bidding after the restore"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    viewer.wait_feed(&[7, 6, 5, 4, 3, 2, 1]).await?;
+    viewer.wait_is("leader", "erin", T).await?;
+    viewer.wait_is("conn", "Live", T).await?;
     own.stop()?;
+    Ok(())
+}
+
+/// Waits until PostgreSQL has the auction's first `n` bids.
+async fn wait_recorded(p: &Platform, id: &str, n: usize) -> Result<()> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let r = p.rest_bids(0, id, 0, 100).await?;
+        let count = r.json()["bids"].as_array().map_or(0, Vec::len);
+        if count >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{id}: {count} of {n} bids recorded in PostgreSQL");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes every Redis key of the auction (with `redis-cli`, as an operator might).
+fn lose_live_state(redis_url: &str, id: &str) -> Result<()> {
+    let out = Command::new("redis-cli")
+        .args([
+            "-u",
+            redis_url,
+            "--scan",
+            "--pattern",
+            &format!("gavel:{{{id}}}:*"),
+        ])
+        .output()
+        .context("redis-cli")?;
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if keys.is_empty() {
+        bail!("no Redis keys for {id}");
+    }
+    let status = Command::new("redis-cli")
+        .args(["-u", redis_url, "DEL"])
+        .args(&keys)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("redis-cli DEL failed: {status}");
+    }
     Ok(())
 }
 
