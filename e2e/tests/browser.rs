@@ -11,7 +11,8 @@
 //! - a late bid moves the end (soft close) on both pages; the close shows the winner on
 //!   both; a screenshot of each page at close is written under `target/browser/`;
 //! - a page on a bid-api process of this test's own follows the bids while that process
-//!   is stopped and started again, and its feed shows every bid once, in order; then
+//!   is stopped and started again (its bidder signed in with a token), and its feed shows
+//!   every bid once, in order; then
 //!   Redis loses the auction, the operator restores it from PostgreSQL, and the page
 //!   takes the `reset`, keeps the recorded bids once and goes on live.
 //!
@@ -519,16 +520,18 @@ struct OwnBidApi {
     port: u16,
     redis_url: String,
     database_url: String,
+    jwt_secret: String,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl OwnBidApi {
-    fn new(redis_url: &str, database_url: &str) -> Self {
+    fn new(redis_url: &str, database_url: &str, jwt_secret: &str) -> Self {
         Self {
             port: free_port(),
             redis_url: redis_url.to_owned(),
             database_url: database_url.to_owned(),
+            jwt_secret: jwt_secret.to_owned(),
             log: temp_dir("browser-bid-api").join("bid-api.log"),
             child: None,
         }
@@ -551,6 +554,7 @@ impl OwnBidApi {
             .env("GAVEL_DEV_AUTH", "true")
             .env("GAVEL_REDIS_URL", &self.redis_url)
             .env("GAVEL_DATABASE_URL", &self.database_url)
+            .env("GAVEL_JWT_SECRET", &self.jwt_secret)
             .env("GAVEL_LOG_FORMAT", "text")
             .env("GAVEL_SHUTDOWN_GRACE", "3s")
             .stdin(Stdio::null())
@@ -608,7 +612,7 @@ async fn reconnects_without_gap(p: &Platform, viewer: &Browser) -> Result<()> {
         eprintln!("browser: reconnect scenario needs the local platform (skipped on GAVEL_E2E_*)");
         return Ok(());
     };
-    let mut own = OwnBidApi::new(&local.redis_url, &local.database_url);
+    let mut own = OwnBidApi::new(&local.redis_url, &local.database_url, &local.jwt_secret);
     own.start().await?;
     let name = unique_name("page-rc");
     let spec = AuctionSpec::new("Restart lot", 100, 10, Duration::from_secs(300));
@@ -617,6 +621,13 @@ async fn reconnects_without_gap(p: &Platform, viewer: &Browser) -> Result<()> {
     let mut dave = p.bidder(1, "dave").await?;
 
     viewer.goto(&format!("{}/auctions/{id}", own.url())).await?;
+    viewer.wait_is("conn", "Live", T).await?;
+    // Signed in with a token this time (kept in the tab's session storage).
+    viewer
+        .type_into("token", &token(&local.jwt_secret, "frank-1", "Frank"))
+        .await?;
+    viewer.click("sign-in").await?;
+    viewer.wait_is("who", "Bidding as Frank.", T).await?;
     viewer.wait_is("conn", "Live", T).await?;
     ws_bid(&mut carol, &id, 100).await?;
     ws_bid(&mut dave, &id, 110).await?;
@@ -660,8 +671,28 @@ async fn reconnects_without_gap(p: &Platform, viewer: &Browser) -> Result<()> {
     viewer.wait_feed(&[7, 6, 5, 4, 3, 2, 1]).await?;
     viewer.wait_is("leader", "erin", T).await?;
     viewer.wait_is("conn", "Live", T).await?;
+    // The token survived the restart and bids.
+    viewer
+        .type_into("max", &format!("2.00{}", char::from(Key::Enter)))
+        .await?;
+    viewer
+        .wait_is("message", "Accepted: you are leading at $1.70.", T)
+        .await?;
+    viewer.wait_feed(&[8, 7, 6, 5, 4, 3, 2, 1]).await?;
+    viewer.wait_is("leader", "Frank", T).await?;
     own.stop()?;
     Ok(())
+}
+
+/// An HS256 bidder token valid for ten minutes.
+fn token(secret: &str, sub: &str, name: &str) -> String {
+    let exp = now_ms() / 1000 + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": sub, "name": name, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
 }
 
 /// Waits until PostgreSQL has the auction's first `n` bids.
