@@ -8,12 +8,12 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help test lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
+.PHONY: help test lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps check-browser-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-test: check-system-deps lint test-rust chart-check chart-env-check ## Everything CI runs: format, clippy, all tests, chart checks
+test: check-system-deps check-browser-deps lint test-rust chart-check chart-env-check ## Everything CI runs: format, clippy, all tests, chart checks
 	@echo "make test: all checks passed"
 
 lint: fmt-check clippy ## Formatting and clippy (warnings are errors)
@@ -44,6 +44,9 @@ bench-engine: check-system-deps ## Only the engine: place-bid via the engine cli
 
 check-system-deps: ## Redis and PostgreSQL server binaries (installed with apt-get when root)
 	@./scripts/system-deps.sh
+
+check-browser-deps: ## Headless Chromium and chromedriver for the browser tests (installed with apt-get when root)
+	@./scripts/system-deps.sh --browser
 
 clean: ## Remove build output and fetched tools
 	$(CARGO) clean

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Makes sure the Redis and PostgreSQL server binaries the tests and the local platform
-# start are installed. As root on Debian/Ubuntu it installs what is missing; otherwise
-# it names the packages to install.
+# start are installed; with --browser, also the headless Chromium and its WebDriver that
+# the browser tests (e2e/tests/browser.rs) drive. As root on Debian/Ubuntu it installs
+# what is missing; otherwise it names the packages to install.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+if [ "${1:-}" = --browser ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

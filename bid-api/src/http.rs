@@ -48,11 +48,13 @@ fn json_ok(body: String) -> Response {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/auctions", get(crate::list::handler))
         .route("/v1/auctions/{ns}/{name}", get(snapshot))
         .route("/v1/auctions/{ns}/{name}/bids", get(bids))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::web::routes())
         .with_state(state)
 }
 

@@ -7,6 +7,8 @@
 //!   events, bounded per-connection queues.
 //! - [`ws`]: the upgrade and the per-connection loop.
 //! - [`http`]: REST reads, health, readiness, metrics.
+//! - [`list`]: `GET /v1/auctions`, the open and upcoming auctions.
+//! - [`web`]: the bidder page, its assets compiled in, and `GET /v1/config`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`state`]: what handlers share.
 //! - [`server`]: wiring, the in-process flusher and graceful shutdown.
@@ -15,10 +17,12 @@ pub mod auth;
 pub mod config;
 pub mod fanout;
 pub mod http;
+pub mod list;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod state;
+pub mod web;
 pub mod ws;
 
 pub use config::Config;

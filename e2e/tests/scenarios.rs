@@ -807,7 +807,21 @@ async fn local_up_demo_down() {
 
     let env_file = dir.join("env").display().to_string();
     let (demo_code, demo_out) = run_bin(demo, &["--env-file", &env_file, "--pace-ms", "100"]).await;
+    // The demo prints each auction's bidder page, served by the platform.
+    let page = demo_out
+        .split_once("watch it in a browser: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map(str::to_owned);
+    let served = match &page {
+        Some(url) => gavel_e2e::http::get(url).await.ok(),
+        None => None,
+    };
     let (down_code, down_out) = run_bin(local, &["--dir", &dir_s, "down"]).await;
+    let page = page.unwrap_or_else(|| panic!("the demo printed no page address:\n{demo_out}"));
+    assert!(page.contains("/auctions/demo/strat-1962-"), "{page}");
+    let served = served.unwrap_or_else(|| panic!("{page} did not answer"));
+    assert_eq!(served.status, 200, "{page}");
+    assert!(served.body.contains("id=\"auction-view\""), "{page}");
     assert_eq!(demo_code, Some(0), "gavel-demo: {demo_out}");
     for expected in [
         "carol leads at USD 1.92",

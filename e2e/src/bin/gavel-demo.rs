@@ -8,6 +8,8 @@
 //!
 //! A watcher prints the live feed; each bidder prints its replies and outbid notices;
 //! at the end the results are read back from PostgreSQL and from the Auction status.
+//! The bidder page's address of each auction is printed as it is created, to watch the
+//! demo in a browser while it plays.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,6 +42,18 @@ const CURRENCY: &str = "USD";
 
 fn say(who: &str, line: &str) {
     println!("{}  {who:>6} | {line}", feed::clock(now_ms()));
+}
+
+/// The bidder page of `id` on the first bid-api process.
+fn page_url(platform: &Platform, id: &str) -> String {
+    format!("{}/auctions/{id}", platform.http_url(0))
+}
+
+fn watch_in_browser(platform: &Platform, id: &str) {
+    say(
+        "demo",
+        &format!("watch it in a browser: {}", page_url(platform, id)),
+    );
 }
 
 fn header(text: &str) {
@@ -238,6 +252,7 @@ async fn seed_example(platform: &Platform, pace: Duration) -> Result<String> {
             feed::money(2, CURRENCY)
         ),
     );
+    watch_in_browser(platform, &id);
     if let Backend::Manifests(dir) = &platform.backend {
         let file = gavel_e2e::platform::manifest_path(dir, NAMESPACE, &name);
         println!("\n  {}:", file.display());
@@ -315,6 +330,7 @@ async fn soft_close_fight(platform: &Platform) -> Result<String> {
             feed::money(5000, CURRENCY)
         ),
     );
+    watch_in_browser(platform, &id);
     platform.wait_open(&id, Duration::from_secs(30)).await?;
     let mut seen = watcher(platform, 0, &id).await?;
     let frank = Bidder::join(platform, 0, "frank", &id).await?;
@@ -498,6 +514,10 @@ async fn run(cli: Cli) -> Result<()> {
         platform.ws_urls.join(", "),
         var("GAVEL_MANIFESTS")?
     );
+    println!(
+        "The bidder page: {}/ (open and upcoming auctions; each auction's address follows)",
+        platform.http_url(0)
+    );
     let pace = Duration::from_millis(cli.pace_ms);
     let seed = seed_example(&platform, pace).await?;
     let fight = soft_close_fight(&platform).await?;
@@ -506,7 +526,9 @@ async fn run(cli: Cli) -> Result<()> {
     statuses(&platform, &ids).await?;
     println!(
         "\nTry it yourself: `make up`, then `target/debug/gavel watch <ns/name>` and \
-         `target/debug/gavel bid <ns/name> --max 500 --bidder you` (see `gavel --help`)."
+         `target/debug/gavel bid <ns/name> --max 500 --bidder you` (see `gavel --help`), \
+         or bid in a browser at {}/ (sign in with any name: development auth).",
+        platform.http_url(0)
     );
     Ok(())
 }
