@@ -416,15 +416,7 @@ impl Store {
         let Some(result) = self.result(id).await? else {
             return Ok(None);
         };
-        let row: Option<(
-            String,
-            String,
-            i64,
-            serde_json::Value,
-            Option<i64>,
-            i64,
-            i64,
-        )> = sqlx::query_as(
+        let row: Option<AuctionRow> = sqlx::query_as(
             "SELECT title, currency, starting_price, increments,
                      (EXTRACT(EPOCH FROM starts_at) * 1000)::bigint,
                      (EXTRACT(EPOCH FROM ends_at) * 1000)::bigint, epoch
@@ -650,6 +642,17 @@ impl Store {
         Ok(n as u64)
     }
 }
+
+/// `auctions` columns in the order [`Store::closed_snapshot`] selects them.
+type AuctionRow = (
+    String,
+    String,
+    i64,
+    serde_json::Value,
+    Option<i64>,
+    i64,
+    i64,
+);
 
 /// `results` columns in the order [`Store::result`] selects them.
 type ResultRow = (
