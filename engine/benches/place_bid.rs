@@ -3,6 +3,9 @@
 //! their ratio. Both run the same path: an accepted bid (the leader raising its ceiling),
 //! with the stream append and the PUBLISH.
 //!
+//! Then the engine client again on Redis with the append-only file, `appendfsync
+//! everysec` and `always` (what Gavel ships), to show what durability costs.
+//!
 //! Settings (environment): `GAVEL_BENCH_SECONDS` (5), `GAVEL_BENCH_CALLERS` (64),
 //! `GAVEL_BENCH_CONNECTIONS` (2), `GAVEL_BENCH_REDIS_URL` (a throw-away server when unset;
 //! must be `redis://host:port`). Results are also written to `target/bench/engine.json`.
@@ -41,59 +44,18 @@ fn main() {
 
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let id = AuctionId::new("bench", "hot").expect("valid id");
-    let (engine_rate, sha) = runtime.block_on(async {
-        let engine = Engine::connect(&url, connections).await.expect("connect");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_millis() as i64;
-        let settings = AuctionSettings {
-            title: "Benchmark".into(),
-            currency: "USD".into(),
-            starting_price: 1,
-            reserve_price: None,
-            increments: Increments::flat(1).expect("step"),
-            starts_at: None,
-            ends_at: now + 3_600_000,
-            soft_close: None,
-            bid_limit: None,
-        };
-        engine.provision(&id, &settings).await.expect("provision");
-        let leader = Bidder::new("bench", "Bench").expect("bidder");
-        let ceiling = BidRequest {
-            amount: None,
-            max: Some(1_000),
-        };
-        engine
-            .place_bid(&id, &leader, ceiling)
-            .await
-            .expect("first bid");
-        engine.load_scripts().await.expect("load scripts");
+    let (engine_rate, sha) = runtime.block_on(measure(&url, &id, seconds, callers, connections));
 
-        let accepted = Arc::new(AtomicU64::new(0));
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..callers)
-            .map(|_| {
-                let (engine, id, leader, accepted) =
-                    (engine.clone(), id.clone(), leader.clone(), accepted.clone());
-                tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        match engine.place_bid(&id, &leader, ceiling).await {
-                            Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
-                            Err(BidError::Rejected(r)) => panic!("bid rejected: {r}"),
-                            Err(e) => panic!("engine error: {e}"),
-                        };
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("bench task");
-        }
-        let rate = accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-        (rate, engine.place_bid_sha().to_owned())
-    });
+    // What persistence costs: the same measurement on Redis with the append-only file,
+    // fsynced every second and before every reply (Gavel's shipped setting).
+    let mut aof = Vec::new();
+    for fsync in ["everysec", "always"] {
+        let redis =
+            TestRedis::start_with(&["--save", "", "--appendonly", "yes", "--appendfsync", fsync]);
+        let id = AuctionId::new("bench", &format!("aof-{fsync}")).expect("valid id");
+        let (rate, _) = runtime.block_on(measure(&redis.url(), &id, seconds, callers, connections));
+        aof.push((fsync, rate));
+    }
 
     // The same script, the same accepted path, driven by redis-benchmark: one request
     // in flight per client (its default), and pipelined 16 deep (Redis's own ceiling).
@@ -103,13 +65,15 @@ fn main() {
         id.ceilings_key(),
         id.rate_key(),
         id.events_key(),
+        id.flush_key(),
     ];
     let raw = |pipeline: &str| {
         let output = Command::new("redis-benchmark")
             .args(["-h", &host, "-p", &port, "-c", "50", "-P", pipeline])
-            .args(["-n", &requests.to_string(), "--csv", "EVALSHA", &sha, "4"])
+            .args(["-n", &requests.to_string(), "--csv", "EVALSHA", &sha, "5"])
             .args(&keys)
             .args(["bench", "Bench", "", "1000", &id.channel(), ""])
+            .args([id.to_string().as_str(), "1000"])
             .output()
             .expect("redis-benchmark not found: install the Debian package redis-tools");
         let csv = String::from_utf8_lossy(&output.stdout);
@@ -144,6 +108,12 @@ fn main() {
         "  ratio engine / raw pipelined EVALSHA:           {:>10.1} %",
         ratio_pipelined * 100.0
     );
+    for (fsync, rate) in &aof {
+        println!(
+            "  engine client, AOF appendfsync {fsync:<9}        {rate:>10.0} bids/s ({:.0} % of no persistence)",
+            rate / engine_rate * 100.0
+        );
+    }
     let json = serde_json::json!({
         "engine_bids_per_second": engine_rate,
         "raw_evalsha_per_second": raw_rate,
@@ -153,9 +123,76 @@ fn main() {
         "callers": callers,
         "connections": connections,
         "seconds": seconds,
+        "aof": aof
+            .iter()
+            .map(|(fsync, rate)| serde_json::json!({ "appendfsync": fsync, "engine_bids_per_second": rate }))
+            .collect::<Vec<_>>(),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     if std::fs::create_dir_all(&dir).is_ok() {
         let _ = std::fs::write(dir.join("engine.json"), json.to_string());
     }
+}
+
+/// Accepted place-bid calls per second through the engine client, `callers` at a time for
+/// `seconds`, on auction `id` of the Redis at `url`; and the script's SHA1.
+async fn measure(
+    url: &str,
+    id: &AuctionId,
+    seconds: u64,
+    callers: usize,
+    connections: usize,
+) -> (f64, String) {
+    let id = id.clone();
+    let engine = Engine::connect(&url, connections).await.expect("connect");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let settings = AuctionSettings {
+        title: "Benchmark".into(),
+        currency: "USD".into(),
+        starting_price: 1,
+        reserve_price: None,
+        increments: Increments::flat(1).expect("step"),
+        starts_at: None,
+        ends_at: now + 3_600_000,
+        soft_close: None,
+        bid_limit: None,
+    };
+    engine.provision(&id, &settings).await.expect("provision");
+    let leader = Bidder::new("bench", "Bench").expect("bidder");
+    let ceiling = BidRequest {
+        amount: None,
+        max: Some(1_000),
+    };
+    engine
+        .place_bid(&id, &leader, ceiling)
+        .await
+        .expect("first bid");
+    engine.load_scripts().await.expect("load scripts");
+
+    let accepted = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (engine, id, leader, accepted) =
+                (engine.clone(), id.clone(), leader.clone(), accepted.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    match engine.place_bid(&id, &leader, ceiling).await {
+                        Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                        Err(BidError::Rejected(r)) => panic!("bid rejected: {r}"),
+                        Err(e) => panic!("engine error: {e}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("bench task");
+    }
+    let rate = accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    (rate, engine.place_bid_sha().to_owned())
 }
