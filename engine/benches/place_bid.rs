@@ -144,7 +144,7 @@ async fn measure(
     connections: usize,
 ) -> (f64, String) {
     let id = id.clone();
-    let engine = Engine::connect(&url, connections).await.expect("connect");
+    let engine = Engine::connect(url, connections).await.expect("connect");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
