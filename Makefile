@@ -8,7 +8,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help test lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
+.PHONY: help test test-deps lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --all-features --locked -- -D warnings
 
-test-rust: ## Unit, integration and local end-to-end tests (real Redis and PostgreSQL)
+test-rust: test-deps ## Unit, integration and local end-to-end tests (real Redis and PostgreSQL)
 	$(CARGO) test --workspace --all-features --locked --no-fail-fast
 
 build: ## Debug build of every binary
@@ -41,6 +41,14 @@ bench: check-system-deps ## Performance report: engine vs raw EVALSHA, then load
 
 bench-engine: check-system-deps ## Only the engine: place-bid via the engine client vs raw redis-benchmark EVALSHA
 	$(CARGO) bench -p gavel-engine --bench place_bid --locked
+
+OIDC_TEST_DIR := bid-api/tests/oidc
+test-deps: $(OIDC_TEST_DIR)/node_modules/.package-lock.json ## The OpenID provider the identity tests run (npm ci of bid-api/tests/oidc)
+
+$(OIDC_TEST_DIR)/node_modules/.package-lock.json: $(OIDC_TEST_DIR)/package.json $(OIDC_TEST_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: the identity tests need Node.js (20 or later) and npm" >&2; exit 1; }
+	cd $(OIDC_TEST_DIR) && npm ci --no-audit --no-fund --silent
+	@touch $@
 
 check-system-deps: ## Redis and PostgreSQL server binaries (installed with apt-get when root)
 	@./scripts/system-deps.sh
