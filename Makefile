@@ -8,7 +8,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help test lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps check-browser-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
+.PHONY: help test test-deps fuzz fuzz-smoke lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps check-browser-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --all-features --locked -- -D warnings
 
-test-rust: ## Unit, integration and local end-to-end tests (real Redis and PostgreSQL)
+test-rust: test-deps ## Unit, integration and local end-to-end tests (real Redis and PostgreSQL)
 	$(CARGO) test --workspace --all-features --locked --no-fail-fast
 
 build: ## Debug build of every binary
@@ -41,6 +41,32 @@ bench: check-system-deps ## Performance report: engine vs raw EVALSHA, then load
 
 bench-engine: check-system-deps ## Only the engine: place-bid via the engine client vs raw redis-benchmark EVALSHA
 	$(CARGO) bench -p gavel-engine --bench place_bid --locked
+
+OIDC_TEST_DIR := bid-api/tests/oidc
+test-deps: $(OIDC_TEST_DIR)/node_modules/.package-lock.json ## The OpenID provider the identity tests run (npm ci of bid-api/tests/oidc)
+
+$(OIDC_TEST_DIR)/node_modules/.package-lock.json: $(OIDC_TEST_DIR)/package.json $(OIDC_TEST_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: the identity tests need Node.js (20 or later) and npm" >&2; exit 1; }
+	cd $(OIDC_TEST_DIR) && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+# Coverage-guided fuzzing (cargo-fuzz + libFuzzer; the stable toolchain with
+# RUSTC_BOOTSTRAP=1). New inputs go to target/fuzz-corpus/<target>, crashes to
+# fuzz/artifacts/<target>/ (each becomes a regression test: see README, Security).
+FUZZ_TARGETS ?= client_message token auction_spec manifest event_json
+FUZZ_SECONDS ?= 60
+fuzz: ## Fuzz every target for FUZZ_SECONDS seconds each (FUZZ_TARGETS to choose)
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS)s)"; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz -O $$t target/fuzz-corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -E '^(==|INFO: Running|stat::number_of_executed_units|stat::average_exec_per_sec|Done|.*ERROR|.*panicked|SUMMARY)' ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
+
+fuzz-smoke: ## A short fuzz run of every target (10 s each), as CI does
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 
 check-system-deps: ## Redis and PostgreSQL server binaries (installed with apt-get when root)
 	@./scripts/system-deps.sh

@@ -33,7 +33,7 @@ cargo bench --locked -p gavel-engine --bench place_bid
 echo "== starting the local platform (release builds)"
 # The load generator is one client machine's worth of users: lift the per-connection
 # message limits that protect the servers from a single abusive client.
-export GAVEL_LOCAL_BID_API_ARGS="--messages-per-second 1000000 --message-burst 1000000"
+export GAVEL_LOCAL_BID_API_ARGS="--messages-per-second 1000000 --message-burst 1000000 --max-connections-per-ip 0 --upgrades-per-ip-per-second 1000000 --upgrade-burst 1000000"
 export GAVEL_BIN_DIR=$PWD/target/release
 target/release/gavel-local down --dir "$DIR" >/dev/null 2>&1 || true
 target/release/gavel-local up --dir "$DIR"

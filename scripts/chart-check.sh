@@ -53,6 +53,9 @@ render external --set redis.url=rediss://redis.example:6380/0 \
   --set "bidApi.allowedOrigins={https://a.example,https://b.example}" --set bidApi.autoscaling.enabled=false \
   --set operator.replicaCount=1 --set operator.leaderElection.leaseName=auctions-leader \
   --set operator.leaderElection.leaseDuration=30s --set networkPolicy.enabled=false --set fullnameOverride=auctions
+render oidc --set auth.oidc.issuer=https://keycloak.example/realms/shop --set auth.oidc.audience=gavel \
+  --set auth.oidc.bidRole=bidder --set auth.oidc.rolesClaim=realm_access.roles --set auth.oidc.nameClaim=preferred_username \
+  --set auth.oidc.caConfigMap=corp-ca --set "networkPolicy.egress.identityProvider.to[0].ipBlock.cidr=10.1.0.0/16"
 render restricted-egress --set "networkPolicy.egress.redis.to[0].ipBlock.cidr=10.0.0.0/24" \
   --set-string "networkPolicy.bidApiFrom[0].namespaceSelector.matchLabels.ingress=true" --set serviceMonitor.enabled=true
 
@@ -67,6 +70,7 @@ must_fail --set unknownValue=1
 must_fail --set operator.replicas=3
 must_fail --set bidApi.autoscaling.minReplicas=5 --set bidApi.autoscaling.maxReplicas=3
 must_fail --set operator.leaderElection.leaseDuration=soon
+must_fail --set auth.oidc.leeway=soon
 must_fail --set bidApi.image.pullPolicy=Sometimes
 must_fail --set auth.jwt.secret=s --set-string auth.jwt.publicKey=p
 

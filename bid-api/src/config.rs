@@ -34,13 +34,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses an HTTP header name.
+fn parse_header_name(text: &str) -> Result<axum::http::HeaderName, String> {
+    axum::http::HeaderName::from_bytes(text.trim().as_bytes())
+        .map_err(|_| format!("invalid header name {text:?}"))
+}
+
 /// The bid-api server's configuration.
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "gavel-bid-api",
     version,
     about = "Gavel bid-api: live WebSocket bidding (GET /v1/ws), REST reads, health and metrics",
-    long_about = None
+    long_about = None,
+    args_override_self = true
 )]
 pub struct Config {
     /// Address to listen on for HTTP and WebSocket.
@@ -51,7 +58,8 @@ pub struct Config {
     #[arg(
         long,
         env = "GAVEL_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     pub redis_url: String,
 
@@ -63,29 +71,93 @@ pub struct Config {
     #[arg(
         long,
         env = "GAVEL_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/gavel"
+        default_value = "postgres://postgres@127.0.0.1:5432/gavel",
+        hide_env_values = true
     )]
     pub database_url: String,
 
-    /// HS256 secret that bidder tokens are signed with.
+    /// OpenID Connect issuer URL of the bidders' identity provider (e.g.
+    /// https://keycloak.example/realms/shop): its signing keys are found through
+    /// `<issuer>/.well-known/openid-configuration`, and tokens must carry this `iss`.
+    #[arg(long, env = "GAVEL_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+
+    /// JWKS URL of the identity provider, for providers without discovery (with
+    /// `--oidc-issuer`, the discovered `jwks_uri` is used instead).
+    #[arg(long, env = "GAVEL_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// PEM file of CA certificates trusted (besides the system's) for the identity
+    /// provider's HTTPS, e.g. a private CA.
+    #[arg(long, env = "GAVEL_OIDC_CA_FILE")]
+    pub oidc_ca_file: Option<std::path::PathBuf>,
+
+    /// Longest time between two fetches of the provider's keys (its `Cache-Control:
+    /// max-age` may shorten it).
+    #[arg(long, env = "GAVEL_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub jwks_refresh_interval: Duration,
+
+    /// Shortest time between two fetches of the provider's keys: a token naming an
+    /// unknown `kid` triggers a fetch at most this often.
+    #[arg(long, env = "GAVEL_JWKS_MIN_REFRESH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub jwks_min_refresh_interval: Duration,
+
+    /// DEVELOPMENT: HS256 secret that bidder tokens are signed with.
     #[arg(long, env = "GAVEL_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// RS256 public key (PEM text, or the path of a PEM file) that verifies bidder tokens.
+    /// DEVELOPMENT: RS256 public key (PEM text, or the path of a PEM file) that verifies
+    /// bidder tokens.
     #[arg(long, env = "GAVEL_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<String>,
 
-    /// Required `iss` claim of tokens, if set.
+    /// Required `iss` claim of tokens (defaults to `--oidc-issuer`); tokens without it
+    /// are refused.
     #[arg(long, env = "GAVEL_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Required `aud` claim of tokens, if set.
+    /// Required `aud` claim of tokens (one of its values); tokens without it are
+    /// refused.
     #[arg(long, env = "GAVEL_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
     /// Clock skew tolerated on `exp` and `nbf`.
     #[arg(long, env = "GAVEL_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
+
+    /// Claim holding the bidder's id (a dotted path reaches into objects).
+    #[arg(long, env = "GAVEL_JWT_SUBJECT_CLAIM", default_value = "sub")]
+    pub jwt_subject_claim: String,
+
+    /// Claim holding the bidder's display name (falls back to the id when absent).
+    #[arg(long, env = "GAVEL_JWT_NAME_CLAIM", default_value = "name")]
+    pub jwt_name_claim: String,
+
+    /// Show token bidders as `<name> #<tag>`, the tag a stable 5-character digest of
+    /// the bidder id, so that no one can pass for another bidder by taking their name.
+    #[arg(long, env = "GAVEL_DISPLAY_NAME_TAG", default_value_t = true, action = clap::ArgAction::Set,
+        num_args = 0..=1, default_missing_value = "true")]
+    pub display_name_tag: bool,
+
+    /// Scope a token needs to bid (in its space-separated `scope` or its `scp`);
+    /// tokens without it may only watch.
+    #[arg(long, env = "GAVEL_JWT_BID_SCOPE")]
+    pub jwt_bid_scope: Option<String>,
+
+    /// Role a token needs to bid, looked up in `--jwt-roles-claim`; tokens without it
+    /// may only watch.
+    #[arg(long, env = "GAVEL_JWT_BID_ROLE")]
+    pub jwt_bid_role: Option<String>,
+
+    /// Claim listing the token's roles (a dotted path, e.g. `realm_access.roles` for
+    /// Keycloak).
+    #[arg(long, env = "GAVEL_JWT_ROLES_CLAIM", default_value = "roles")]
+    pub jwt_roles_claim: String,
+
+    /// After a token expires on an open connection, time the client has to send a
+    /// `refresh` frame with a new token before the connection is closed with 4001.
+    #[arg(long, env = "GAVEL_TOKEN_REFRESH_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub token_refresh_grace: Duration,
 
     /// DEVELOPMENT ONLY: accept `?bidder=<name>` without a token. Never enable in production.
     #[arg(long, env = "GAVEL_DEV_AUTH", default_value_t = false, action = clap::ArgAction::Set,
@@ -128,6 +200,41 @@ pub struct Config {
     /// Most open WebSocket connections per process; more are refused with 503.
     #[arg(long, env = "GAVEL_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
+
+    /// Most open TCP connections per process, HTTP and WebSocket alike; more are
+    /// answered 503 with `Retry-After` and closed. Keep it under the file-descriptor
+    /// limit.
+    #[arg(long, env = "GAVEL_MAX_TCP_CONNECTIONS", default_value_t = 55_000)]
+    pub max_tcp_connections: usize,
+
+    /// Most open connections per client IP (TCP connections per peer; open WebSockets
+    /// per client IP behind a trusted proxy header); more are answered 429. 0: no cap.
+    #[arg(long, env = "GAVEL_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+
+    /// Sustained WebSocket upgrades per second per client IP; faster ones are answered
+    /// 429 with `Retry-After`.
+    #[arg(long, env = "GAVEL_UPGRADES_PER_IP_PER_SECOND", default_value_t = 50.0)]
+    pub upgrades_per_ip_per_second: f64,
+
+    /// WebSocket upgrades a client IP may make at once after being idle.
+    #[arg(long, env = "GAVEL_UPGRADE_BURST", default_value_t = 200)]
+    pub upgrade_burst: u32,
+
+    /// Header holding the client's IP, set by a trusted reverse proxy (e.g.
+    /// X-Forwarded-For: its last address is used). Only set it behind a proxy that
+    /// always writes it, or clients can pick their own IP.
+    #[arg(long, env = "GAVEL_TRUSTED_PROXY_HEADER", value_parser = parse_header_name)]
+    pub trusted_proxy_header: Option<axum::http::HeaderName>,
+
+    /// Time a client has to send a request's headers (also the idle time of a
+    /// keep-alive connection); slower connections are closed.
+    #[arg(long, env = "GAVEL_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// Time to answer an HTTP request (REST reads, upgrades); longer ones get 408.
+    #[arg(long, env = "GAVEL_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_request_timeout: Duration,
 
     /// Interval of WebSocket pings to each client.
     #[arg(long, env = "GAVEL_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]

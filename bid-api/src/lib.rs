@@ -2,7 +2,9 @@
 //!
 //! - [`config`]: flags and environment variables.
 //! - [`protocol`]: the v1 WebSocket messages as serde types, no I/O.
-//! - [`auth`]: JWT (HS256/RS256) and development identities, origin checks.
+//! - [`auth`]: token verification and claims policy, development identities, origin checks.
+//! - [`limits`]: connection caps and upgrade rates per client IP.
+//! - [`jwks`]: the identity provider's keys (OpenID Connect discovery, cached JWKS).
 //! - [`fanout`]: one Redis subscription per auction per process, shared serialised
 //!   events, bounded per-connection queues.
 //! - [`ws`]: the upgrade and the per-connection loop.
@@ -17,6 +19,8 @@ pub mod auth;
 pub mod config;
 pub mod fanout;
 pub mod http;
+pub mod jwks;
+pub mod limits;
 pub mod list;
 pub mod metrics;
 pub mod protocol;

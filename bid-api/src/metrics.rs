@@ -33,6 +33,14 @@ pub struct Metrics {
     /// 1 when PostgreSQL answered the last readiness probe, else 0. Bidding does not need
     /// it (the flusher keeps the backlog in Redis), so it is not part of readiness.
     pub postgres_up: IntGauge,
+    /// Tokens refused, by reason (`expired`, `unknown_key`, `audience`, ...).
+    pub auth_refused: IntCounterVec,
+    /// JWKS and discovery fetches, by result (`ok`, `error`).
+    pub jwks_refreshes: IntCounterVec,
+    /// Signing keys currently accepted from the JWKS.
+    pub jwks_keys: IntGauge,
+    /// 1 when the last JWKS fetch succeeded, 0 when the provider is unreachable.
+    pub jwks_up: IntGauge,
 }
 
 impl Metrics {
@@ -90,6 +98,25 @@ impl Metrics {
                 "gavel_ws_rate_limited_total",
                 "Client messages refused by the per-connection rate limit",
             )?,
+            auth_refused: IntCounterVec::new(
+                Opts::new("gavel_auth_refused_total", "Tokens refused, by reason"),
+                &["reason"],
+            )?,
+            jwks_refreshes: IntCounterVec::new(
+                Opts::new(
+                    "gavel_jwks_refreshes_total",
+                    "Fetches of the identity provider's discovery document and JWKS, by result",
+                ),
+                &["result"],
+            )?,
+            jwks_keys: IntGauge::new(
+                "gavel_jwks_keys",
+                "Signing keys currently accepted from the identity provider's JWKS",
+            )?,
+            jwks_up: IntGauge::new(
+                "gavel_jwks_up",
+                "1 when the last fetch of the identity provider's keys succeeded, else 0",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.connections.clone()))?;
@@ -102,6 +129,10 @@ impl Metrics {
         m.registry.register(Box::new(m.slow_consumers.clone()))?;
         m.registry.register(Box::new(m.rate_limited.clone()))?;
         m.registry.register(Box::new(m.postgres_up.clone()))?;
+        m.registry.register(Box::new(m.auth_refused.clone()))?;
+        m.registry.register(Box::new(m.jwks_refreshes.clone()))?;
+        m.registry.register(Box::new(m.jwks_keys.clone()))?;
+        m.registry.register(Box::new(m.jwks_up.clone()))?;
         Ok(m)
     }
 

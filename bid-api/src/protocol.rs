@@ -56,6 +56,9 @@ pub enum ErrorCode {
     RateLimited,
     /// No valid token (anonymous, expired mid-connection).
     Unauthenticated,
+    /// A valid token without the scope or role needed to bid (`GAVEL_JWT_BID_SCOPE`,
+    /// `GAVEL_JWT_BID_ROLE`): it may watch only.
+    Forbidden,
     /// Not a well-formed message of this protocol.
     InvalidMessage,
     /// An amount that is not an integer in range.
@@ -78,6 +81,7 @@ impl ErrorCode {
             ErrorCode::UnknownAuction => "UNKNOWN_AUCTION",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::InvalidMessage => "INVALID_MESSAGE",
             ErrorCode::InvalidAmount => "INVALID_AMOUNT",
             ErrorCode::TooLarge => "TOO_LARGE",
@@ -130,6 +134,11 @@ pub enum ClientMessage {
     },
     /// Liveness probe.
     Ping,
+    /// A new token for the same bidder, replacing one that is expiring.
+    Refresh {
+        /// The new JWT.
+        token: String,
+    },
 }
 
 /// Why a client frame was refused; turned into `error` or `bid_rejected`.
@@ -245,6 +254,11 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
     let kind = field_str(&obj, "type").map_err(ParseError::invalid)?;
     match kind {
         "ping" => Ok(ClientMessage::Ping),
+        "refresh" => Ok(ClientMessage::Refresh {
+            token: field_str(&obj, "token")
+                .map_err(ParseError::invalid)?
+                .to_owned(),
+        }),
         "subscribe" => {
             let auction = parse_auction(&obj)?;
             let number = |name: &str| match obj.get(name) {
@@ -295,7 +309,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
             }
         }
         other => Err(ParseError::invalid(format!(
-            "unknown message type {:?}; expected subscribe, unsubscribe, bid or ping",
+            "unknown message type {:?}; expected subscribe, unsubscribe, bid, refresh or ping",
             other.chars().take(64).collect::<String>()
         ))),
     }
@@ -351,6 +365,14 @@ pub enum ServerMessage {
         server_time: Millis,
         /// Protocol version (`v1`).
         protocol: String,
+    },
+    /// Reply to an accepted `refresh`: the connection's token now expires at
+    /// `expires_at` (Unix ms, null: never).
+    Refreshed {
+        /// Bidder id of the token.
+        bidder: String,
+        /// When the new token expires, Unix ms.
+        expires_at: Option<Millis>,
     },
     /// The auction's state, after `subscribe` (after any replay).
     Snapshot {

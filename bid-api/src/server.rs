@@ -1,17 +1,28 @@
 //! Wiring and lifecycle: connect Redis and PostgreSQL, start the fan-out and the
 //! flusher, serve HTTP, and shut down gracefully.
 //!
+//! HTTP is served by hyper's HTTP/1.1 connection builder on an accept loop of our own,
+//! so that every connection is admitted by [`Limits`] (total and per-IP caps, counted
+//! until the socket closes, WebSockets included), has a header-read timeout (slow
+//! clients cannot hold connections), and every request a timeout (tower-http).
+//!
 //! Shutdown (SIGTERM): stop accepting connections and upgrades, mark not ready, tell
 //! every WebSocket client (close 1001) once its in-flight bid is answered, wait for the
 //! sockets to close, stop the flusher (which drains what it can), and return — all
 //! within the configured grace period.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::http::StatusCode;
 use gavel_engine::Engine;
 use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
 use gavel_engine::store::Store;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -19,6 +30,7 @@ use tracing::{error, info, warn};
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::config::Config;
 use crate::fanout::{Fanout, FanoutError};
+use crate::limits::{Admitted, Limits};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -69,7 +81,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let auth = Authenticator::new(&config)?;
+    let metrics = Metrics::new()?;
+    let auth = Authenticator::new(&config, metrics.clone())?;
     if auth.dev_auth() {
         for _ in 0..3 {
             warn!(
@@ -77,9 +90,16 @@ pub async fn run(
             );
         }
     }
+    if (config.oidc_issuer.is_some() || config.jwks_url.is_some())
+        && config.jwt_public_key.is_some()
+    {
+        warn!(
+            "GAVEL_JWT_PUBLIC_KEY is ignored: with an identity provider, RS256 tokens are verified with its keys"
+        );
+    }
     if !auth.has_keys() {
         warn!(
-            "no GAVEL_JWT_SECRET or GAVEL_JWT_PUBLIC_KEY configured: tokens cannot be verified, so only anonymous watchers{} can connect",
+            "no GAVEL_OIDC_ISSUER, GAVEL_JWKS_URL, GAVEL_JWT_SECRET or GAVEL_JWT_PUBLIC_KEY configured: tokens cannot be verified, so only anonymous watchers{} can connect",
             if auth.dev_auth() {
                 " and development ?bidder= users"
             } else {
@@ -87,7 +107,6 @@ pub async fn run(
             }
         );
     }
-    let metrics = Metrics::new()?;
     let engine = Engine::connect(&config.redis_url, config.redis_connections).await?;
     engine.load_scripts().await?;
     let store = Store::connect_lazy(&config.database_url)?;
@@ -107,6 +126,9 @@ pub async fn run(
     }));
 
     let grace = config.shutdown_grace;
+    let limits = Limits::new(&config, &metrics.registry)?;
+    let header_timeout = config.http_header_timeout;
+    let request_timeout = config.http_request_timeout;
     let (down_tx, down_rx) = watch::channel(false);
     let state = AppState::new(
         config,
@@ -117,7 +139,12 @@ pub async fn run(
         metrics,
         down_rx.clone(),
     );
-    let app = crate::http::router(state.clone());
+    let app = crate::http::router(state.clone()).layer(
+        tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ),
+    );
     info!(listen = %listener.local_addr()?, "bid-api listening");
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -125,11 +152,13 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut http_down = down_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = http_down.wait_for(|d| *d).await;
-    });
-    let serving = tokio::spawn(async move { server.await });
+    let serving = tokio::spawn(serve(
+        listener,
+        app,
+        limits,
+        header_timeout,
+        down_rx.clone(),
+    ));
 
     let _ = stop_rx.wait_for(|s| *s).await;
     let deadline = Instant::now() + grace;
@@ -180,5 +209,87 @@ async fn migrate_until_done(store: Store) {
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// What every request of a connection carries: the peer's address, and the
+/// connection's place in the limits, which an upgraded WebSocket keeps until it closes.
+#[derive(Clone)]
+pub struct ConnectionInfo {
+    /// The TCP peer.
+    pub peer: std::net::SocketAddr,
+    /// The admission of the connection.
+    pub admitted: Arc<Admitted>,
+    /// The limits (for upgrade admission).
+    pub limits: Arc<Limits>,
+}
+
+/// Accepts connections until `down`, admitting each through the limits; on `down`
+/// every HTTP connection finishes its request in progress and closes.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Arc<Limits>,
+    header_timeout: Duration,
+    mut down: watch::Receiver<bool>,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let mut last_accept_error: Option<Instant> = None;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = async { let _ = down.wait_for(|d| *d).await; } => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    if last_accept_error.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+                        warn!(error = %e, "accept error (logged at most every 5 s)");
+                        last_accept_error = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admitted = match limits.admit_connection(peer) {
+            Ok(admitted) => Arc::new(admitted),
+            Err(refusal) => {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        let _ = stream.write_all(&refusal.raw_response()).await;
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
+                });
+                continue;
+            }
+        };
+        let info = ConnectionInfo {
+            peer,
+            admitted,
+            limits: limits.clone(),
+        };
+        let service = TowerToHyperService::new(tower_http::add_extension::AddExtension::new(
+            app.clone(),
+            info,
+        ));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut conn_down = down.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { let _ = conn_down.wait_for(|d| *d).await; } => {
+                    // Finish the request in progress, then close (keep-alive ends).
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
 }

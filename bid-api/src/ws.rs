@@ -51,6 +51,9 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: try again later (slow consumer dropped).
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Close code: the connection's token expired and no `refresh` came within
+/// `GAVEL_TOKEN_REFRESH_GRACE`.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 /// Events read from the stream per page when replaying or filling a gap.
 const REPLAY_PAGE: u64 = 500;
@@ -71,13 +74,46 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The answer to a refused token: 401 `UNAUTHENTICATED` with the reason, or 503
+/// `UNAVAILABLE` with `Retry-After` when the provider's keys cannot be fetched.
+fn token_refused(e: &AuthError) -> Response {
+    let (status, code) = if e.is_temporary() {
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+    } else {
+        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+    };
+    let body = serde_json::json!({ "code": code, "reason": e.reason(), "message": e.to_string() });
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if e.is_temporary() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    }
+    response
+}
+
 /// The upgrade handler of `GET /v1/ws`.
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    connection: Option<axum::Extension<crate::server::ConnectionInfo>>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // Upgrade rate and open WebSockets per client IP (crate::limits); the guards live
+    // as long as the socket.
+    let mut guards = None;
+    if let Some(axum::Extension(info)) = connection {
+        match info.limits.admit_upgrade(info.peer, &headers) {
+            Ok(per_ip) => guards = Some((info.admitted, per_ip)),
+            Err((refusal, retry_after)) => return refusal.response(retry_after),
+        }
+    }
     if state.shutting_down() {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -113,11 +149,11 @@ pub async fn upgrade(
         query.get("token").map(String::as_str),
     );
     let identity = match token {
-        Some(token) => match state.auth.verify(&token) {
+        Some(token) => match state.auth.verify(&token).await {
             Ok(identity) => Some(identity),
             Err(e) => {
                 debug!(error = %e, "refused token");
-                return json_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &e.to_string());
+                return token_refused(&e);
             }
         },
         None => match query.get("bidder").map(|b| state.auth.dev_identity(b)) {
@@ -153,6 +189,7 @@ pub async fn upgrade(
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             Connection::new(state, socket, identity, slot).run().await;
+            drop(guards);
         })
 }
 
@@ -208,6 +245,9 @@ struct Connection {
     bid_on: HashSet<AuctionId>,
     rate: RateLimit,
     last_seen: Instant,
+    /// When the token expired and was announced: the connection closes with 4001
+    /// `GAVEL_TOKEN_REFRESH_GRACE` later unless a `refresh` comes.
+    expired_since: Option<Instant>,
     _slot: ConnectionSlot,
 }
 
@@ -249,6 +289,7 @@ impl Connection {
             bid_on: HashSet::new(),
             rate,
             last_seen: Instant::now(),
+            expired_since: None,
             _slot: slot,
         }
     }
@@ -307,6 +348,10 @@ impl Connection {
                     if self.last_seen.elapsed() > self.state.config.heartbeat_timeout {
                         info!(conn = self.handle.id, "dropping dead connection (no pong)");
                         return Step::Drop;
+                    }
+                    match self.check_expiry().await {
+                        Step::Continue => {}
+                        other => return other,
                     }
                     match self.send(Message::Ping(Bytes::new())).await {
                         Ok(()) => Step::Continue,
@@ -424,6 +469,7 @@ impl Connection {
         match parsed {
             Err(e) => self.reply(&e.to_server_message()).await,
             Ok(ClientMessage::Ping) => self.reply(&ServerMessage::Pong).await,
+            Ok(ClientMessage::Refresh { token }) => self.refresh(&token).await,
             Ok(ClientMessage::Subscribe {
                 auction,
                 since,
@@ -463,6 +509,73 @@ impl Connection {
             auction: None,
         })
         .await
+    }
+
+    /// On a heartbeat: announces an expired token once, and closes the connection with
+    /// 4001 when the refresh grace has passed without a `refresh`.
+    async fn check_expiry(&mut self) -> Step {
+        let Some(identity) = &self.identity else {
+            return Step::Continue;
+        };
+        if identity.valid_at(unix_now(), self.state.auth.leeway()) {
+            return Step::Continue;
+        }
+        match self.expired_since {
+            None => {
+                self.expired_since = Some(Instant::now());
+                let grace = self.state.config.token_refresh_grace.as_secs();
+                let message = format!(
+                    "token expired: send {{\"type\":\"refresh\",\"token\":...}} within {grace}s or the connection closes with 4001"
+                );
+                self.reply_error(ErrorCode::Unauthenticated, &message).await
+            }
+            Some(since) if since.elapsed() >= self.state.config.token_refresh_grace => {
+                info!(conn = self.handle.id, "closing connection: token expired");
+                Step::Close(CLOSE_TOKEN_EXPIRED, "token expired")
+            }
+            Some(_) => Step::Continue,
+        }
+    }
+
+    /// `refresh`: a new token for the same bidder replaces the connection's.
+    async fn refresh(&mut self, token: &str) -> Step {
+        let Some(current) = &self.identity else {
+            return self
+                .reply_error(
+                    ErrorCode::Unauthenticated,
+                    "anonymous connections cannot refresh; reconnect with a token",
+                )
+                .await;
+        };
+        // From the cached keys only: this connection's loop must not wait for the provider.
+        let identity = match self.state.auth.verify_cached(token).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                let code = if e.is_temporary() {
+                    ErrorCode::Unavailable
+                } else {
+                    ErrorCode::Unauthenticated
+                };
+                return self.reply_error(code, &e.to_string()).await;
+            }
+        };
+        if identity.bidder.id != current.bidder.id {
+            return self
+                .reply_error(
+                    ErrorCode::Unauthenticated,
+                    "a refresh token must be for the connection's bidder; reconnect to change bidder",
+                )
+                .await;
+        }
+        let reply = ServerMessage::Refreshed {
+            bidder: identity.bidder.id.clone(),
+            expires_at: identity
+                .expires_at
+                .map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)),
+        };
+        self.identity = Some(identity);
+        self.expired_since = None;
+        self.reply(&reply).await
     }
 
     fn interested(&self, auction: &AuctionId) -> bool {
@@ -758,6 +871,18 @@ impl Connection {
             retry_after_ms: None,
         };
         let bidder = match &self.identity {
+            Some(identity) if !identity.may_bid => {
+                self.state
+                    .metrics
+                    .bids
+                    .with_label_values(&["FORBIDDEN"])
+                    .inc();
+                let message = format!(
+                    "this token may watch but not bid: it lacks {}",
+                    self.state.auth.bid_requirement().unwrap_or_default()
+                );
+                return self.reply(&rejected(ErrorCode::Forbidden, message)).await;
+            }
             Some(identity) if identity.valid_at(unix_now(), self.state.auth.leeway()) => {
                 identity.bidder.clone()
             }
@@ -765,7 +890,7 @@ impl Connection {
                 let message = if other.is_none() {
                     "anonymous connections may watch but not bid; connect with a token"
                 } else {
-                    "token expired; reconnect with a fresh token"
+                    "token expired; send a refresh with a fresh token"
                 };
                 self.state
                     .metrics
@@ -780,6 +905,16 @@ impl Connection {
         let started = Instant::now();
         // Be subscribed before the bid lands, so that losing the lead is never missed.
         let was_interested = self.interested(&auction);
+        // The auctions a connection follows (subscribed or bid on) are bounded too.
+        let limit = self.state.config.max_subscriptions;
+        if !was_interested && self.bid_on.len() >= limit {
+            return self
+                .reply(&rejected(
+                    ErrorCode::TooLarge,
+                    format!("at most {limit} auctions bid on per connection; open another"),
+                ))
+                .await;
+        }
         if !was_interested
             && let Err(e) = self.state.fanout.join(&auction, &self.handle, false).await
         {

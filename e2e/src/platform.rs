@@ -303,6 +303,14 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", radix36(stamp as u64))
 }
 
+/// A fresh HS256 secret for the local platform: 32 bytes from the kernel's CSPRNG, hex.
+fn random_secret() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn radix36(mut v: u64) -> String {
     let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
@@ -894,11 +902,7 @@ impl LocalPlatform {
             operator_url: String::new(),
             database_url,
             redis_url: redis.url(),
-            jwt_secret: format!(
-                "gavel-local-{}-{}",
-                std::process::id(),
-                radix36(now_ms() as u64)
-            ),
+            jwt_secret: random_secret().map_err(io_error(Path::new("/dev/urandom")))?,
             manifests,
             logs,
             rust_log: opts.rust_log.clone(),

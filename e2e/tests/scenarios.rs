@@ -704,6 +704,11 @@ async fn bad_input_gets_typed_errors() {
 
 /// Runs one of this crate's binaries to completion; returns (exit code, stdout + stderr).
 async fn run_bin(bin: &str, args: &[&str]) -> (Option<i32>, String) {
+    run_bin_env(bin, args, &[]).await
+}
+
+/// [`run_bin`] with extra environment variables.
+async fn run_bin_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(bin)
@@ -711,6 +716,8 @@ async fn run_bin(bin: &str, args: &[&str]) -> (Option<i32>, String) {
             .env_remove("GAVEL_WS_URL")
             .env_remove("GAVEL_BIDDER")
             .env_remove("GAVEL_TOKEN")
+            .env_remove("GAVEL_TOKEN_FILE")
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .output(),
     )
@@ -763,6 +770,42 @@ async fn cli_bids_and_watches() {
     );
     let (code, out) = run_bin(gavel, &["bid", &id, "--amount", "1000", "--url", &url]).await;
     assert_eq!(code, Some(1), "bidding without an identity: {out}");
+    if let Some(secret) = platform().jwt_secret.clone() {
+        // A token from a file, then from GAVEL_TOKEN: both are too low, which proves the
+        // bid was taken as the token's bidder (no identity exits 1 before bidding).
+        let file = std::env::temp_dir().join(format!("gavel-cli-token-{}", std::process::id()));
+        std::fs::write(&file, format!("{}\n", token(&secret, "tok-1", "Tok"))).unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let (code, out) = run_bin(
+            gavel,
+            &[
+                "bid",
+                &id,
+                "--amount",
+                "1000",
+                "--token-file",
+                &path,
+                "--url",
+                &url,
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(2), "{out}");
+        assert!(
+            out.contains("tok-1") && out.contains("BID_TOO_LOW"),
+            "{out}"
+        );
+        let env_token = token(&secret, "tok-2", "Tok2");
+        let (code, out) = run_bin_env(
+            gavel,
+            &["bid", &id, "--amount", "1000", "--url", &url],
+            &[("GAVEL_TOKEN", &env_token)],
+        )
+        .await;
+        assert_eq!(code, Some(2), "{out}");
+        assert!(out.contains("tok-2"), "{out}");
+        let _ = std::fs::remove_file(&file);
+    }
     let (code, out) = watch.await.expect("watch task");
     assert_eq!(code, Some(0), "{out}");
     // The price event, or the snapshot if the watcher subscribed after the bid.
@@ -946,7 +989,10 @@ async fn bearer_token_bidder() {
     let r = accepted(bid(&mut z, &id, Some(100), None).await);
     assert_eq!(r.outcome, Outcome::Leading);
     let p = price_seq(&mut w, r.seq).await;
-    assert_eq!(p.leader.as_deref(), Some("Zoë Q"));
+    // The display name carries the tag of the bidder id (GAVEL_DISPLAY_NAME_TAG).
+    let leader = p.leader.unwrap_or_default();
+    assert!(leader.starts_with("Zoë Q #"), "{leader}");
+    assert!(!leader.contains("user-42"), "{leader}");
 
     let forged = token("not-the-secret", "user-43", "Mallory");
     match WsClient::connect(platform().ws_url(0), &Auth::Token(forged)).await {

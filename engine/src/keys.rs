@@ -59,6 +59,12 @@ impl AuctionId {
                 })
                 && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
                 && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+                // Each dot-separated label of a subdomain is itself alphanumeric at both
+                // ends: no `..`, no `.-` (names may end up in paths and keys).
+                && s.split('.').all(|label| {
+                    label.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                        && label.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+                })
         };
         if label_ok(namespace, 63, false) && label_ok(name, 253, true) {
             Ok(Self {
@@ -206,6 +212,9 @@ mod tests {
             "sh op/x",
             "-a/x",
             "a/x-",
+            "adv/a..b",
+            "adv/a.-b",
+            "adv/a-.b",
             "a/{x}",
             "a.b/x",
             &format!("{}/x", "a".repeat(64)),

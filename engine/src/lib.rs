@@ -9,12 +9,14 @@
 //! - [`flusher`]: moves accepted bids and results from the Redis flush streams to
 //!   PostgreSQL, exactly once per `(auction, seq)`, and detects conflicts with the record.
 //! - [`restore`]: rebuilds an auction's live state from PostgreSQL when Redis lost it.
+//! - [`redact`]: connection URLs with their password hidden, for logs and errors.
 //! - `testing` (feature `testing`): throw-away Redis and PostgreSQL servers for tests.
 
 pub mod client;
 pub mod event;
 pub mod flusher;
 pub mod keys;
+pub mod redact;
 pub mod restore;
 pub mod rules;
 pub mod settings;

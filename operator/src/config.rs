@@ -34,7 +34,8 @@ pub struct Args {
     #[arg(
         long,
         env = "GAVEL_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     pub redis_url: String,
 
@@ -42,7 +43,8 @@ pub struct Args {
     #[arg(
         long,
         env = "GAVEL_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/gavel"
+        default_value = "postgres://postgres@127.0.0.1:5432/gavel",
+        hide_env_values = true
     )]
     pub database_url: String,
 

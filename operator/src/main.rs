@@ -54,9 +54,12 @@ async fn shutdown_signal() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let identity = args.identity();
     let metrics = Arc::new(Metrics::new()?);
-    let engine = Engine::connect(&args.redis_url, 4)
-        .await
-        .with_context(|| format!("cannot connect to Redis at {}", args.redis_url))?;
+    let engine = Engine::connect(&args.redis_url, 4).await.with_context(|| {
+        format!(
+            "cannot connect to Redis at {}",
+            gavel_engine::redact::url(&args.redis_url)
+        )
+    })?;
     engine
         .load_scripts()
         .await

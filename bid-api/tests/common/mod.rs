@@ -71,6 +71,11 @@ impl Env {
         Server::start(&self.redis_url, &self.database_url, extra)
     }
 
+    /// Starts a bid-api process without the tests' HS256 secret (only `extra`'s keys).
+    pub fn server_without_secret(&self, extra: &[&str]) -> Server {
+        Server::start_with(&self.redis_url, &self.database_url, false, extra)
+    }
+
     /// Places a bid straight through the engine.
     pub async fn bid(&self, id: &AuctionId, who: &str, amount: i64) -> gavel_engine::BidAccepted {
         let bidder = Bidder::new(who, who.to_uppercase()).unwrap();
@@ -144,14 +149,26 @@ pub struct Server {
 
 impl Server {
     pub fn start(redis: &str, database: &str, extra: &[&str]) -> Self {
+        Self::start_with(redis, database, true, extra)
+    }
+
+    /// Starts a process, with the tests' HS256 secret when `secret`.
+    pub fn start_with(redis: &str, database: &str, secret: bool, extra: &[&str]) -> Self {
         let port = free_port();
+        let secret_args: &[&str] = if secret {
+            &["--jwt-secret", SECRET]
+        } else {
+            &[]
+        };
         let dir = temp_dir("bid-api");
         let log = dir.join("bid-api.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gavel-bid-api"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--redis-url", redis, "--database-url", database])
-            .args(["--jwt-secret", SECRET, "--jwt-leeway", "0s"])
+            .args(secret_args)
+            // Exact display names in the protocol tests (the tag has tests of its own).
+            .args(["--jwt-leeway", "0s", "--display-name-tag", "false"])
             .args(["--flush-consumer", &format!("test-{port}")])
             .args(extra)
             .env_remove("GAVEL_DEV_AUTH")

@@ -198,6 +198,54 @@ podAntiAffinity:
 {{- end }}
 
 {{/* One NetworkPolicy egress rule: include "gavel.egressRule" (dict "to" $peers "ports" $ports "protocols" (list "TCP")) */}}
+{{/* Whether the bid-api verifies tokens with an OpenID provider's keys. */}}
+{{- define "gavel.oidcEnabled" -}}
+{{- if or .Values.auth.oidc.issuer .Values.auth.oidc.jwksUrl }}true{{ end }}
+{{- end }}
+
+{{/* The bid-api's identity-provider and claims settings (auth.oidc). */}}
+{{- define "gavel.oidcEnv" -}}
+{{- $oidc := .Values.auth.oidc -}}
+{{- with $oidc.issuer }}
+- name: GAVEL_OIDC_ISSUER
+  value: {{ . | quote }}
+{{- end }}
+{{- with $oidc.jwksUrl }}
+- name: GAVEL_JWKS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $oidc.audience }}
+- name: GAVEL_JWT_AUDIENCE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $oidc.bidScope }}
+- name: GAVEL_JWT_BID_SCOPE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $oidc.bidRole }}
+- name: GAVEL_JWT_BID_ROLE
+  value: {{ . | quote }}
+{{- end }}
+- name: GAVEL_JWT_SUBJECT_CLAIM
+  value: {{ $oidc.subjectClaim | quote }}
+- name: GAVEL_JWT_NAME_CLAIM
+  value: {{ $oidc.nameClaim | quote }}
+- name: GAVEL_JWT_ROLES_CLAIM
+  value: {{ $oidc.rolesClaim | quote }}
+- name: GAVEL_JWT_LEEWAY
+  value: {{ $oidc.leeway | quote }}
+- name: GAVEL_JWKS_REFRESH_INTERVAL
+  value: {{ $oidc.refreshInterval | quote }}
+- name: GAVEL_JWKS_MIN_REFRESH_INTERVAL
+  value: {{ $oidc.minRefreshInterval | quote }}
+- name: GAVEL_TOKEN_REFRESH_GRACE
+  value: {{ $oidc.tokenRefreshGrace | quote }}
+{{- if $oidc.caConfigMap }}
+- name: GAVEL_OIDC_CA_FILE
+  value: /etc/gavel/oidc-ca/{{ $oidc.caConfigMapKey }}
+{{- end }}
+{{- end }}
+
 {{- define "gavel.egressRule" -}}
 - ports:
   {{- range $port := .ports }}

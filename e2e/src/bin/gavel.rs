@@ -20,6 +20,7 @@ use gavel_e2e::{Auth, BidReply, ServerMessage, WsClient, envfile, feed};
 ///   gavel watch demo/strat-1962
 ///   gavel bid demo/strat-1962 --amount 105 --bidder bob
 ///   gavel bid demo/strat-1962 --max 200 --bidder carol
+///   gavel bid shop/lot-7 --amount 12550 --token-file ~/.config/gavel/token
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -33,11 +34,41 @@ struct Conn {
     #[arg(long, env = "GAVEL_WS_URL")]
     url: Option<String>,
     /// Bidder name, for servers in development auth mode (`?bidder=<name>`).
-    #[arg(long, env = "GAVEL_BIDDER", conflicts_with = "token")]
+    #[arg(long, env = "GAVEL_BIDDER", conflicts_with_all = ["token", "token_file"])]
     bidder: Option<String>,
-    /// JWT to authenticate with (`Authorization: Bearer`).
-    #[arg(long, env = "GAVEL_TOKEN")]
+    /// JWT to authenticate with (`Authorization: Bearer`), e.g. an access token from
+    /// your identity provider. Prefer GAVEL_TOKEN or --token-file: a command line is
+    /// visible to other users of the machine.
+    #[arg(
+        long,
+        env = "GAVEL_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
+    /// File holding the JWT (surrounding whitespace ignored), e.g. written by your
+    /// identity provider's CLI.
+    #[arg(long, env = "GAVEL_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl Conn {
+    /// The token from `--token`/GAVEL_TOKEN or `--token-file`/GAVEL_TOKEN_FILE.
+    fn token(&self) -> Result<Option<String>> {
+        if let Some(token) = self.token.as_ref().filter(|t| !t.trim().is_empty()) {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            bail!("the token file {} is empty", path.display());
+        }
+        Ok(Some(token.to_owned()))
+    }
 }
 
 #[derive(Subcommand)]
@@ -84,12 +115,12 @@ fn ws_url(conn: &Conn) -> String {
         .unwrap_or_else(|| "ws://127.0.0.1:8080/v1/ws".to_owned())
 }
 
-fn auth(conn: &Conn) -> Auth {
-    match (&conn.token, &conn.bidder) {
-        (Some(token), _) => Auth::Token(token.clone()),
+fn auth(conn: &Conn) -> Result<Auth> {
+    Ok(match (conn.token()?, &conn.bidder) {
+        (Some(token), _) => Auth::Token(token),
         (None, Some(name)) => Auth::Dev(name.clone()),
         (None, None) => Auth::Anonymous,
-    }
+    })
 }
 
 fn now_clock() -> String {
@@ -98,7 +129,7 @@ fn now_clock() -> String {
 
 async fn connect(conn: &Conn) -> Result<WsClient> {
     let url = ws_url(conn);
-    let client = WsClient::connect(&url, &auth(conn))
+    let client = WsClient::connect(&url, &auth(conn)?)
         .await
         .with_context(|| format!("cannot connect to {url} (is the platform up? `make up`)"))?;
     println!(
@@ -157,8 +188,10 @@ async fn bid(
     then_watch: bool,
     conn: Conn,
 ) -> Result<bool> {
-    if conn.bidder.is_none() && conn.token.is_none() {
-        bail!("bidding needs --bidder NAME (development auth) or --token JWT");
+    if conn.bidder.is_none() && conn.token()?.is_none() {
+        bail!(
+            "bidding needs a token (--token-file PATH, GAVEL_TOKEN) or, on a development server, --bidder NAME"
+        );
     }
     let mut client = connect(&conn).await?;
     let snapshot = client
