@@ -233,7 +233,8 @@ up() {
     --leader-elect=false --bind-address=127.0.0.1
   wait_until containerd 30 "$BIN/ctr" -a "$S/containerd.sock" version
   log "importing images"
-  for img in $(scripts/cluster/images.sh); do
+  # shellcheck disable=SC2086 # a list of arguments
+  for img in $(scripts/cluster/images.sh ${GAVEL_IMAGES_ARGS:-}); do
     in_ns "$BIN/ctr" -a "$S/containerd.sock" -n k8s.io images import "$img" >>"$S/logs/images.log"
   done
   start kubelet "$BIN/kubelet" --config="$S/kubelet.yaml" --kubeconfig="$S/kubelet.kubeconfig" \

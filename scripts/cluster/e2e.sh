@@ -12,12 +12,15 @@
 #     (`kubectl get auc` columns); the e2e crate's scenarios against the pods' own addresses
 #     (no port-forward) with auctions applied and read back through kubectl; operator
 #     failover (the leader pod deleted just before an end: the other replica closes it once);
+#     a bid-api pod deleted under bid load and `helm upgrade` under bid load (clients through
+#     the Service; every acknowledged bid in PostgreSQL exactly once);
 #     `helm uninstall` with auctions still present (kept; the documented patch releases them);
 #  5. on failure, the cluster's state and the pods' logs; always, cluster.sh down (also on
 #     Ctrl-C), stopping only what this run started.
 #
 # Knobs: KEEP_CLUSTER=1 (leave it up; cluster.sh down later), SKIP_BUILD=1 (release binaries
-# already built), E2E_TEST_ARGS (extra `cargo test` arguments for the scenarios).
+# already built), E2E_TEST_ARGS (extra `cargo test` arguments for the scenarios), SUITE_ONLY=1
+# (run the suite again on a kept cluster with the chart installed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/cluster/versions.sh
@@ -55,6 +58,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+if [[ ${SUITE_ONLY:-0} == 1 ]]; then
+  # A cluster that is up, with the chart installed (iterating on the suite): leave it up.
+  KEEP_CLUSTER=1
+  export KUBECONFIG=$CLUSTER_DIR/admin.kubeconfig PATH="$KUBE_CACHE/bin:$PATH"
+else
 log "Kubernetes $KUBE_VERSION binaries"
 scripts/tools.sh
 scripts/cluster/kube-build.sh >/dev/null
@@ -73,9 +81,11 @@ kubectl create namespace "$NS"
 kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=restricted \
   pod-security.kubernetes.io/enforce-version=latest pod-security.kubernetes.io/warn=restricted
 helm install gavel charts/gavel -n "$NS" -f charts/gavel/values-dev.yaml \
-  --set bidApi.replicaCount=2 --set operator.replicaCount=2 --wait --timeout 5m
+  --set bidApi.replicaCount=2 --set operator.replicaCount=2 \
+  --set bidApi.podDisruptionBudget.enabled=true --wait --timeout 5m
 kubectl -n "$NS" get pods -o wide
 kubectl create namespace "$AUC"
+fi
 
 # ---------------------------------------------------------------------------------------
 log "restricted namespace admits every pod"
@@ -113,17 +123,17 @@ auction cel-6 "$later" "softClose: {window: 25h, extension: 1m}" | refused "soft
 # Transition rules on an open auction.
 auction cel-open "$later" | kubectl apply -f -
 kubectl -n "$AUC" wait auction/cel-open --for=jsonpath='{.status.phase}'=Open --timeout=60s
-kubectl -n "$AUC" patch auction cel-open --type=merge -p '{"spec":{"startingPrice":1}}' 2>&1 | grep -q "cannot change once the auction has opened" ||
-  fail "changing startingPrice of an open auction was not refused"
-echo "ok: refused: startingPrice of an open auction"
+patch_refused() {  # patch, message
+  local out
+  if out=$(kubectl -n "$AUC" patch auction cel-open --type=merge -p "$1" 2>&1); then fail "patch $1 accepted: $out"; fi
+  [[ $out == *"$2"* ]] || fail "patch $1 refused, but not with '$2': $out"
+  echo "ok: refused: $2"
+}
+patch_refused '{"spec":{"startingPrice":1}}' "startingPrice, reservePrice and increments cannot change once the auction has opened"
 kubectl -n "$AUC" patch auction cel-open --type=merge -p '{"spec":{"cancel":true}}' >/dev/null
-kubectl -n "$AUC" patch auction cel-open --type=merge -p '{"spec":{"cancel":false}}' 2>&1 | grep -q "cancel cannot be undone" ||
-  fail "undoing cancel was not refused"
-echo "ok: refused: cancel cannot be undone"
+patch_refused '{"spec":{"cancel":false}}' "cancel cannot be undone"
 kubectl -n "$AUC" wait auction/cel-open --for=jsonpath='{.status.phase}'=Cancelled --timeout=60s
-kubectl -n "$AUC" patch auction cel-open --type=merge -p '{"spec":{"title":"changed"}}' 2>&1 | grep -q "a closed or cancelled auction cannot be changed" ||
-  fail "changing a cancelled auction was not refused"
-echo "ok: refused: a closed or cancelled auction cannot be changed"
+patch_refused '{"spec":{"title":"changed"}}' "a closed or cancelled auction cannot be changed"
 
 # ---------------------------------------------------------------------------------------
 pods_ip() { kubectl -n "$NS" get pods -l "app.kubernetes.io/component=$1" --field-selector=status.phase=Running -o jsonpath='{range .items[*]}{.status.podIP}{"\n"}{end}'; }
@@ -174,20 +184,93 @@ kubectl -n "$NS" delete pod "$leader" --wait=false
 kubectl -n "$AUC" wait auction/failover --for=jsonpath='{.status.phase}'=Closed --timeout=120s
 new=$(kubectl -n "$NS" get lease "${lease%% *}" -o jsonpath='{.spec.holderIdentity}')
 [[ $new != "$leader" ]] || fail "the Lease is still held by the deleted $leader"
-closes=$(kubectl -n "$AUC" get events --field-selector involvedObject.name=failover -o jsonpath='{range .items[*]}{.reason}{"\n"}{end}' | grep -c '^Closed$' || true)
+uid=$(kubectl -n "$AUC" get auction failover -o jsonpath='{.metadata.uid}')
+closes=$(kubectl -n "$AUC" get events --field-selector "involvedObject.uid=$uid" -o jsonpath='{range .items[*]}{.reason}{"\n"}{end}' | grep -c '^Closed$' || true)
 [[ $closes == 1 ]] || fail "failover auction closed $closes times (events)"
+closer=$(kubectl -n "$AUC" get events --field-selector "involvedObject.uid=$uid,reason=Closed" -o jsonpath='{.items[0].reportingInstance}')
+[[ $closer != "$leader" ]] || fail "closed by the deleted leader $leader, not by the other replica"
+result=$(PGPASSWORD=gavel-dev-only psql -h "$pg_ip" -U gavel -d gavel -tAc "select count(*), max(winner_id) from results where auction_id = '$AUC/failover'")
+[[ $result == "1|carol" ]] || fail "results row of the failover auction: '$result'"
+closed_at=$(kubectl -n "$AUC" get events --field-selector "involvedObject.uid=$uid,reason=Closed" -o jsonpath='{.items[0].eventTime}')
+echo "ended $ends, closed by $closer at $closed_at"
 echo "ok: $leader deleted, ${new} took the Lease and closed it once (winner $(kubectl -n "$AUC" get auction failover -o jsonpath='{.status.winner}'))"
+
+# ---------------------------------------------------------------------------------------
+svc_ip=$(kubectl -n "$NS" get svc gavel-bid-api -o jsonpath='{.spec.clusterIP}')
+svc_port=$(kubectl -n "$NS" get svc gavel-bid-api -o jsonpath='{.spec.ports[0].port}')
+WORK=$(mktemp -d)
+# Every acknowledged bid of $2 (bid-load.py's output $1) is in PostgreSQL exactly once, with its
+# seq, amount and bidder (the flusher writes within seconds: wait up to 60 s).
+check_acks() {
+  python3 - "$1" "$AUC/$2" "$pg_ip" <<'PY'
+import json, os, subprocess, sys, time
+out, auction, pg = sys.argv[1:]
+acks = json.load(open(out))["acks"]
+assert acks, "no bid was acknowledged"
+env = dict(os.environ, PGPASSWORD="gavel-dev-only")
+deadline = time.time() + 60
+while True:
+    rows = subprocess.run(["psql", "-h", pg, "-U", "gavel", "-d", "gavel", "-tAF", " ", "-c",
+                           f"select seq, bidder_id, amount from bids where auction_id = '{auction}' order by seq"],
+                          env=env, capture_output=True, text=True, check=True).stdout.split("\n")
+    got = {}
+    for r in filter(None, rows):
+        seq, bidder, amount = r.split(" ")
+        got.setdefault(int(seq), []).append((bidder, int(amount)))
+    missing = [a for a in acks if a["seq"] not in got]
+    if not missing or time.time() > deadline:
+        break
+    time.sleep(1)
+assert not missing, f"{len(missing)} acknowledged bids not in PostgreSQL, e.g. {missing[:3]}"
+for a in acks:
+    rows = got[a["seq"]]
+    assert len(rows) == 1 and rows[0] == (a["bidder"], a["amount"]), f"seq {a['seq']}: {rows} vs {a}"
+assert len({a["seq"] for a in acks}) == len(acks), "one seq acknowledged twice"
+print(f"ok: {len(acks)} acknowledged bids each in PostgreSQL exactly once ({len(got)} rows)")
+PY
+}
+
+log "a bid-api pod deleted under bid load (clients through the Service $svc_ip)"
+auction churn "$(in_s 3600)" | kubectl apply -f -
+kubectl -n "$AUC" wait auction/churn --for=jsonpath='{.status.phase}'=Open --timeout=60s
+python3 scripts/cluster/bid-load.py "ws://$svc_ip:$svc_port/v1/ws" "$AUC/churn" 20 8 "$WORK/churn.json" &
+load=$!
+sleep 7
+victim=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api -o jsonpath='{.items[0].metadata.name}')
+kubectl -n "$NS" delete pod "$victim" --wait=false
+wait "$load"
+reconnects=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["reconnects"])' "$WORK/churn.json")
+((reconnects > 0)) || fail "no client was cut off by deleting $victim"
+check_acks "$WORK/churn.json" churn
+kubectl -n "$NS" rollout status deploy/gavel-bid-api --timeout=120s
+
+log "helm upgrade under bid load (a changed value rolls both Deployments)"
+auction upgrade "$(in_s 3600)" | kubectl apply -f -
+kubectl -n "$AUC" wait auction/upgrade --for=jsonpath='{.status.phase}'=Open --timeout=60s
+python3 scripts/cluster/bid-load.py "ws://$svc_ip:$svc_port/v1/ws" "$AUC/upgrade" 45 8 "$WORK/upgrade.json" &
+load=$!
+sleep 5
+before=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api -o jsonpath='{.items[*].metadata.name}')
+helm upgrade gavel charts/gavel -n "$NS" --reuse-values --set logLevel=info --wait --timeout 5m
+after=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api -o jsonpath='{.items[*].metadata.name}')
+[[ $before != "$after" ]] || fail "helm upgrade did not roll the bid-api"
+wait "$load"
+check_acks "$WORK/upgrade.json" upgrade
+rm -rf "$WORK"
 
 # ---------------------------------------------------------------------------------------
 log "helm uninstall with auctions still present"
 auction left-open "$(in_s 3600)" | kubectl apply -f -
+kubectl -n "$AUC" label auction left-open keep=yes >/dev/null
 kubectl -n "$AUC" wait auction/left-open --for=jsonpath='{.status.phase}'=Open --timeout=60s
 # Decided and documented (README "Deploying on Kubernetes"): uninstall removes Gavel's
 # workloads but not your Auctions (Helm never deletes the CRD or custom resources). Auctions
 # deleted while the operator runs are cleaned up by it; those still present at uninstall
 # keep the operator's finalizer, and the README's one-line patch releases them.
-kubectl -n "$AUC" delete auction smoke --timeout=60s
+# The others are deleted while the operator runs: it releases each (open ones are closed first).
+kubectl -n "$AUC" delete auctions -l 'keep!=yes' --timeout=120s
 helm uninstall gavel -n "$NS" --wait --timeout 2m
+kubectl -n "$NS" wait --for=delete pod --all --timeout=120s
 left=$(kubectl -n "$NS" get pods --no-headers 2>/dev/null | wc -l)
 [[ $left == 0 ]] || fail "$left pods left after helm uninstall"
 kubectl -n "$AUC" get auction left-open >/dev/null || fail "uninstall deleted an Auction"

@@ -13,6 +13,7 @@
 #   Redis and PostgreSQL versions. The PostgreSQL image has an entrypoint that, like the
 #   official one, creates $POSTGRES_USER/$POSTGRES_DB with $POSTGRES_PASSWORD on first start.
 # - The pod sandbox ("pause") image, from Kubernetes' own pause.c (gcc -static).
+# `--no-gavel` builds only the last two kinds (they do not need target/release).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/cluster/versions.sh
@@ -44,7 +45,7 @@ gavel_image() {
     case $line in
       "COPY --from=builder /out/"*)
         read -r _ _ src dest <<<"$line"
-        files+=("target/release/${src#/out/} $dest") ;;
+        files+=("${GAVEL_RELEASE_DIR:-target/release}/${src#/out/} $dest") ;;
       "USER "*) args+=(--user "${line#USER }") ;;
       "ENV "*) args+=(--env "${line#ENV }") ;;
       "EXPOSE "*) args+=(--expose "${line#EXPOSE }") ;;
@@ -59,11 +60,13 @@ gavel_image() {
     python3 "$MK" --ldd --name "$PREFIX/$image:$TAG" --out "$OUT/$image.tar" "${args[@]}"
   echo "$OUT/$image.tar"
 }
-gavel_image bid-api gavel-bid-api
-gavel_image operator gavel-operator
+if [[ ${1:-} != --no-gavel ]]; then
+  gavel_image bid-api gavel-bid-api
+  gavel_image operator gavel-operator
+fi
 
 # --- Dev datastores and the sandbox image (cached: they depend on the machine's packages) ---
-pkg_files() { dpkg -L "$@" | while read -r f; do [[ -f $f || -L $f ]] && printf '%s %s\n' "$f" "$f"; done; }
+pkg_files() { dpkg -L "$@" | while read -r f; do [[ ! -d $f && ( -f $f || -L $f ) ]] && printf '%s %s\n' "$f" "$f"; done; }
 busybox_sh() {
   local b
   b=$(command -v busybox) || { log "busybox (Debian busybox-static) is needed"; exit 1; }
@@ -104,7 +107,8 @@ fi
 exec postgres -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql
 SH
   chmod 0755 "$ep"
-  { pkg_files "postgresql-$pgver" "postgresql-client-$pgver"; busybox_sh
+  # Without the LLVM JIT (libLLVM alone is ~100 MB), documentation and translations.
+  { pkg_files "postgresql-$pgver" "postgresql-client-$pgver" | grep -vE 'llvmjit|/usr/share/(doc|man|locale)/'; busybox_sh
     printf '%s /usr/local/bin/docker-entrypoint.sh\n' "$ep"
     printf '/usr/share/zoneinfo/Etc/UTC /usr/share/zoneinfo/Etc/UTC\n/usr/share/zoneinfo/UTC /usr/share/zoneinfo/UTC\n'
     common_files; } |

@@ -54,18 +54,37 @@ def main():
     a = ap.parse_args()
 
     entries = {}  # dest -> src
+    # The image has Debian's merged-/usr layout: /bin, /sbin, /lib, /lib64 are symlinks into
+    # /usr, so paths through either spelling (ldd names /lib/..., packages /usr/lib/...) meet.
+    merged = ("bin", "sbin", "lib", "lib64")
+
+    def norm(dest):
+        dest = os.path.normpath(dest)
+        for top in merged:
+            if dest == "/" + top:
+                return None
+            if dest.startswith("/" + top + "/"):
+                return "/usr" + dest
+        return dest
 
     def add(src, dest):
-        if os.path.isdir(src) and not os.path.islink(src):
+        dest = norm(dest)
+        if dest is None or dest in entries:
+            return
+        if os.path.islink(src):
+            entries[dest] = src
+            target = os.readlink(src)
+            if not target.startswith("/"):
+                target = os.path.join(os.path.dirname(dest), target)
+            if not os.path.isdir(src):
+                add(os.path.realpath(src), target)
+            return
+        if os.path.isdir(src):
             entries.setdefault(dest, src)
             for name in sorted(os.listdir(src)):
                 add(os.path.join(src, name), os.path.join(dest, name))
             return
         entries[dest] = src
-        if os.path.islink(src):
-            target = os.path.realpath(src)
-            if os.path.exists(target) and target not in entries:
-                add(target, target)
 
     for line in sys.stdin:
         line = line.strip()
@@ -88,7 +107,12 @@ def main():
             d = os.path.dirname(d)
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for d in sorted(dirs | {"/tmp"}):
+        for top in merged:
+            ti = tarfile.TarInfo(top)
+            ti.type = tarfile.SYMTYPE
+            ti.linkname = "usr/" + top
+            tar.addfile(ti)
+        for d in sorted(dirs | {"/tmp", "/usr/lib64"}):
             if d in entries:
                 continue
             ti = tarfile.TarInfo(d.lstrip("/"))
