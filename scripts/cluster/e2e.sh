@@ -64,6 +64,7 @@ if [[ ${SUITE_ONLY:-0} == 1 ]]; then
   export KUBECONFIG=$CLUSTER_DIR/admin.kubeconfig PATH="$KUBE_CACHE/bin:$PATH"
 else
 log "Kubernetes $KUBE_VERSION binaries"
+scripts/cluster/deps.sh
 scripts/tools.sh
 scripts/cluster/kube-build.sh >/dev/null
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then

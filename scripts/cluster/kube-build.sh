@@ -23,7 +23,8 @@ if ((${#missing[@]} == 0)); then echo "$BIN"; exit 0; fi
 command -v go >/dev/null || { echo "kube-build: Go is needed (go version >= 1.26)" >&2; exit 1; }
 log() { echo "kube-build: $*" >&2; }
 mkdir -p "$BIN" "$KUBE_CACHE/src"
-export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local
+# An older Go (>= 1.21) fetches the toolchain the modules ask for from the module proxy.
+export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=auto
 START=$(date +%s)
 
 # --- Kubernetes ---------------------------------------------------------------------------
