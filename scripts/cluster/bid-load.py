@@ -84,6 +84,8 @@ def main():
                                 state["acks"].append({"seq": msg["seq"], "bidder": bidder, "amount": amount})
                             else:
                                 state["rejected"] += 1
+                        if msg["type"] != "bid_result":
+                            time.sleep(0.01)  # outbid by another client: bounded, not a spin
                         break
             except (OSError, EOFError, ValueError):
                 with lock:

@@ -253,9 +253,15 @@ down() {
   [[ -d $S ]] || { ip netns del "$NS" 2>/dev/null || true; return 0; }
   export PATH="$BIN:$PATH"
   # Pods first (their containers are children of containerd-shim, not of our processes).
+  # Their network namespaces (/run/netns/cni-*) are named in the sandboxes' specs.
+  local podns=()
   if [[ -S $S/containerd.sock && -e /run/netns/$NS ]]; then
-    for t in $(in_ns "$BIN/ctr" -a "$S/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
-      in_ns "$BIN/ctr" -a "$S/containerd.sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+    local ctr=("$BIN/ctr" -a "$S/containerd.sock" -n k8s.io)
+    for c in $(in_ns "${ctr[@]}" containers ls -q 2>/dev/null); do
+      podns+=($(in_ns "${ctr[@]}" containers info "$c" 2>/dev/null | grep -o '"/var/run/netns/cni-[0-9a-f-]*"' | tr -d '"' || true))
+    done
+    for t in $(in_ns "${ctr[@]}" tasks ls -q 2>/dev/null); do
+      in_ns "${ctr[@]}" tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
     done
   fi
   for name in coredns kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
@@ -278,6 +284,7 @@ down() {
   ip route del "$SERVICE_CIDR" 2>/dev/null || true
   ip link del gk8s-host 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
+  for n in $(printf '%s\n' ${podns[@]+"${podns[@]}"} | sort -u); do ip netns del "$(basename "$n")" 2>/dev/null || true; done
   if [[ -f $S/sysctls.saved ]]; then
     while IFS= read -r kv; do sysctl -qw "$kv" 2>/dev/null || true; done <"$S/sysctls.saved"
   fi
