@@ -99,7 +99,7 @@ containerd_config() {
   cat >"$S/cni/net.d/10-gavel.conflist" <<CNI
 {"cniVersion": "1.0.0", "name": "gavel", "plugins": [
   {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]], "dataDir": "$S/cni/ipam", "routes": [{"dst": "0.0.0.0/0"}]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 CNI
   cat >"$S/containerd/config.toml" <<TOML

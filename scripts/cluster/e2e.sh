@@ -159,7 +159,7 @@ GAVEL_E2E_KUBECTL=$(command -v kubectl) \
 GAVEL_E2E_NAMESPACE=$AUC \
 GAVEL_E2E_DATABASE_URL="postgres://gavel:gavel-dev-only@$pg_ip:5432/gavel" \
 GAVEL_E2E_JWT_SECRET=gavel-dev-only-insecure-jwt-secret \
-  cargo test -p gavel-e2e --locked ${E2E_TEST_ARGS:-} -- --include-ignored
+  cargo test -p gavel-e2e --locked --test scenarios ${E2E_TEST_ARGS:-} -- --include-ignored
 
 log "smoke result through kubectl get auc"
 kubectl -n "$AUC" wait auction/smoke --for=jsonpath='{.status.phase}'=Closed --timeout=120s
