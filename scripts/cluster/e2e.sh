@@ -237,7 +237,12 @@ kubectl -n "$AUC" wait auction/churn --for=jsonpath='{.status.phase}'=Open --tim
 python3 scripts/cluster/bid-load.py "ws://$svc_ip:$svc_port/v1/ws" "$AUC/churn" 20 8 "$WORK/churn.json" &
 load=$!
 sleep 7
-victim=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api -o jsonpath='{.items[0].metadata.name}')
+# The pod holding the most of the load's connections (its gavel_ws_connections gauge).
+victim=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api \
+  -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}' |
+  while read -r name ip; do
+    echo "$(curl -sf "http://$ip:8080/metrics" | awk '$1 == "gavel_ws_connections" {print $2}') $name"
+  done | sort -rn | head -1 | cut -d' ' -f2)
 kubectl -n "$NS" delete pod "$victim" --wait=false
 wait "$load"
 reconnects=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["reconnects"])' "$WORK/churn.json")
