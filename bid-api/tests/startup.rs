@@ -57,7 +57,7 @@ async fn wait_readyz(server: &Server, want: u16, needle: &str) -> String {
 #[tokio::test]
 async fn waits_for_redis_then_becomes_ready() {
     let port = free_port();
-    let server = Server::start(
+    let server = Server::start_listening(
         &format!("redis://127.0.0.1:{port}"),
         &database_url().await,
         &[],
@@ -88,7 +88,7 @@ async fn waits_for_redis_then_becomes_ready() {
 
 #[tokio::test]
 async fn waits_for_a_name_that_does_not_resolve_and_stops_cleanly() {
-    let mut server = Server::start(
+    let mut server = Server::start_listening(
         "redis://gavel-redis.not-yet.invalid:6379",
         &database_url().await,
         &[],
