@@ -108,7 +108,7 @@ e2e-cluster: tools ## The chart on a real one-node Kubernetes here (root; no Doc
 kube-build: ## Build and cache the Kubernetes binaries the cluster targets run (~/.cache/gavel/kube-<version>)
 	./scripts/cluster/kube-build.sh
 
-cluster-up: tools ## Start the one-node cluster (kubeconfig: /var/tmp/gavel-cluster/admin.kubeconfig)
+cluster-up: tools release ## Start the one-node cluster with Gavel's images loaded (kubeconfig: /var/tmp/gavel-cluster/admin.kubeconfig)
 	./scripts/cluster/cluster.sh up
 
 cluster-down: ## Stop the one-node cluster and remove its state
