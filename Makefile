@@ -8,7 +8,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help test test-deps fuzz fuzz-smoke lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps check-browser-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind
+.PHONY: help test test-deps fuzz fuzz-smoke lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps check-browser-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind e2e-cluster kube-build cluster-up cluster-down
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -130,3 +130,15 @@ demo: check-system-deps local-build ## Start here: local platform, scripted bidd
 	@started=; $(GAVEL_LOCAL) status >/dev/null 2>&1 || started=1; \
 	trap '[ -z "$$started" ] || $(GAVEL_LOCAL) down' EXIT; \
 	$(GAVEL_LOCAL) up && $(TARGET_DIR)/debug/gavel-demo
+
+e2e-cluster: tools ## The chart on a real one-node Kubernetes here (root; no Docker): install, suite, teardown
+	./scripts/cluster/e2e.sh
+
+kube-build: ## Build and cache the Kubernetes binaries the cluster targets run (~/.cache/gavel/kube-<version>)
+	./scripts/cluster/kube-build.sh
+
+cluster-up: tools release ## Start the one-node cluster with Gavel's images loaded (kubeconfig: /var/tmp/gavel-cluster/admin.kubeconfig)
+	./scripts/cluster/cluster.sh up
+
+cluster-down: ## Stop the one-node cluster and remove its state
+	./scripts/cluster/cluster.sh down

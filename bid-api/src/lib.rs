@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`state`]: what handlers share.
 //! - [`server`]: wiring, the in-process flusher and graceful shutdown.
+//! - [`startup`]: waiting (with backoff) for Redis at start instead of exiting.
 
 pub mod auth;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod list;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod startup;
 pub mod state;
 pub mod web;
 pub mod ws;

@@ -1,4 +1,4 @@
-//! Wiring and lifecycle: connect Redis and PostgreSQL, start the fan-out and the
+//! Wiring and lifecycle: connect Redis and PostgreSQL (waiting for them, see [`crate::startup`]), start the fan-out and the
 //! flusher, serve HTTP, and shut down gracefully.
 //!
 //! HTTP is served by hyper's HTTP/1.1 connection builder on an accept loop of our own,
@@ -11,7 +11,7 @@
 //! sockets to close, stop the flusher (which drains what it can), and return — all
 //! within the configured grace period.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,23 +29,18 @@ use tracing::{error, info, warn};
 
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::config::Config;
-use crate::fanout::{Fanout, FanoutError};
+use crate::fanout::Fanout;
 use crate::limits::{Admitted, Limits};
 use crate::metrics::Metrics;
+use crate::startup::Startup;
 use crate::state::AppState;
 
 /// Why the server could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// Redis could not be reached at start.
-    #[error(transparent)]
-    Engine(#[from] gavel_engine::EngineError),
     /// The PostgreSQL URL is invalid.
     #[error(transparent)]
     Store(#[from] gavel_engine::store::StoreError),
-    /// The pub/sub client failed.
-    #[error(transparent)]
-    Fanout(#[from] FanoutError),
     /// JWT settings are invalid.
     #[error(transparent)]
     Auth(#[from] AuthConfigError),
@@ -107,11 +102,57 @@ pub async fn run(
             }
         );
     }
-    let engine = Engine::connect(&config.redis_url, config.redis_connections).await?;
-    engine.load_scripts().await?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    // Until Redis is there, a second handle on the same socket answers the probes (alive,
+    // not ready, and why); the real router takes over the socket once everything connected.
+    let std_listener = listener.into_std()?;
+    let starting_listener = TcpListener::from_std(std_listener.try_clone()?)?;
+    let listener = TcpListener::from_std(std_listener)?;
+    let startup = Startup::new();
+    let (started_tx, mut started_rx) = watch::channel(false);
+    let starting = tokio::spawn(
+        axum::serve(starting_listener, crate::startup::router(startup.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = started_rx.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    info!(listen = %listener.local_addr()?, "bid-api starting");
+    let redis_url = config.redis_url.clone();
+    let connections = config.redis_connections;
+    let connected = async {
+        let engine = startup
+            .retry("Redis", || async {
+                let engine = Engine::connect(&redis_url, connections).await?;
+                engine.load_scripts().await?;
+                Ok::<_, gavel_engine::EngineError>(engine)
+            })
+            .await;
+        let fanout = startup
+            .retry("Redis pub/sub", || {
+                Fanout::start(&redis_url, metrics.clone())
+            })
+            .await;
+        (engine, fanout)
+    };
+    let (engine, (fanout, dispatcher)) = tokio::select! {
+        c = connected => c,
+        _ = stop_rx.wait_for(|s| *s) => {
+            info!("stopped while starting");
+            let _ = started_tx.send(true);
+            let _ = starting.await;
+            return Ok(());
+        }
+    };
     let store = Store::connect_lazy(&config.database_url)?;
     let migrations = tokio::spawn(migrate_until_done(store.clone()));
-    let (fanout, dispatcher) = Fanout::start(&config.redis_url, metrics.clone()).await?;
+    let _ = started_tx.send(true);
+    let _ = starting.await;
 
     let flush_metrics = FlushMetrics::new(&metrics.registry)?;
     let (flush_stop_tx, flush_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -147,11 +188,6 @@ pub async fn run(
     );
     info!(listen = %listener.local_addr()?, "bid-api listening");
 
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     let serving = tokio::spawn(serve(
         listener,
         app,

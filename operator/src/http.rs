@@ -1,8 +1,8 @@
 //! The operator's HTTP server: `/metrics` (Prometheus text), `/healthz` (the process
-//! runs), `/readyz` (Redis and PostgreSQL answer).
+//! runs), `/readyz` (start-up is done, and Redis and PostgreSQL answer).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -13,16 +13,41 @@ use gavel_engine::Engine;
 use gavel_engine::store::Store;
 
 use crate::metrics::Metrics;
+use crate::startup::Startup;
+
+/// The datastores, once start-up reached them.
+#[derive(Clone)]
+pub struct Backends {
+    /// Redis, pinged by /readyz.
+    pub engine: Engine,
+    /// PostgreSQL, pinged by /readyz.
+    pub store: Store,
+}
 
 /// What the endpoints read.
 #[derive(Clone)]
 pub struct HttpState {
     /// Metrics to serve.
     pub metrics: Arc<Metrics>,
-    /// Redis, pinged by /readyz.
-    pub engine: Engine,
-    /// PostgreSQL, pinged by /readyz.
-    pub store: Store,
+    /// Start-up progress: not ready until it is done.
+    pub startup: Arc<Startup>,
+    /// Set once Redis and PostgreSQL were reached.
+    pub backends: Arc<OnceLock<Backends>>,
+}
+
+impl HttpState {
+    /// State of a process that is done starting, over these datastores.
+    pub fn started(metrics: Arc<Metrics>, engine: Engine, store: Store) -> Self {
+        let startup = Startup::new();
+        startup.finish();
+        let backends = Arc::new(OnceLock::new());
+        let _ = backends.set(Backends { engine, store });
+        Self {
+            metrics,
+            startup,
+            backends,
+        }
+    }
 }
 
 /// The router of the three endpoints.
@@ -42,10 +67,16 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
-    if let Err(e) = s.engine.ping().await {
+    let (Some(b), true) = (s.backends.get(), s.startup.is_done()) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("starting: {}", s.startup.waiting_for()),
+        );
+    };
+    if let Err(e) = b.engine.ping().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}"));
     }
-    if let Err(e) = s.store.ping().await {
+    if let Err(e) = b.store.ping().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("postgres: {e}"));
     }
     (StatusCode::OK, "ready".to_owned())
@@ -89,14 +120,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().unwrap());
         metrics.reconciled(std::time::Duration::from_millis(2), None);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let server = tokio::spawn(serve(
-            addr,
-            HttpState {
-                metrics,
-                engine,
-                store,
-            },
-        ));
+        let server = tokio::spawn(serve(addr, HttpState::started(metrics, engine, store)));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         let ready = get(addr, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
@@ -118,14 +142,7 @@ mod tests {
                 .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let server = tokio::spawn(serve(
-            addr,
-            HttpState {
-                metrics,
-                engine,
-                store,
-            },
-        ));
+        let server = tokio::spawn(serve(addr, HttpState::started(metrics, engine, store)));
         let ready = get(addr, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
         assert!(ready.contains("postgres"));

@@ -8,6 +8,7 @@
 //! - [`controller`]: the kube-rs `Controller` (finalizer, status patches, Events).
 //! - [`standalone`]: the same loop over a directory of manifests (development mode).
 //! - [`leader`]: Lease-based leader election.
+//! - [`startup`]: waiting (with backoff) for Redis, PostgreSQL and the API server at start.
 //! - [`metrics`], [`http`], [`telemetry`], [`config`]: the process around it.
 
 #![warn(missing_docs)]
@@ -20,5 +21,6 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod plan;
 pub mod standalone;
+pub mod startup;
 pub mod status;
 pub mod telemetry;

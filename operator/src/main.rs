@@ -1,7 +1,6 @@
 //! `gavel-operator`: the Auction operator binary (see `--help`).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -10,16 +9,17 @@ use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
 use gavel_engine::store::Store;
 use gavel_operator::config::Args;
 use gavel_operator::controller::{self, Context};
-use gavel_operator::http::{self, HttpState};
+use gavel_operator::http::{self, Backends, HttpState};
 use gavel_operator::leader::LeaderElector;
 use gavel_operator::lifecycle::Lifecycle;
 use gavel_operator::metrics::Metrics;
 use gavel_operator::plan::Timing;
 use gavel_operator::standalone::Standalone;
+use gavel_operator::startup::Startup;
 use gavel_operator::telemetry;
 use k8s_openapi::api::coordination::v1::Lease;
 use tokio::sync::Mutex;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -54,27 +54,42 @@ async fn shutdown_signal() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let identity = args.identity();
     let metrics = Arc::new(Metrics::new()?);
-    let engine = Engine::connect(&args.redis_url, 4).await.with_context(|| {
-        format!(
-            "cannot connect to Redis at {}",
-            gavel_engine::redact::url(&args.redis_url)
-        )
-    })?;
-    engine
-        .load_scripts()
-        .await
-        .context("cannot load the engine's scripts")?;
-    let store = Store::connect_lazy(&args.database_url).context("invalid GAVEL_DATABASE_URL")?;
-    // Migrations are safe to run from several processes; retry while PostgreSQL starts.
-    let mut attempt = 0;
-    while let Err(e) = store.migrate().await {
-        attempt += 1;
-        if attempt >= 30 {
-            return Err(e).context("cannot migrate PostgreSQL");
+    // Health endpoints first: alive at once, ready only once every dependency was reached.
+    let startup = Startup::new();
+    let backends = Arc::new(OnceLock::new());
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        startup: startup.clone(),
+        backends: backends.clone(),
+    };
+    let listen = args.listen;
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(listen, http_state).await {
+            error!(error = %e, "metrics and health server failed");
         }
-        warn!(error = %e, "PostgreSQL not ready; retrying");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    });
+
+    let store = Store::connect_lazy(&args.database_url).context("invalid GAVEL_DATABASE_URL")?;
+    let connected = async {
+        let engine = startup
+            .retry("Redis", || async {
+                let engine = Engine::connect(&args.redis_url, 4).await?;
+                engine.load_scripts().await?;
+                Ok::<_, gavel_engine::EngineError>(engine)
+            })
+            .await;
+        // Migrations are safe to run from several processes.
+        startup.retry("PostgreSQL", || store.migrate()).await;
+        engine
+    };
+    let engine = tokio::select! {
+        e = connected => e,
+        _ = shutdown_signal() => return Ok(()),
+    };
+    let _ = backends.set(Backends {
+        engine: engine.clone(),
+        store: store.clone(),
+    });
     let flusher = Arc::new(Mutex::new(Flusher::new(
         &engine,
         store.clone(),
@@ -88,30 +103,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let lifecycle = Lifecycle::new(engine.clone(), store.clone(), flusher.clone(), timing);
 
-    let http_state = HttpState {
-        metrics: metrics.clone(),
-        engine: engine.clone(),
-        store: store.clone(),
-    };
-    let listen = args.listen;
-    tokio::spawn(async move {
-        if let Err(e) = http::serve(listen, http_state).await {
-            error!(error = %e, "metrics and health server failed");
-        }
-    });
     if args.flush_enabled() {
         tokio::spawn(gavel_operator::lifecycle::run_flusher(flusher.clone()));
     }
 
     if let Some(dir) = args.standalone.clone() {
+        startup.finish();
         let op = Standalone::new(dir, lifecycle, metrics, args.poll, args.status_stdout);
         return op.run_until(shutdown_signal()).await;
     }
 
     let client = kube::Client::try_default()
         .await
-        .context("cannot reach the Kubernetes API (use --standalone <dir> without a cluster)")?;
-    controller::check_crd(&client).await?;
+        .context("no Kubernetes client configuration (use --standalone <dir> without a cluster)")?;
+    tokio::select! {
+        _ = startup.retry("the Kubernetes API (auctions.gavel.dev)", || controller::check_crd(&client)) => {}
+        _ = shutdown_signal() => return Ok(()),
+    }
+    startup.finish();
     let lease_namespace = args
         .lease_namespace
         .clone()

@@ -148,12 +148,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts a process and waits until it is done starting (connected to Redis).
     pub fn start(redis: &str, database: &str, extra: &[&str]) -> Self {
-        Self::start_with(redis, database, true, extra)
+        Self::spawn(redis, database, extra, true, true)
     }
 
     /// Starts a process, with the tests' HS256 secret when `secret`.
     pub fn start_with(redis: &str, database: &str, secret: bool, extra: &[&str]) -> Self {
+        Self::spawn(redis, database, extra, secret, true)
+    }
+
+    fn spawn(redis: &str, database: &str, extra: &[&str], secret: bool, started: bool) -> Self {
         let port = free_port();
         let secret_args: &[&str] = if secret {
             &["--jwt-secret", SECRET]
@@ -184,15 +189,33 @@ impl Server {
             port,
             log,
         };
-        server.wait_ready();
+        server.wait_ready(started);
         server
     }
 
-    fn wait_ready(&mut self) {
+    /// Starts a process without waiting for it to finish starting (it may be waiting for
+    /// Redis): only until its port answers.
+    pub fn start_listening(redis: &str, database: &str, extra: &[&str]) -> Self {
+        Self::spawn(redis, database, extra, true, false)
+    }
+
+    /// Waits until the port answers and, with `started`, until start-up is over (the
+    /// start-up router's `/readyz` says `"starting":true`).
+    fn wait_ready(&mut self, started: bool) {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                if !started {
+                    return;
+                }
+                use std::io::{Read, Write};
+                let mut body = String::new();
+                let asked = s
+                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .and_then(|()| s.read_to_string(&mut body));
+                if asked.is_ok() && !body.is_empty() && !body.contains("\"starting\":true") {
+                    return;
+                }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("bid-api exited with {status}:\n{}", self.logs());

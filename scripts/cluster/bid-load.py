@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Bounded bid load over Gavel's WebSocket protocol (stdlib only), for the real-cluster suite.
+
+usage: bid-load.py WS_URL NAMESPACE/NAME SECONDS BIDDERS OUT.json
+
+BIDDERS threads each hold a connection to WS_URL (a Service address: a pod that goes away is
+replaced by another behind it) with development auth (?bidder=load-<i>) and bid the auction's
+minimum next amount, one bid in flight at a time, for SECONDS. A connection that breaks is
+re-opened after 100 ms (counted as a reconnect). Every acknowledged bid (`bid_result`) is
+written to OUT.json as {"seq", "bidder", "amount"} so the caller can check that each is in
+PostgreSQL exactly once. Sends only to WS_URL; stops by itself.
+"""
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+from importlib.machinery import SourceFileLoader  # noqa: E402
+
+ws = SourceFileLoader("ws_bid", os.path.join(os.path.dirname(__file__), "..", "ws-bid.py")).load_module()
+
+
+def connect(url, bidder):
+    from urllib.parse import quote, urlsplit
+    import base64
+    u = urlsplit(url)
+    sock = socket.create_connection((u.hostname, u.port or 80), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {u.path}?bidder={quote(bidder)} HTTP/1.1\r\nHost: {u.hostname}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    f = sock.makefile("rb")
+    if b" 101 " not in f.readline():
+        sock.close()
+        raise ConnectionError("upgrade refused")
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    return sock, f
+
+
+def main():
+    url, auction, seconds, bidders, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    deadline = time.monotonic() + seconds
+    lock = threading.Lock()
+    state = {"next": 1, "acks": [], "reconnects": 0, "rejected": 0}
+
+    def run(i):
+        bidder = f"load-{i}"
+        n = 0
+        while time.monotonic() < deadline:
+            try:
+                sock, f = connect(url, bidder)
+            except OSError:
+                with lock:
+                    state["reconnects"] += 1
+                time.sleep(0.1)
+                continue
+            try:
+                while time.monotonic() < deadline:
+                    with lock:
+                        amount = state["next"]
+                    n += 1
+                    ref = f"{bidder}-{n}"
+                    ws.send_frame(sock, 0x1, json.dumps({"type": "bid", "auction": auction, "amount": amount, "ref": ref}).encode())
+                    while True:
+                        opcode, data = ws.recv_frame(f)
+                        if opcode == 0x8:
+                            raise EOFError("closed by the server")
+                        if opcode != 0x1:
+                            continue
+                        msg = json.loads(data)
+                        if msg.get("ref") != ref:
+                            continue
+                        with lock:
+                            if msg.get("min_next"):
+                                state["next"] = max(state["next"], msg["min_next"])
+                            if msg["type"] == "bid_result":
+                                state["acks"].append({"seq": msg["seq"], "bidder": bidder, "amount": amount})
+                            else:
+                                state["rejected"] += 1
+                        if msg["type"] != "bid_result":
+                            time.sleep(0.01)  # outbid by another client: bounded, not a spin
+                        break
+            except (OSError, EOFError, ValueError):
+                with lock:
+                    state["reconnects"] += 1
+                time.sleep(0.1)
+            finally:
+                sock.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(bidders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with open(out, "w") as fh:
+        json.dump(state, fh)
+    print(f"bid-load: {len(state['acks'])} acknowledged, {state['rejected']} refused, {state['reconnects']} reconnects")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Builds (once) and caches the Kubernetes binaries that the real-cluster suite (#22) and the
+# local control plane (#12) run: kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubelet, kube-proxy, kubectl, etcd at the version Kubernetes itself requires, CoreDNS, and
+# containerd 2 (Kubernetes 1.37 no longer supports containerd 1.x, which is what Debian 12 has).
+#
+# Source comes from the Go module proxy. k8s.io/kubernetes replaces its k8s.io/* staging modules
+# with paths inside its own tree, so `go install k8s.io/kubernetes/cmd/...@vX` is refused; we build
+# from a small wrapper module that requires k8s.io/kubernetes vX and points every staging module at
+# the copy shipped inside that same module (exactly the code of that release).
+#
+# Output: $GAVEL_KUBE_CACHE/bin/* (default ~/.cache/gavel/kube-<version>), keyed by version.
+# Prints the bin directory on stdout. Re-running with the cache present does nothing.
+set -euo pipefail
+. "$(dirname "$0")/versions.sh"
+
+BIN="$KUBE_CACHE/bin"
+want=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns containerd containerd-shim-runc-v2 ctr)
+missing=()
+for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
+if ((${#missing[@]} == 0)); then echo "$BIN"; exit 0; fi
+
+command -v go >/dev/null || { echo "kube-build: Go is needed (go version >= 1.26)" >&2; exit 1; }
+log() { echo "kube-build: $*" >&2; }
+mkdir -p "$BIN" "$KUBE_CACHE/src"
+# An older Go (>= 1.21) fetches the toolchain the modules ask for from the module proxy.
+export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=auto
+START=$(date +%s)
+
+# --- Kubernetes ---------------------------------------------------------------------------
+W="$KUBE_CACHE/src/kubernetes"
+mkdir -p "$W"
+KMOD=$(cd /tmp && go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')
+[[ -f "$KMOD" ]] || { log "cannot download k8s.io/kubernetes v$KUBE_VERSION"; exit 1; }
+# The module zip leaves the staging modules out (they are modules of their own): pin each one to
+# its release published with this Kubernetes version (v1.X.Y -> v0.X.Y).
+staging=$(sed -n 's|^\t\(k8s.io/[a-z0-9-]*\) => ./staging/.*|\1|p' "$KMOD")
+{
+  echo "module gavel.dev/kube-build"
+  echo
+  echo "go 1.26.0"
+  echo
+  echo "require k8s.io/kubernetes v$KUBE_VERSION"
+  echo
+  for m in $staging; do
+    echo "replace $m => $m v0.${KUBE_VERSION#*.}"
+  done
+} > "$W/go.mod"
+cat > "$W/tools.go" <<'GO'
+//go:build tools
+
+// Package tools only anchors the build's dependencies.
+package tools
+GO
+ver="v$KUBE_VERSION"
+major=${KUBE_VERSION%%.*}; minor=${KUBE_VERSION#*.}; minor=${minor%%.*}
+LDF="-s -w"
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  LDF+=" -X $p.gitVersion=$ver -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+done
+cd "$W"
+kcmds=()
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+  [[ -x "$BIN/$b" ]] || kcmds+=("k8s.io/kubernetes/cmd/$b")
+done
+if ((${#kcmds[@]})); then
+  log "resolving modules for Kubernetes $ver"
+  go get "${kcmds[@]}" >&2
+  for c in "${kcmds[@]}"; do
+    log "building $(basename "$c")"
+    go build -trimpath -ldflags "$LDF" -o "$BIN/$(basename "$c")" "$c"
+  done
+fi
+
+# --- etcd: the server version Kubernetes' own go.mod pins ----------------------------------
+if [[ ! -x "$BIN/etcd" ]]; then
+  ev=$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+  E="$KUBE_CACHE/src/etcd"; mkdir -p "$E"; cd "$E"
+  printf 'module gavel.dev/etcd-build\n\ngo 1.26.0\n' > go.mod
+  log "building etcd $ev"
+  go get "go.etcd.io/etcd/server/v3@$ev" >&2
+  go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
+fi
+
+# --- CoreDNS: the cluster DNS (runs on the node, serves the cluster DNS address) ------------
+if [[ ! -x "$BIN/coredns" ]]; then
+  C="$KUBE_CACHE/src/coredns"; mkdir -p "$C"; cd "$C"
+  printf 'module gavel.dev/coredns-build\n\ngo 1.26.0\n' > go.mod
+  log "building coredns $COREDNS_VERSION"
+  go get "github.com/coredns/coredns@$COREDNS_VERSION" >&2
+  go build -trimpath -ldflags "-s -w" -o "$BIN/coredns" github.com/coredns/coredns
+fi
+# --- containerd 2 (its module has no replace lines: go install works as is) -----------------
+if [[ ! -x "$BIN/containerd" || ! -x "$BIN/containerd-shim-runc-v2" || ! -x "$BIN/ctr" ]]; then
+  log "building containerd $CONTAINERD_VERSION"
+  (cd /tmp && GOFLAGS= GOBIN="$BIN" go install -trimpath -tags "no_btrfs no_devmapper no_zfs no_aufs" \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" >&2)
+fi
+log "done in $(( $(date +%s) - START ))s"
+echo "$BIN"
