@@ -337,11 +337,18 @@ async fn try_connect(server: &Server, token: &str) -> Result<Client, (u16, Value
 
 /// Connects, retrying while the answer is 503 (the provider's keys are being fetched):
 /// what a client does with a 503 and its `Retry-After`.
+/// Connects, retrying while the keys are unavailable or the token's key is not known yet
+/// (a rotated key appears at the next refresh; unknown-kid fetches are rate-limited).
 async fn connect_retrying(server: &Server, token: &str) -> Result<Client, (u16, Value)> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match try_connect(server, token).await {
             Err((503, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err((401, body))
+                if body["reason"] == "unknown_key" && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => return other,
