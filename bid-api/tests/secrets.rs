@@ -1,6 +1,7 @@
 //! Secrets never reach the bid-api's output (issue #10 part 5): passwords in the Redis
 //! and PostgreSQL URLs and the HS256 secret, set in the environment, appear neither in
-//! `--help` nor in the errors of a process that cannot reach its servers.
+//! `--help` nor in the logs of a process that cannot reach its servers (it waits for
+//! them, saying why).
 
 use std::process::{Command, Stdio};
 
@@ -10,7 +11,10 @@ const JWT_SECRET: &str = "JwtSecret-5d1c7e";
 
 fn run(args: &[&str]) -> String {
     let port = gavel_engine::testing::free_port();
-    let out = Command::new(env!("CARGO_BIN_EXE_gavel-bid-api"))
+    let dir = gavel_engine::testing::temp_dir("secrets");
+    let path = dir.join("output.log");
+    let log = std::fs::File::create(&path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gavel-bid-api"))
         .args(args)
         .env(
             "GAVEL_REDIS_URL",
@@ -24,13 +28,23 @@ fn run(args: &[&str]) -> String {
         .env("GAVEL_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
-        .output()
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
         .expect("run gavel-bid-api");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    // `--help` exits at once; without its servers the process waits for them, logging
+    // why (with the URLs), until it is stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let out = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(dir);
+    out
 }
 
 #[test]
