@@ -557,6 +557,8 @@ impl OwnBidApi {
             .env("GAVEL_JWT_SECRET", &self.jwt_secret)
             .env("GAVEL_LOG_FORMAT", "text")
             .env("GAVEL_SHUTDOWN_GRACE", "3s")
+            // Exact names on the page (the name tag has tests of its own).
+            .env("GAVEL_DISPLAY_NAME_TAG", "false")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

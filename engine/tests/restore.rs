@@ -287,13 +287,23 @@ async fn a_reused_seq_is_a_counted_conflict_that_halts_the_auction_until_restore
     );
 }
 
+/// `CONFIG SET maxmemory` through `redis-cli` (from redis-tools, like redis-benchmark).
+fn set_maxmemory(port: u16, bytes: &str) {
+    let status = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "CONFIG", "SET", "maxmemory", bytes])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("redis-cli (Debian package redis-tools)");
+    assert!(status.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_refuses_bids_before_running_the_script_and_recovers() {
     let redis = gavel_engine::testing::TestRedis::start_with(&[
         "--save",
         "",
         "--maxmemory",
-        "4mb",
+        "64mb",
         "--maxmemory-policy",
         "noeviction",
     ]);
@@ -305,22 +315,8 @@ async fn a_full_redis_refuses_bids_before_running_the_script_and_recovers() {
         .await
         .unwrap();
     let before = engine.snapshot(&id, Some("ann")).await.unwrap();
-    // Fill Redis with something else until it refuses writes (small values, so that the
-    // last accepted one leaves it over the limit).
-    let filler = "x".repeat(1024);
-    let mut keys = 0;
-    loop {
-        let set: Result<(), _> = engine
-            .redis()
-            .set(format!("filler:{keys}"), filler.as_str(), None, None, false)
-            .await;
-        if let Err(e) = set {
-            assert!(e.to_string().contains("OOM"), "{e}");
-            break;
-        }
-        keys += 1;
-        assert!(keys < 20_000, "maxmemory never reached");
-    }
+    // Redis over its memory limit (a cap below what it uses).
+    set_maxmemory(redis.port(), "1");
     for who in ["bo", "cy"] {
         match engine
             .place_bid_at(&id, &bidder(who), amount(50), Some(2_000))
@@ -335,12 +331,8 @@ async fn a_full_redis_refuses_bids_before_running_the_script_and_recovers() {
     assert_eq!(facts(&during), facts(&before));
     let queued: u64 = engine.redis().xlen(id.flush_key()).await.unwrap();
     assert_eq!(queued, 1, "only the first bid is queued for PostgreSQL");
-    // Memory freed: bidding resumes where it was.
-    let _: i64 = engine
-        .redis()
-        .del((0..keys).map(|k| format!("filler:{k}")).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    // Memory available again: bidding resumes where it was.
+    set_maxmemory(redis.port(), "0");
     let next = engine
         .place_bid_at(&id, &bidder("bo"), amount(50), Some(2_000))
         .await
