@@ -1,4 +1,4 @@
-//! Command-line flags and their environment variables (DESIGN.md §5), documented by
+//! Command-line flags and their environment variables (README § Configuration), documented by
 //! `--help`: where to listen, Redis and PostgreSQL, token verification, development
 //! auth, the origin allow-list and every per-connection limit.
 

@@ -1,4 +1,4 @@
-//! Gavel's bid-api: a stateless axum server for live auctions (DESIGN.md §4–§6).
+//! Gavel's bid-api: a stateless axum server for live auctions (README: WebSocket protocol, Configuration, Operations).
 //!
 //! - [`config`]: flags and environment variables.
 //! - [`protocol`]: the v1 WebSocket messages as serde types, no I/O.

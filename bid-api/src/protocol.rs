@@ -1,8 +1,8 @@
-//! The v1 WebSocket protocol (DESIGN.md §4) as plain serde types: every client and server
+//! The v1 WebSocket protocol (README § WebSocket protocol) as plain serde types: every client and server
 //! message, their exact JSON shapes, and the parsing of client frames into typed
 //! requests or typed errors. No I/O happens here.
 //!
-//! Decisions where DESIGN.md is silent (also in the README):
+//! Decisions the protocol makes (also in the README):
 //! - Times (`server_time`, `ends_at`) are Unix milliseconds; money is integer minor units.
 //! - `leader` and `winner` are display names (the token's `name`), never bidder ids.
 //! - `ref` is a string (≤ 128 bytes) or a non-negative integer, echoed back unchanged.

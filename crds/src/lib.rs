@@ -1,6 +1,6 @@
 //! The `Auction` custom resource of Gavel (group `gavel.dev`, version `v1alpha1`).
 //!
-//! - [`AuctionSpec`] is what a platform team writes (DESIGN.md §2); [`AuctionStatus`] is
+//! - [`AuctionSpec`] is what a platform team writes (README § The Auction resource); [`AuctionStatus`] is
 //!   what the operator reports. The doc comments become the OpenAPI descriptions that
 //!   `kubectl explain auction.spec` shows.
 //! - The cross-field rules (endsAt after startsAt, reserve ≥ starting price, tiers

@@ -1,6 +1,6 @@
 //! Gavel end-to-end: everything that talks to a running platform from the outside.
 //!
-//! - [`protocol`]: serde types of every WebSocket protocol v1 message (DESIGN.md §4).
+//! - [`protocol`]: serde types of every WebSocket protocol v1 message (README § WebSocket protocol).
 //! - [`client`]: a small typed WebSocket client ([`WsClient`]): connect with
 //!   `?bidder=` (development auth) or a Bearer token, subscribe (with `since`), bid with a
 //!   `ref`, wait for a message matching a predicate with a timeout.

@@ -96,7 +96,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PlatformError + '_ {
     }
 }
 
-/// An Auction's spec, as a scenario or the demo declares it (DESIGN.md §2).
+/// An Auction's spec, as a scenario or the demo declares it (README § The Auction resource).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuctionSpec {
     /// Title.

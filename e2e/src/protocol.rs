@@ -1,4 +1,4 @@
-//! The messages of Gavel's WebSocket protocol v1 (DESIGN.md §4), as serde types.
+//! The messages of Gavel's WebSocket protocol v1 (README § WebSocket protocol), as serde types.
 //!
 //! Frames are JSON text tagged by `type`, with snake_case fields. The server types are
 //! lenient where the contract leaves the encoding open: times are accepted as Unix

@@ -107,7 +107,7 @@ fn assert_closed_on_time(closed_at: i64, effective_end: i64) {
     );
 }
 
-/// DESIGN.md §3's worked example (flat step 2): the price ends at 192, not 124.
+/// The README's worked example of the bidding rules (flat step 2): the price ends at 192, not 124.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_example() {
     let id = open(

@@ -1,5 +1,5 @@
 -- Place one bid: validation, open-by-time check, per-bidder token bucket, proxy
--- resolution (DESIGN.md §3), seq increment, stream append and live PUBLISH, atomically.
+-- resolution (README § Bidding rules), seq increment, stream append and live PUBLISH, atomically.
 -- KEYS: state hash, ceilings hash, rate-limit hash, event stream, flush stream.
 -- ARGV: bidder id, display name, amount, max ('' when absent), channel, clock override,
 --       auction id, replay window (entries kept in the event stream).

@@ -1,7 +1,7 @@
 //! Gavel's bidding engine, shared by the operator and the bid-api.
 //!
 //! - [`settings`] and [`rules`]: the auction's settings and the proxy-bid rules as a pure
-//!   reference model (DESIGN.md §3), no I/O.
+//!   reference model (README § Bidding rules), no I/O.
 //! - [`client`]: the Redis Lua scripts that apply the same rules atomically, one
 //!   `EVALSHA` per bid, and their typed client [`Engine`].
 //! - [`event`]: the JSON events the scripts append to each auction's stream and publish.

@@ -1,4 +1,4 @@
-//! The proxy-bid rules of DESIGN.md §3 as a pure reference model.
+//! The proxy-bid rules of README § Bidding rules as a pure reference model.
 //!
 //! [`AuctionModel`] holds one auction's state as plain data and applies bids to it; it
 //! does no I/O and reads no clock (the caller passes `now`). The Redis script
@@ -306,7 +306,7 @@ impl AuctionModel {
         min_next(&self.settings, &self.state)
     }
 
-    /// Applies rules 1–8 of DESIGN.md §3 to one bid at time `now`.
+    /// Applies rules 1–8 of README § Bidding rules to one bid at time `now`.
     pub fn place_bid(
         &mut self,
         bidder: &str,

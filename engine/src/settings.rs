@@ -165,7 +165,7 @@ pub struct AuctionSettings {
 }
 
 impl AuctionSettings {
-    /// Checks every rule of DESIGN.md §2 that the API server may not have enforced.
+    /// Checks every rule of README § The Auction resource that the API server may not have enforced.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let invalid =
             |field: &'static str, message: String| Err(SettingsError::Invalid { field, message });

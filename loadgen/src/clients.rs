@@ -1,4 +1,4 @@
-//! The three kinds of connection, speaking WebSocket protocol v1 (DESIGN.md §4).
+//! The three kinds of connection, speaking WebSocket protocol v1 (README § WebSocket protocol).
 //!
 //! Each connection runs in its own task: it connects, subscribes, reports itself ready,
 //! waits for the common start, does its work until the deadline and returns its

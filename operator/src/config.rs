@@ -1,4 +1,4 @@
-//! Command-line flags, each with an environment-variable equivalent (DESIGN.md §5).
+//! Command-line flags, each with an environment-variable equivalent (README § Configuration).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

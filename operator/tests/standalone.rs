@@ -207,7 +207,7 @@ async fn real_bids_open_extend_and_close_on_time_exactly_once_with_two_operators
             .any(|c| c.type_ == "Open" && c.status == "True")
     );
 
-    // Real bids (DESIGN.md §3 proxy rules, flat step 100).
+    // Real bids (README § Bidding rules proxy rules, flat step 100).
     assert_eq!(
         bid(&engine, &id, "Ann", Some(10_000), None).await.price,
         10_000

@@ -1,7 +1,7 @@
 //! `gavel-demo`: the scripted bidders of `make demo`, against a platform started by
 //! `make up` (addresses from `.gavel/env`).
 //!
-//! 1. The seed example of DESIGN.md §3 (flat step 2): five bidders, proxy bids, the
+//! 1. The seed example of the README's bidding rules (flat step 2): five bidders, proxy bids, the
 //!    price ends at 192 with carol leading.
 //! 2. A soft-close fight: two bidders keep bidding in the last seconds, each bid moves
 //!    the end; the last one is a proxy bid the other cannot beat.
@@ -24,7 +24,7 @@ use gavel_e2e::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Runs Gavel's demo against the local platform of `make up`: the seed example of
-/// DESIGN.md §3, then a soft-close fight, with a live feed and the final results read
+/// README § Bidding rules, then a soft-close fight, with a live feed and the final results read
 /// back from PostgreSQL.
 #[derive(Parser)]
 #[command(version)]
@@ -238,7 +238,7 @@ async fn wait_closed(
 
 async fn seed_example(platform: &Platform, pace: Duration) -> Result<String> {
     header(
-        "1/2  The seed example of DESIGN.md §3: flat step 2, proxy bids \
+        "1/2  The seed example of the README's bidding rules: flat step 2, proxy bids \
          (amounts are cents: the design's 100 is USD 1.00)",
     );
     let name = unique_name("strat-1962");
@@ -300,7 +300,7 @@ async fn seed_example(platform: &Platform, pace: Duration) -> Result<String> {
     );
     say(
         "demo",
-        "carol leads at USD 1.92 (192): the runner-up's ceiling 190 plus one step, as DESIGN.md §3 says (not 124)",
+        "carol leads at USD 1.92 (192): the runner-up's ceiling 190 plus one step, as README § Bidding rules says (not 124)",
     );
     say("demo", "waiting for the close…");
     let (closed, _) = wait_closed(&mut seen, Duration::from_secs(60)).await?;
