@@ -58,10 +58,20 @@ echo "== hot: one auction, $BIDDERS bidders, as fast as possible"
 load --scenario hot --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provision \
   --auctions bench/hot --bidders "$BIDDERS" --duration "${SECONDS_PER_RUN}s"
 
+# The flushers' lag (acceptance in Redis to commit in PostgreSQL) during hot-half, from the
+# gavel_flush_lag_seconds histograms of every process that flushes (the bid-apis and the
+# operator): scraped before and after, the difference is the run's own distribution.
+METRICS_URLS="$GAVEL_HTTP_URLS,$GAVEL_OPERATOR_URL"
+scrape_flush_lag() { python3 scripts/flush-lag.py scrape "$METRICS_URLS" > "$OUT/$1"; }
+
 half=$(python3 -c "import json; r=json.load(open('$OUT/hot.json')); print(max(1, int((r['accepted'] + sum(r['rejected'].values())) / r['duration_s'] / 2)))")
 echo "== hot-half: the same at $half bids/s (half of what hot reached)"
+scrape_flush_lag flush-lag-before.json
 load --scenario hot-half --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provision \
   --auctions bench/hot-half --bidders "$BIDDERS" --rate "$half" --duration "${SECONDS_PER_RUN}s"
+sleep 2   # the last bids' commits
+scrape_flush_lag flush-lag-after.json
+python3 scripts/flush-lag.py diff "$OUT/flush-lag-before.json" "$OUT/flush-lag-after.json" > "$OUT/flush-lag.json"
 
 echo "== watchers: $WATCHERS watchers, ~100 price updates per second"
 load --scenario watchers --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provision \
@@ -88,13 +98,21 @@ def processed(r):
 for name in ["hot", "hot-half", "watchers"]:
     r = load(name + ".json")
     rows.append((name, r))
+lag = load("flush-lag.json")
 idle = [load(f) for f in sorted(os.listdir(out)) if f.startswith("idle-") and f.endswith(".json")]
 lines = ["# Gavel performance (make bench)", "",
          f"Machine: {os.cpu_count()} cores; Redis, bid-api processes and load generator share it.", "",
          f"- raw `redis-benchmark` EVALSHA of the place-bid script: {raw:,.0f}/s "
          f"(pipelined: {engine['raw_evalsha_pipelined_per_second']:,.0f}/s)",
          f"- engine client, {engine['callers']} callers: {engine['engine_bids_per_second']:,.0f} accepted bids/s "
-         f"({engine['ratio']*100:.0f}% of raw EVALSHA)", "",
+         f"({engine['ratio']*100:.0f}% of raw EVALSHA); CPU per bid: Redis {engine['redis_cpu_us_per_bid']:.1f} µs, "
+         f"client {engine['client_cpu_us_per_bid']:.1f} µs",
+         *[f"- engine client on Redis with AOF `appendfsync {a['appendfsync']}`: {a['engine_bids_per_second']:,.0f} accepted bids/s "
+           f"({a['engine_bids_per_second']/engine['engine_bids_per_second']*100:.0f}% of no persistence); "
+           f"CPU per bid: Redis {a['redis_cpu_us_per_bid']:.1f} µs, client {a['client_cpu_us_per_bid']:.1f} µs"
+           for a in engine.get("aof", [])],
+         f"- flush lag during hot-half (acceptance in Redis to commit in PostgreSQL, {lag['count']:,} events): "
+         f"p50 ≤ {lag['p50_le_ms']} ms, p99 ≤ {lag['p99_le_ms']} ms, p99.9 ≤ {lag['p999_le_ms']} ms", "",
          "| scenario | connections | bids processed/s | accepted/s | % of raw EVALSHA (processed) | bid→result p50 / p99 / p99.9 ms | bid→price p50 / p99 / p99.9 ms | lost / out of order |",
          "|---|---|---|---|---|---|---|---|"]
 for name, r in rows:

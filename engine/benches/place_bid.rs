@@ -6,6 +6,10 @@
 //! Then the engine client again on Redis with the append-only file, `appendfsync
 //! everysec` and `always` (what Gavel ships), to show what durability costs.
 //!
+//! Beside each rate it reports what the processes spent per accepted bid: Redis's CPU time
+//! (`INFO cpu`) and this client's (`/proc/self/stat`), which swing far less than wall-clock
+//! rates on a shared machine.
+//!
 //! Settings (environment): `GAVEL_BENCH_SECONDS` (5), `GAVEL_BENCH_CALLERS` (64),
 //! `GAVEL_BENCH_CONNECTIONS` (2), `GAVEL_BENCH_REDIS_URL` (a throw-away server when unset;
 //! must be `redis://host:port`). Results are also written to `target/bench/engine.json`.
@@ -44,7 +48,8 @@ fn main() {
 
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let id = AuctionId::new("bench", "hot").expect("valid id");
-    let (engine_rate, sha) = runtime.block_on(measure(&url, &id, seconds, callers, connections));
+    let base = runtime.block_on(measure(&url, &id, seconds, callers, connections));
+    let (engine_rate, sha) = (base.rate, base.sha.clone());
 
     // What persistence costs: the same measurement on Redis with the append-only file,
     // fsynced every second and before every reply (Gavel's shipped setting).
@@ -53,8 +58,8 @@ fn main() {
         let redis =
             TestRedis::start_with(&["--save", "", "--appendonly", "yes", "--appendfsync", fsync]);
         let id = AuctionId::new("bench", &format!("aof-{fsync}")).expect("valid id");
-        let (rate, _) = runtime.block_on(measure(&redis.url(), &id, seconds, callers, connections));
-        aof.push((fsync, rate));
+        let run = runtime.block_on(measure(&redis.url(), &id, seconds, callers, connections));
+        aof.push((fsync, run));
     }
 
     // The same script, the same accepted path, driven by redis-benchmark: one request
@@ -108,10 +113,17 @@ fn main() {
         "  ratio engine / raw pipelined EVALSHA:           {:>10.1} %",
         ratio_pipelined * 100.0
     );
-    for (fsync, rate) in &aof {
+    println!(
+        "  CPU per accepted bid, no persistence:           Redis {:.1} µs, client {:.1} µs",
+        base.redis_cpu_us, base.client_cpu_us
+    );
+    for (fsync, run) in &aof {
         println!(
-            "  engine client, AOF appendfsync {fsync:<9}        {rate:>10.0} bids/s ({:.0} % of no persistence)",
-            rate / engine_rate * 100.0
+            "  engine client, AOF appendfsync {fsync:<9}        {:>10.0} bids/s ({:.0} % of no persistence); CPU per bid: Redis {:.1} µs, client {:.1} µs",
+            run.rate,
+            run.rate / engine_rate * 100.0,
+            run.redis_cpu_us,
+            run.client_cpu_us
         );
     }
     let json = serde_json::json!({
@@ -123,9 +135,16 @@ fn main() {
         "callers": callers,
         "connections": connections,
         "seconds": seconds,
+        "redis_cpu_us_per_bid": base.redis_cpu_us,
+        "client_cpu_us_per_bid": base.client_cpu_us,
         "aof": aof
             .iter()
-            .map(|(fsync, rate)| serde_json::json!({ "appendfsync": fsync, "engine_bids_per_second": rate }))
+            .map(|(fsync, run)| serde_json::json!({
+                "appendfsync": fsync,
+                "engine_bids_per_second": run.rate,
+                "redis_cpu_us_per_bid": run.redis_cpu_us,
+                "client_cpu_us_per_bid": run.client_cpu_us,
+            }))
             .collect::<Vec<_>>(),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -134,15 +153,54 @@ fn main() {
     }
 }
 
-/// Accepted place-bid calls per second through the engine client, `callers` at a time for
-/// `seconds`, on auction `id` of the Redis at `url`; and the script's SHA1.
+/// One measured run of the engine client.
+struct Run {
+    /// Accepted bids per second.
+    rate: f64,
+    /// The place-bid script's SHA1, for `redis-benchmark`.
+    sha: String,
+    /// Redis's CPU time (user + system) per accepted bid, in microseconds.
+    redis_cpu_us: f64,
+    /// This process's CPU time per accepted bid, in microseconds.
+    client_cpu_us: f64,
+}
+
+/// CPU seconds (user + system) Redis at `url` has spent, from `INFO cpu`.
+fn redis_cpu_seconds(url: &str) -> f64 {
+    let output = Command::new("redis-cli")
+        .args(["-u", url, "INFO", "cpu"])
+        .output()
+        .expect("redis-cli not found: install the Debian package redis-tools");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with("used_cpu_sys:") || line.starts_with("used_cpu_user:"))
+        .filter_map(|line| line.split_once(':')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU seconds (user + system) this process has spent, from `/proc/self/stat`.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+/// Accepted place-bid calls through the engine client, `callers` at a time for `seconds`,
+/// on auction `id` of the Redis at `url`.
 async fn measure(
     url: &str,
     id: &AuctionId,
     seconds: u64,
     callers: usize,
     connections: usize,
-) -> (f64, String) {
+) -> Run {
     let id = id.clone();
     let engine = Engine::connect(url, connections).await.expect("connect");
     let now = std::time::SystemTime::now()
@@ -173,6 +231,7 @@ async fn measure(
     engine.load_scripts().await.expect("load scripts");
 
     let accepted = Arc::new(AtomicU64::new(0));
+    let (redis_cpu, own_cpu) = (redis_cpu_seconds(url), own_cpu_seconds());
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
@@ -193,6 +252,11 @@ async fn measure(
     for task in tasks {
         task.await.expect("bench task");
     }
-    let rate = accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    (rate, engine.place_bid_sha().to_owned())
+    let bids = accepted.load(Ordering::Relaxed).max(1) as f64;
+    Run {
+        rate: bids / started.elapsed().as_secs_f64(),
+        sha: engine.place_bid_sha().to_owned(),
+        redis_cpu_us: (redis_cpu_seconds(url) - redis_cpu) / bids * 1e6,
+        client_cpu_us: (own_cpu_seconds() - own_cpu) / bids * 1e6,
+    }
 }

@@ -113,7 +113,8 @@ impl FlushMetrics {
                     "Time from a bid's acceptance in Redis to its commit in PostgreSQL",
                 )
                 .buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0,
                 ]),
             )?,
         };
