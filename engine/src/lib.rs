@@ -10,6 +10,8 @@
 //!   PostgreSQL, exactly once per `(auction, seq)`, and detects conflicts with the record.
 //! - [`restore`]: rebuilds an auction's live state from PostgreSQL when Redis lost it.
 //! - [`redact`]: connection URLs with their password hidden, for logs and errors.
+//! - [`startup`]: waiting for a dependency with a capped backoff at start-up, instead of
+//!   exiting (the bid-api and the operator).
 //! - `testing` (feature `testing`): throw-away Redis and PostgreSQL servers for tests.
 
 pub mod client;
@@ -20,6 +22,7 @@ pub mod redact;
 pub mod restore;
 pub mod rules;
 pub mod settings;
+pub mod startup;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -21,6 +21,6 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod plan;
 pub mod standalone;
-pub mod startup;
+pub use gavel_engine::startup;
 pub mod status;
 pub mod telemetry;

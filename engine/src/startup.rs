@@ -1,10 +1,10 @@
-//! Start-up: wait for Redis, PostgreSQL and the Kubernetes API instead of exiting.
+//! Start-up: wait for dependencies (Redis, PostgreSQL, the Kubernetes API) instead of exiting.
 //!
-//! In a cluster the Redis Service name may not resolve yet, the datastores may still be
-//! starting and the API server may be briefly away; exiting then turns every install and
-//! every DNS hiccup into a CrashLoopBackOff. The operator serves `/healthz` at once and
-//! `/readyz` answers 503 with what it is waiting for until start-up is done; each dependency
-//! is retried with a capped exponential backoff, logging why.
+//! In a cluster a Service name may not resolve yet, the datastores may still be starting and
+//! the API server may be briefly away; exiting then turns every install and every DNS hiccup
+//! into a CrashLoopBackOff. The bid-api and the operator serve `/healthz` at once and
+//! `/readyz` answers 503 with what [`Startup::waiting_for`] says until start-up is done; each
+//! dependency is retried with a capped exponential backoff, logging why.
 
 use std::fmt::Display;
 use std::future::Future;
