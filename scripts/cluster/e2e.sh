@@ -19,7 +19,8 @@
 #     Ctrl-C), stopping only what this run started.
 #
 # Knobs: KEEP_CLUSTER=1 (leave it up; cluster.sh down later), SKIP_BUILD=1 (release binaries
-# already built), E2E_TEST_ARGS (extra `cargo test` arguments for the scenarios), SUITE_ONLY=1
+# already built), GAVEL_CLUSTER_PROFILE=debug (images from the debug binaries `make test` has
+# just built instead of a release build: what CI does, to stay within its time), E2E_TEST_ARGS (extra `cargo test` arguments for the scenarios), SUITE_ONLY=1
 # (run the suite again on a kept cluster with the chart installed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -67,7 +68,11 @@ log "Kubernetes $KUBE_VERSION binaries"
 scripts/cluster/deps.sh
 scripts/tools.sh
 scripts/cluster/kube-build.sh >/dev/null
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+if [[ ${GAVEL_CLUSTER_PROFILE:-release} == debug ]]; then
+  log "debug binaries"
+  cargo build --locked -p gavel-bid-api -p gavel-operator
+  export GAVEL_RELEASE_DIR=target/debug
+elif [[ ${SKIP_BUILD:-0} != 1 ]]; then
   log "release binaries"
   cargo build --release --locked -p gavel-bid-api -p gavel-operator
 fi
