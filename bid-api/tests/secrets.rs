@@ -3,48 +3,38 @@
 //! `--help` nor in the logs of a process that cannot reach its servers (it waits for
 //! them, saying why).
 
-use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gavel_engine::testing::{free_port, output_within};
 
 const REDIS_PASSWORD: &str = "RedisPw-7f3a9c";
 const PG_PASSWORD: &str = "PgPw-2b8e41";
 const JWT_SECRET: &str = "JwtSecret-5d1c7e";
 
+/// The output of the bid-api run with `args` and secrets in its environment, pointed at
+/// servers that are not there: `--help` exits at once; otherwise it waits for them, logging
+/// why (with the URLs), until it is stopped after 4 s.
 fn run(args: &[&str]) -> String {
-    let port = gavel_engine::testing::free_port();
-    let dir = gavel_engine::testing::temp_dir("secrets");
-    let path = dir.join("output.log");
-    let log = std::fs::File::create(&path).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gavel-bid-api"))
-        .args(args)
-        .env(
+    let port = free_port();
+    let envs = [
+        (
             "GAVEL_REDIS_URL",
             format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"),
-        )
-        .env(
+        ),
+        (
             "GAVEL_DATABASE_URL",
             format!("postgres://gavel:{PG_PASSWORD}@127.0.0.1:{port}/gavel"),
-        )
-        .env("GAVEL_JWT_SECRET", JWT_SECRET)
-        .env("GAVEL_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("run gavel-bid-api");
-    // `--help` exits at once; without its servers the process waits for them, logging
-    // why (with the URLs), until it is stopped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
-    while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    let out = std::fs::read_to_string(&path).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(dir);
-    out
+        ),
+        ("GAVEL_JWT_SECRET", JWT_SECRET.to_owned()),
+        ("GAVEL_LISTEN", "127.0.0.1:0".to_owned()),
+        ("RUST_LOG", "debug".to_owned()),
+    ];
+    output_within(
+        env!("CARGO_BIN_EXE_gavel-bid-api"),
+        args,
+        &envs,
+        Duration::from_secs(4),
+    )
 }
 
 #[test]

@@ -62,6 +62,39 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
     panic!("{what} did not listen on port {port} within 30s");
 }
 
+/// Runs `program` with `args` and `envs` for at most `limit` (then SIGTERM), and returns
+/// everything it wrote to stdout and stderr: for tests of what a binary prints, such as
+/// `--help`, or the logs of a process that waits for servers that are not there.
+pub fn output_within(
+    program: &str,
+    args: &[&str],
+    envs: &[(&str, String)],
+    limit: Duration,
+) -> String {
+    let dir = temp_dir("output");
+    let path = dir.join("output.log");
+    let log = std::fs::File::create(&path).expect("cannot create a log file");
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("cannot clone a log file"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let out = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(dir);
+    out
+}
+
 /// Starts a detached shell that waits until this process is gone, then runs `commands`:
 /// clean-up that must happen even when the process dies without running its destructors.
 pub fn run_after_exit(commands: &str) {
