@@ -139,6 +139,8 @@ impl Fanout {
             })
             .with_connection_config(|conn| {
                 conn.connection_timeout = Duration::from_secs(5);
+                // Small requests and replies: never wait for Nagle's algorithm.
+                conn.tcp.nodelay = Some(true);
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build_subscriber_client()?;

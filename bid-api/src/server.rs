@@ -289,6 +289,9 @@ async fn serve(
                 }
             },
         };
+        // Small frames both ways: never wait for Nagle's algorithm (a 40 ms stall against
+        // the peer's delayed ACK).
+        let _ = stream.set_nodelay(true);
         let admitted = match limits.admit_connection(peer) {
             Ok(admitted) => Arc::new(admitted),
             Err(refusal) => {

@@ -250,6 +250,8 @@ impl Engine {
             })
             .with_connection_config(|conn| {
                 conn.connection_timeout = Duration::from_secs(5);
+                // Small requests and replies: never wait for Nagle's algorithm.
+                conn.tcp.nodelay = Some(true);
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build_pool(connections.max(1))?;
@@ -289,6 +291,8 @@ impl Engine {
             })
             .with_connection_config(|conn| {
                 conn.connection_timeout = Duration::from_secs(5);
+                // Small requests and replies: never wait for Nagle's algorithm.
+                conn.tcp.nodelay = Some(true);
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()?;

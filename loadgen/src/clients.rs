@@ -82,7 +82,8 @@ pub async fn connect(
         }
         None => url.to_owned(),
     };
-    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    // Nagle's algorithm off: bids are small frames that must leave at once.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
     Ok(ws)
 }
 
