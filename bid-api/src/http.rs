@@ -109,6 +109,14 @@ async fn snapshot(
     }
 }
 
+/// Whether Redis holds the auction, or PostgreSQL knows it (or cannot say).
+async fn exists(state: &AppState, id: &AuctionId) -> bool {
+    match state.engine.snapshot(id, None).await {
+        Ok(_) => true,
+        Err(_) => !matches!(state.missing(id).await, Missing::Unknown),
+    }
+}
+
 async fn bids(
     State(state): State<Arc<AppState>>,
     Path((ns, name)): Path<(String, String)>,
@@ -141,6 +149,13 @@ async fn bids(
         }
     };
     match state.store.bids(&id, after, limit).await {
+        // No bids at all: an auction that exists has none yet; one that does not is a 404,
+        // as for its snapshot.
+        Ok(bids) if bids.is_empty() && after == 0 && !exists(&state, &id).await => error(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_AUCTION",
+            format!("no auction {id}"),
+        ),
         Ok(bids) => json_ok(json!({ "auction": id.to_string(), "bids": bids }).to_string()),
         Err(e) => {
             warn!(auction = %id, error = %e, "bid history failed");

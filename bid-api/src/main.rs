@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use gavel_bid_api::config::{Config, LogFormat};
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -14,7 +15,12 @@ async fn main() -> anyhow::Result<()> {
             .json()
             .with_env_filter(filter)
             .init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(gavel_engine::startup::log_colours(
+                std::io::stdout().is_terminal(),
+            ))
+            .with_env_filter(filter)
+            .init(),
     }
     let listener = gavel_bid_api::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;

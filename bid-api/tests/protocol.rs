@@ -529,6 +529,7 @@ async fn rest_health_readiness_and_metrics() {
 
     for (bad, status) in [
         (format!("/v1/auctions/{}/missing", id.namespace()), 404),
+        (format!("/v1/auctions/{}/missing/bids", id.namespace()), 404),
         ("/v1/auctions/Bad/x".to_owned(), 400),
         (format!("{path}/bids?limit=0"), 400),
         (format!("{path}/bids?after=-1"), 400),

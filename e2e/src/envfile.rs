@@ -27,12 +27,13 @@ pub fn parse(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Renders variables as `KEY='value'` lines.
+/// Renders variables as `export KEY='value'` lines, so that `source .gavel/env` hands them
+/// to the programs started afterwards.
 pub fn render(vars: &[(&str, String)]) -> String {
     let mut out =
         String::from("# Written by `gavel-local up` (make up); removed by `make down`.\n");
     for (k, v) in vars {
-        out.push_str(&format!("{k}='{}'\n", v.replace('\'', "'\\''")));
+        out.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
     }
     out
 }

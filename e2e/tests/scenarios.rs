@@ -880,6 +880,25 @@ async fn local_up_demo_down() {
     }
     assert_eq!(down_code, Some(0), "gavel-local down: {down_out}");
     assert!(!dir.join("env").exists(), "down leaves no env file");
+    // Log files are plain text (no colour codes) and hold no secret.
+    let secret = &env["GAVEL_JWT_SECRET"];
+    let logs = std::fs::read_dir(dir.join("logs"))
+        .expect("gavel-local keeps its processes' logs")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .chain([dir.join("local.log")]);
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!text.contains('\x1b'), "colour codes in {}", log.display());
+        assert!(
+            !text.contains(secret.as_str()),
+            "the secret in {}",
+            log.display()
+        );
+    }
+    assert!(
+        !out.contains(secret.as_str()),
+        "`gavel-local up` printed the secret:\n{out}"
+    );
     let (code, _) = run_bin(local, &["--dir", &dir_s, "status"]).await;
     assert_eq!(code, Some(1), "status after down");
     let url = env["GAVEL_HTTP_URLS"]

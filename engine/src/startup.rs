@@ -14,6 +14,13 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+/// Whether log lines written to a stream may carry colour codes: only on a terminal, and
+/// never when `NO_COLOR` is set to something (<https://no-color.org>). Log files and
+/// container logs stay plain text.
+pub fn log_colours(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// First wait between two attempts.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between two attempts.

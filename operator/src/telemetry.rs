@@ -1,5 +1,7 @@
 //! Logging through `tracing`: JSON lines by default, filtered by `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -9,7 +11,10 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(gavel_engine::startup::log_colours(
+            std::io::stderr().is_terminal(),
+        ));
     match format {
         LogFormat::Json => builder
             .json()

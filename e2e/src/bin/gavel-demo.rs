@@ -539,6 +539,9 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(gavel_engine::startup::log_colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ))
         .init();
     let cli = Cli::parse();
     let result = tokio::runtime::Runtime::new()

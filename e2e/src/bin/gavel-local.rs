@@ -93,10 +93,19 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// A variable as it may be shown on a terminal or in a log: secrets stay in the env file.
+fn shown(key: &str, value: &str) -> String {
+    if key.contains("SECRET") {
+        format!("{key}=(hidden; in the env file)")
+    } else {
+        format!("{key}={value}")
+    }
+}
+
 fn print_env(dir: &Path) {
     let vars = envfile::read(&env_file(dir));
     for (k, v) in &vars {
-        println!("  {k}={v}");
+        println!("  {}", shown(k, v));
     }
 }
 
@@ -208,7 +217,12 @@ async fn run(dir: &Path, bid_apis: usize) -> Result<()> {
     let tmp = dir.join(".env.tmp");
     std::fs::write(&tmp, envfile::render(&platform.env_vars()))?;
     std::fs::rename(&tmp, env_file(dir))?;
-    tracing::info!("platform ready: {:?}", platform.env_vars());
+    let vars: Vec<String> = platform
+        .env_vars()
+        .iter()
+        .map(|(k, v)| shown(k, v))
+        .collect();
+    tracing::info!("platform ready: {}", vars.join(" "));
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -237,6 +251,9 @@ fn run_cli() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(gavel_engine::startup::log_colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ))
         .init();
     let cli = Cli::parse();
     let dir = if cli.dir.is_absolute() {
