@@ -66,6 +66,16 @@ pub enum ClientError {
         /// How long.
         timeout: Duration,
     },
+    /// The server answered with an `error` instead of what was asked for.
+    #[error("{label}: the server refused: {code} {message}")]
+    Refused {
+        /// The connection's label.
+        label: String,
+        /// The error code.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
     /// The server closed the connection (or it broke).
     #[error("{label}: connection closed ({reason})")]
     Closed {
@@ -174,9 +184,29 @@ impl WsClient {
         }
         let (stream, _) = tokio_tungstenite::connect_async(request)
             .await
-            .map_err(|e| ClientError::WebSocket {
-                url: url.to_owned(),
-                source: Box::new(e),
+            .map_err(|e| match e {
+                // The server refused the upgrade (401, 403, 429, 503…): its reason is in
+                // the body, `{"code":…,"message":…}` or plain text.
+                tokio_tungstenite::tungstenite::Error::Http(response) => {
+                    let body = response
+                        .body()
+                        .as_deref()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default();
+                    let message = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+                        .unwrap_or_else(|| body.trim().to_owned());
+                    ClientError::Refused {
+                        label: label.clone(),
+                        code: format!("HTTP {}", response.status().as_u16()),
+                        message,
+                    }
+                }
+                e => ClientError::WebSocket {
+                    url: url.to_owned(),
+                    source: Box::new(e),
+                },
             })?;
         let (sink, mut source) = stream.split();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -309,11 +339,19 @@ impl WsClient {
             since: None,
         })
         .await?;
-        self.wait_for(&format!("snapshot of {auction}"), timeout, |m| match m {
-            ServerMessage::Snapshot(s) if s.auction == auction => Some(s.clone()),
-            _ => None,
+        let reply = self
+            .wait_for(&format!("snapshot of {auction}"), timeout, |m| match m {
+                ServerMessage::Snapshot(s) if s.auction == auction => Some(Ok(s.clone())),
+                // The answer to this subscribe: an unknown auction, a bad name, no capacity.
+                ServerMessage::Error(e) if e.reference.is_empty() => Some(Err(e.clone())),
+                _ => None,
+            })
+            .await?;
+        reply.map_err(|e| ClientError::Refused {
+            label: self.label.clone(),
+            code: e.code.to_string(),
+            message: e.message,
         })
-        .await
     }
 
     /// Subscribes with `since`: the server replays every event after it. Does not wait.

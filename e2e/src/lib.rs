@@ -18,6 +18,17 @@
 #![warn(missing_docs)]
 
 pub mod client;
+
+/// Lets a closed pipe end the process quietly, as it does other Unix tools
+/// (`gavel-local status | head -1`): Rust starts programs with SIGPIPE ignored, which turns
+/// the next write to stdout into a "Broken pipe" panic. Call first thing in `main`.
+pub fn exit_quietly_on_closed_pipe() {
+    // SAFETY: sets the default disposition of one signal, at start-up, before any thread
+    // exists; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
 pub mod envfile;
 pub mod feed;
 pub mod http;

@@ -76,6 +76,8 @@ pub enum Code {
     RateLimited,
     /// Bidding needs an authenticated bidder.
     Unauthenticated,
+    /// The bidder's token lacks the scope or role bidding requires.
+    Forbidden,
     /// A malformed message.
     InvalidMessage,
     /// Zero, negative, overflowing or non-integer amount, or `max < amount`.
@@ -99,6 +101,7 @@ impl Code {
             Code::UnknownAuction => "UNKNOWN_AUCTION",
             Code::RateLimited => "RATE_LIMITED",
             Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::Forbidden => "FORBIDDEN",
             Code::InvalidMessage => "INVALID_MESSAGE",
             Code::InvalidAmount => "INVALID_AMOUNT",
             Code::TooLarge => "TOO_LARGE",

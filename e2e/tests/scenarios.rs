@@ -769,7 +769,29 @@ async fn cli_bids_and_watches() {
         "{out}"
     );
     let (code, out) = run_bin(gavel, &["bid", &id, "--amount", "1000", "--url", &url]).await;
-    assert_eq!(code, Some(1), "bidding without an identity: {out}");
+    assert_eq!(code, Some(4), "bidding without an identity: {out}");
+    // An unknown auction ends the command at once with the server's code (not a timeout),
+    // for a bid and for a watch; an unreachable server and a bad command line have their
+    // own statuses too.
+    let missing = format!("{}/no-such-auction", id.split('/').next().unwrap_or("e2e"));
+    for args in [
+        vec![
+            "bid", &missing, "--amount", "100", "--bidder", "x", "--url", &url,
+        ],
+        vec!["watch", &missing, "--url", &url],
+    ] {
+        let (code, out) = run_bin(gavel, &args).await;
+        assert_eq!(code, Some(3), "{args:?}: {out}");
+        assert!(out.contains("UNKNOWN_AUCTION"), "{args:?}: {out}");
+    }
+    let closed_port = format!(
+        "ws://127.0.0.1:{}/v1/ws",
+        gavel_engine::testing::free_port()
+    );
+    let (code, out) = run_bin(gavel, &["watch", &id, "--url", &closed_port]).await;
+    assert_eq!(code, Some(5), "unreachable server: {out}");
+    let (code, out) = run_bin(gavel, &["bid", &id, "--amount", "ten", "--url", &url]).await;
+    assert_eq!(code, Some(64), "bad command line: {out}");
     if let Some(secret) = platform().jwt_secret.clone() {
         // A token from a file, then from GAVEL_TOKEN: both are too low, which proves the
         // bid was taken as the token's bidder (no identity exits 1 before bidding).
@@ -847,6 +869,16 @@ async fn local_up_demo_down() {
     assert_eq!(env["GAVEL_WS_URLS"].split(',').count(), 2);
     let (code, status) = run_bin(local, &["--dir", &dir_s, "status"]).await;
     assert_eq!(code, Some(0), "{status}");
+    // A reader that has gone (`| head -1`) ends it quietly, without a panic.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let piped = std::process::Command::new(local)
+        .args(["--dir", &dir_s, "status"])
+        .stdout(writer)
+        .output()
+        .expect("run gavel-local status");
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("panicked"), "closed pipe: {stderr}");
 
     let env_file = dir.join("env").display().to_string();
     let (demo_code, demo_out) = run_bin(demo, &["--env-file", &env_file, "--pace-ms", "100"]).await;

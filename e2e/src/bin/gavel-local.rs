@@ -236,6 +236,7 @@ async fn run(dir: &Path, bid_apis: usize) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    gavel_e2e::exit_quietly_on_closed_pipe();
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -7,7 +7,55 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use gavel_e2e::protocol::ClientMessage;
-use gavel_e2e::{Auth, BidReply, ServerMessage, WsClient, envfile, feed};
+use gavel_e2e::{Auth, BidReply, ClientError, ServerMessage, WsClient, envfile, feed};
+
+/// The exit statuses `gavel --help` documents.
+mod status {
+    /// A bid refused by the rules (too low, closed, not open, rate limited…).
+    pub const REFUSED: u8 = 2;
+    /// No such auction.
+    pub const UNKNOWN_AUCTION: u8 = 3;
+    /// No identity, a token refused, or a scope missing.
+    pub const UNAUTHORISED: u8 = 4;
+    /// The server cannot be reached, or answers that it cannot decide now.
+    pub const UNAVAILABLE: u8 = 5;
+    /// A command line clap refuses.
+    pub const USAGE: u8 = 64;
+}
+
+/// Bidding was asked for without any identity.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "bidding needs a token (--token-file PATH, GAVEL_TOKEN) or, on a development server, --bidder NAME"
+)]
+struct NoIdentity;
+
+/// The exit status for a protocol code.
+fn status_for_code(code: &str) -> Option<u8> {
+    match code {
+        "UNKNOWN_AUCTION" => Some(status::UNKNOWN_AUCTION),
+        "UNAUTHENTICATED" | "FORBIDDEN" | "HTTP 401" | "HTTP 403" => Some(status::UNAUTHORISED),
+        "UNAVAILABLE" | "HTTP 429" | "HTTP 503" => Some(status::UNAVAILABLE),
+        _ => None,
+    }
+}
+
+/// The exit status for an error that ended a command.
+fn status_for_error(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<NoIdentity>().is_some() {
+            return status::UNAUTHORISED;
+        }
+        match cause.downcast_ref::<ClientError>() {
+            Some(ClientError::Refused { code, .. }) => return status_for_code(code).unwrap_or(1),
+            Some(ClientError::WebSocket { .. } | ClientError::Closed { .. }) => {
+                return status::UNAVAILABLE;
+            }
+            _ => {}
+        }
+    }
+    1
+}
 
 /// Watch and bid on Gavel auctions from a terminal.
 ///
@@ -21,6 +69,10 @@ use gavel_e2e::{Auth, BidReply, ServerMessage, WsClient, envfile, feed};
 ///   gavel bid demo/strat-1962 --amount 105 --bidder bob
 ///   gavel bid demo/strat-1962 --max 200 --bidder carol
 ///   gavel bid shop/lot-7 --amount 12550 --token-file ~/.config/gavel/token
+///
+/// Exit status: 0 done (bid accepted, auction closed), 1 any other error, 2 bid refused
+/// (too low, closed, not open, rate limited…), 3 no such auction, 4 not authorised (no or
+/// bad token, missing scope), 5 server unreachable or unavailable, 64 bad command line.
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -87,7 +139,7 @@ enum Cmd {
         conn: Conn,
     },
     /// Place a bid (`--amount`), a proxy bid (`--max`: Gavel bids for you up to it), or
-    /// both; prints the reply. Exit status 2 when the bid is refused.
+    /// both; prints the reply. Exit status 2 when the bid is refused (see `gavel --help`).
     Bid {
         /// `<namespace>/<name>`.
         auction: String,
@@ -160,7 +212,14 @@ async fn follow_feed(
         let done = match &msg {
             ServerMessage::Closed(c) => c.auction == auction,
             ServerMessage::Snapshot(s) => s.auction == auction && s.is_final(),
-            ServerMessage::Error(e) => bail!("the server refused: {} {}", e.code, e.message),
+            ServerMessage::Error(e) => {
+                return Err(ClientError::Refused {
+                    label: "watch".into(),
+                    code: e.code.to_string(),
+                    message: e.message.clone(),
+                }
+                .into());
+            }
             _ => false,
         };
         if done && !follow {
@@ -187,11 +246,9 @@ async fn bid(
     max: Option<i64>,
     then_watch: bool,
     conn: Conn,
-) -> Result<bool> {
+) -> Result<ExitCode> {
     if conn.bidder.is_none() && conn.token()?.is_none() {
-        bail!(
-            "bidding needs a token (--token-file PATH, GAVEL_TOKEN) or, on a development server, --bidder NAME"
-        );
+        return Err(NoIdentity.into());
     }
     let mut client = connect(&conn).await?;
     let snapshot = client
@@ -212,12 +269,16 @@ async fn bid(
         now_clock(),
         feed::describe_reply(&reply, &currency)
     );
-    let accepted = matches!(reply, BidReply::Accepted(_));
-    if then_watch {
+    let status = match &reply {
+        BidReply::Accepted(_) => 0,
+        BidReply::Rejected(r) => status_for_code(r.code.as_str()).unwrap_or(status::REFUSED),
+        BidReply::Error(e) => status_for_code(e.code.as_str()).unwrap_or(1),
+    };
+    if then_watch && status == 0 {
         follow_feed(&mut client, &auction, currency, false).await?;
     }
     client.close().await;
-    Ok(accepted)
+    Ok(ExitCode::from(status))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -237,19 +298,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max,
             watch,
             conn,
-        } => rt
-            .block_on(bid(auction, amount, max, watch, conn))
-            .map(|accepted| {
-                if accepted {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(2)
-                }
-            }),
+        } => rt.block_on(bid(auction, amount, max, watch, conn)),
     }
 }
 
 fn main() -> ExitCode {
+    gavel_e2e::exit_quietly_on_closed_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -259,11 +313,22 @@ fn main() -> ExitCode {
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ))
         .init();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(status::USAGE)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gavel: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(status_for_error(&e))
         }
     }
 }
