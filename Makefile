@@ -28,7 +28,7 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 test-rust: test-deps ## Unit, integration and local end-to-end tests (real Redis and PostgreSQL)
-	$(CARGO) test --workspace --all-features --locked --no-fail-fast
+	GAVEL_E2E_BINARIES_BUILT=1 $(CARGO) test --workspace --all-features --locked --no-fail-fast
 
 build: ## Debug build of every binary
 	$(CARGO) build --workspace --locked

@@ -719,10 +719,28 @@ pub fn binary_dir() -> Result<PathBuf, PlatformError> {
 /// Builds the bid-api and operator binaries with cargo (`$CARGO`, else `cargo`), once per
 /// process. Test binaries cannot depend on other crates' binaries, so the harness builds
 /// them; cargo is fast when they are up to date.
+///
+/// `GAVEL_E2E_BINARIES_BUILT=1` skips the build: `make test` sets it, because its
+/// `cargo test --workspace` has just built both binaries (for their own crates' tests) with
+/// the test run's features, and a plain `cargo build` would rebuild most dependencies with
+/// other features (minutes on a fresh machine).
 pub fn build_platform_binaries() -> Result<(), PlatformError> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if env("GAVEL_E2E_BINARIES_BUILT").is_some_and(|v| v == "1") {
+                let dir = binary_dir().map_err(|e| e.to_string())?;
+                return match [BID_API_BIN, OPERATOR_BIN]
+                    .iter()
+                    .find(|bin| !dir.join(bin).is_file())
+                {
+                    None => Ok(()),
+                    Some(bin) => Err(format!(
+                        "GAVEL_E2E_BINARIES_BUILT=1 but {} is missing",
+                        dir.join(bin).display()
+                    )),
+                };
+            }
             let cargo = env("CARGO").unwrap_or_else(|| "cargo".into());
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .parent()

@@ -69,8 +69,10 @@ scripts/cluster/deps.sh
 scripts/tools.sh
 scripts/cluster/kube-build.sh >/dev/null
 if [[ ${GAVEL_CLUSTER_PROFILE:-release} == debug ]]; then
+  # The debug binaries as `make test` builds them (same command, same features: nothing to
+  # do right after it; a plain `cargo build` would rebuild most dependencies).
   log "debug binaries"
-  cargo build --locked -p gavel-bid-api -p gavel-operator
+  cargo test --workspace --all-features --locked --no-run
   export GAVEL_RELEASE_DIR=target/debug
 elif [[ ${SKIP_BUILD:-0} != 1 ]]; then
   log "release binaries"
@@ -157,6 +159,7 @@ python3 scripts/ws-bid.py "${ws_urls[0]}" "$AUC/smoke" alice 2000
 python3 scripts/ws-bid.py "${ws_urls[1]}" "$AUC/smoke" bob 2500
 
 log "e2e scenarios (pods ${api_ips[*]}, kubectl backend)"
+# --workspace --all-features: the features `make test` builds with, so nothing is rebuilt.
 # shellcheck disable=SC2086 # E2E_TEST_ARGS is a list of arguments
 GAVEL_E2E_WS_URLS=$(join "${ws_urls[@]}") \
 GAVEL_E2E_HTTP_URLS=$(join "${http_urls[@]}") \
@@ -164,7 +167,7 @@ GAVEL_E2E_KUBECTL=$(command -v kubectl) \
 GAVEL_E2E_NAMESPACE=$AUC \
 GAVEL_E2E_DATABASE_URL="postgres://gavel:gavel-dev-only@$pg_ip:5432/gavel" \
 GAVEL_E2E_JWT_SECRET=gavel-dev-only-insecure-jwt-secret \
-  cargo test -p gavel-e2e --locked --test scenarios ${E2E_TEST_ARGS:-} -- --include-ignored
+  cargo test --workspace --all-features --locked --test scenarios ${E2E_TEST_ARGS:-} -- --include-ignored
 
 log "smoke result through kubectl get auc"
 kubectl -n "$AUC" wait auction/smoke --for=jsonpath='{.status.phase}'=Closed --timeout=120s
