@@ -213,6 +213,7 @@ async function listView() {
 const REFUSALS = {
   BID_TOO_LOW: (m, cur) => m.min_next != null
     ? `Too low: the minimum next bid is ${money(m.min_next, cur)}.` : "Too low for the current price.",
+  ALREADY_LEADING: () => "You are already leading: only a maximum above your current one changes anything.",
   RATE_LIMITED: (m) => m.retry_after_ms != null
     ? `Too many bids: wait ${Math.max(1, Math.ceil(m.retry_after_ms / 1000))} s and try again.`
     : "Too many bids: wait a moment and try again.",
