@@ -288,9 +288,9 @@ impl Fanout {
         self.inner.metrics.fanout_events.inc();
         let lag_from = match &event {
             AuctionEvent::Bid(b) => Some(b.at),
-            AuctionEvent::CeilingRaised(_) | AuctionEvent::Closed(_) | AuctionEvent::Restored(_) => {
-                None
-            }
+            AuctionEvent::CeilingRaised(_)
+            | AuctionEvent::Closed(_)
+            | AuctionEvent::Restored(_) => None,
         };
         let messages = event_messages(&auction, &event);
         let shared = Arc::new(FanoutEvent {

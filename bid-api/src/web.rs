@@ -80,9 +80,10 @@ impl<'a> PageSignIn<'a> {
 pub fn content_security_policy(config: &Config) -> HeaderValue {
     let origin = PageSignIn::from_config(config).and_then(|p| p.origin());
     match origin {
-        Some(origin) => HeaderValue::from_str(
-            &CSP.replace("connect-src 'self'", &format!("connect-src 'self' {origin}")),
-        )
+        Some(origin) => HeaderValue::from_str(&CSP.replace(
+            "connect-src 'self'",
+            &format!("connect-src 'self' {origin}"),
+        ))
         .unwrap_or(HeaderValue::from_static(CSP)),
         None => HeaderValue::from_static(CSP),
     }
@@ -129,11 +130,7 @@ fn with_headers(state: &AppState, mut response: Response) -> Response {
     response
 }
 
-async fn asset(
-    state: Arc<AppState>,
-    body: &'static str,
-    content_type: &'static str,
-) -> Response {
+async fn asset(state: Arc<AppState>, body: &'static str, content_type: &'static str) -> Response {
     with_headers(
         &state,
         (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response(),

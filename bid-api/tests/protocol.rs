@@ -101,7 +101,10 @@ async fn every_message_type_has_its_exact_shape() {
     );
     // watchers learnt nothing of the raise: the next event they get is alice's bid
     let next = watcher.next().await;
-    assert_eq!((next["seq"].clone(), next["price"].clone()), (json!(3), json!(130)));
+    assert_eq!(
+        (next["seq"].clone(), next["price"].clone()),
+        (json!(3), json!(130))
+    );
 
     // your_max only to its owner
     let snap = bob.subscribe(&id, None).await.pop().unwrap();
@@ -624,7 +627,9 @@ async fn origins_heartbeat_and_graceful_shutdown() {
     for i in 0..5 {
         let bidder = if i % 2 == 0 { &mut c } else { &mut h };
         assert_eq!(
-            bidder.bid(&id, Some(100 + 10 * i), None, &i.to_string()).await["outcome"],
+            bidder
+                .bid(&id, Some(100 + 10 * i), None, &i.to_string())
+                .await["outcome"],
             "leading"
         );
     }

@@ -819,9 +819,12 @@ async fn signs_in_with_the_identity_provider(p: &Platform, page: &Browser) -> Re
     page.click("oidc-sign-in").await?;
     // The provider's own login page, then its consent page.
     let issuer = provider.issuer();
-    page.wait_js("return location.origin", "the provider's login page", T, |v| {
-        v.as_str() == Some(issuer.as_str())
-    })
+    page.wait_js(
+        "return location.origin",
+        "the provider's login page",
+        T,
+        |v| v.as_str() == Some(issuer.as_str()),
+    )
     .await?;
     let field = |name: &str| format!("input[name=\"{name}\"]");
     for (input, text) in [("login", "zoe"), ("password", "any")] {

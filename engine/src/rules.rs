@@ -666,7 +666,10 @@ mod tests {
         }
         // An `amount` above the ceiling is taken as the new ceiling.
         let r = bid(&mut m, "a", amount(600)).unwrap();
-        assert_eq!((r.outcome, r.max, r.price), (Outcome::CeilingRaised, 600, 1));
+        assert_eq!(
+            (r.outcome, r.max, r.price),
+            (Outcome::CeilingRaised, 600, 1)
+        );
         assert_eq!(m.state().leader.as_ref().unwrap().ceiling, 600);
     }
 
@@ -721,11 +724,20 @@ mod tests {
         let mut m = AuctionModel::new(s);
         m.place_bid("a", "A", max(500), 50_000).unwrap();
         let r = m.place_bid("a", "A", max(800), 95_000).unwrap();
-        assert_eq!((r.outcome, r.seq, r.extended), (Outcome::CeilingRaised, 1, false));
+        assert_eq!(
+            (r.outcome, r.seq, r.extended),
+            (Outcome::CeilingRaised, 1, false)
+        );
         let r = m.place_bid("a", "A", max(1_500), 95_000).unwrap();
         assert_eq!(
             (
-                r.outcome, r.seq, r.bid_count, r.amount, r.price, r.reserve_met, r.extended,
+                r.outcome,
+                r.seq,
+                r.bid_count,
+                r.amount,
+                r.price,
+                r.reserve_met,
+                r.extended,
                 r.ends_at
             ),
             (Outcome::Leading, 2, 2, 1_000, 1_000, true, true, 125_000)
@@ -733,7 +745,10 @@ mod tests {
         assert_eq!(r.displaced, None);
         // Above the reserve, raises are private again.
         let r = m.place_bid("a", "A", max(2_000), 96_000).unwrap();
-        assert_eq!((r.outcome, r.seq, r.price), (Outcome::CeilingRaised, 2, 1_000));
+        assert_eq!(
+            (r.outcome, r.seq, r.price),
+            (Outcome::CeilingRaised, 2, 1_000)
+        );
     }
 
     #[test]

@@ -229,10 +229,11 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let inserted: HashSet<(String, i64)> = inserted.into_iter().collect();
-        let raised = if raises.is_empty() {
-            0
-        } else {
-            sqlx::query(
+        let raised =
+            if raises.is_empty() {
+                0
+            } else {
+                sqlx::query(
                 "INSERT INTO ceiling_raises (auction_id, epoch, after_seq, max_amount, bidder_id,
                      raised_at, event)
                  SELECT a, e, s, m, b, to_timestamp(at / 1000.0), j::jsonb
@@ -270,7 +271,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected() as usize
-        };
+            };
         let mut fresh = Vec::new();
         let mut replayed = Vec::new();
         for (k, (index, item)) in items.iter().enumerate() {

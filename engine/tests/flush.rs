@@ -11,9 +11,7 @@ use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
 use gavel_engine::keys::{DEAD_LETTER_KEY, FLUSH_GROUP};
 use gavel_engine::store::Store;
 use gavel_engine::testing::{TestPostgres, create_database, database_url};
-use gavel_engine::{
-    AuctionEvent, AuctionId, AuctionModel, BidError, BidRequest, Engine, Outcome,
-};
+use gavel_engine::{AuctionEvent, AuctionId, AuctionModel, BidError, BidRequest, Engine, Outcome};
 
 /// One stream entry as fred returns it.
 type Entry = (String, HashMap<String, String>);
