@@ -2,7 +2,9 @@
 //!
 //! Each accepted bid and each close produces one JSON event, appended to the auction's
 //! Redis stream (for durability and replay) and published on its channel (for live
-//! fan-out). The flusher, the bid-api and the tests all read this one format.
+//! fan-out). A leader's private ceiling raise is the one exception: queued for the flusher
+//! only, never in the stream nor published. The flusher, the bid-api and the tests all read
+//! this one format.
 
 use serde::{Deserialize, Serialize};
 
