@@ -12,6 +12,8 @@
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "gavel.token";
 const NAME_KEY = "gavel.name";
+const OIDC_KEY = "gavel.oidc";   // {refresh, expiresAt}: the provider's refresh token
+const PKCE_KEY = "gavel.pkce";   // {verifier, state, back}: during the sign-in round trip
 const FEED_LIMIT = 200;
 const BACKFILL = 50;
 
@@ -114,7 +116,123 @@ const identity = {
   get signedIn() { return Boolean(this.token || (this.devAuth && this.name)); },
 };
 
+// ---------------------------------------------------------------- sign-in with the provider
+
+/** Signing in with the identity provider (OpenID Connect authorization code with PKCE, a
+ * public client: no secret). Tokens stay in this tab's session storage; the access token
+ * is refreshed before it expires and handed to the live connection (`refresh` frame). */
+const oidc = {
+  config: null,      // {issuer, client_id, scope, resource} from /v1/config
+  meta: null,        // the provider's discovery document
+  timer: null,
+  onToken: () => {},
+
+  async discover() {
+    if (!this.meta) {
+      const res = await fetch(`${this.config.issuer.replace(/\/$/, "")}/.well-known/openid-configuration`);
+      if (!res.ok) throw new Error(`the identity provider answered ${res.status}`);
+      this.meta = await res.json();
+    }
+    return this.meta;
+  },
+
+  redirectUri() { return `${location.origin}/auth/callback`; },
+
+  async signIn() {
+    const meta = await this.discover();
+    const verifier = randomString(32);
+    const state = randomString(16);
+    const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+    sessionStorage.setItem(PKCE_KEY, JSON.stringify({ verifier, state, back: location.pathname }));
+    const q = new URLSearchParams({
+      response_type: "code", client_id: this.config.client_id, redirect_uri: this.redirectUri(),
+      scope: this.config.scope, state, code_challenge: challenge, code_challenge_method: "S256",
+    });
+    if (this.config.resource) q.set("resource", this.config.resource);
+    location.assign(`${meta.authorization_endpoint}?${q}`);
+  },
+
+  /** On /auth/callback: checks `state`, exchanges the code, and returns to the page the
+   * sign-in started from. Throws with a message for the bidder. */
+  async callback() {
+    const params = new URLSearchParams(location.search);
+    const saved = JSON.parse(sessionStorage.getItem(PKCE_KEY) || "null");
+    sessionStorage.removeItem(PKCE_KEY);
+    if (params.get("error")) throw new Error(params.get("error_description") || params.get("error"));
+    if (!saved || !params.get("code") || params.get("state") !== saved.state) {
+      throw new Error("this sign-in was not started here (state mismatch): try again");
+    }
+    await this.grant({
+      grant_type: "authorization_code", code: params.get("code"),
+      redirect_uri: this.redirectUri(), code_verifier: saved.verifier,
+    });
+    return saved.back && saved.back.startsWith("/") ? saved.back : "/";
+  },
+
+  async grant(fields) {
+    const meta = await this.discover();
+    const body = new URLSearchParams({ client_id: this.config.client_id, ...fields });
+    if (this.config.resource) body.set("resource", this.config.resource);
+    const res = await fetch(meta.token_endpoint, { method: "POST", body });
+    const json = await res.json().catch(() => ({}));
+    if (!res.ok || !json.access_token) {
+      const err = new Error(json.error_description || json.error || `token endpoint answered ${res.status}`);
+      err.refused = res.status >= 400 && res.status < 500;
+      throw err;
+    }
+    const previous = JSON.parse(sessionStorage.getItem(OIDC_KEY) || "{}");
+    sessionStorage.setItem(TOKEN_KEY, json.access_token);
+    sessionStorage.setItem(OIDC_KEY, JSON.stringify({
+      refresh: json.refresh_token || previous.refresh || null,
+      issuedAt: Date.now(),
+      expiresAt: Date.now() + 1000 * (Number(json.expires_in) || 300),
+    }));
+    return json.access_token;
+  },
+
+  /** Refreshes the access token when three quarters of its life (at most a minute before
+   * its end) have passed, and again after each refresh. */
+  schedule() {
+    clearTimeout(this.timer);
+    const saved = JSON.parse(sessionStorage.getItem(OIDC_KEY) || "null");
+    if (!this.config || !saved || !saved.refresh || !identity.token) return;
+    const life = saved.expiresAt - saved.issuedAt;
+    const at = saved.issuedAt + Math.max(life * 0.75, life - 60000);
+    this.timer = setTimeout(() => this.refresh(saved.refresh), Math.max(0, at - Date.now()));
+  },
+
+  async refresh(refreshToken) {
+    try {
+      const token = await this.grant({ grant_type: "refresh_token", refresh_token: refreshToken });
+      this.onToken(token);
+      this.schedule();
+    } catch (e) {
+      if (e.refused) {
+        sessionStorage.removeItem(OIDC_KEY);
+        this.onExpired();
+      } else {
+        this.timer = setTimeout(() => this.refresh(refreshToken), 5000);
+      }
+    }
+  },
+
+  onExpired: () => {},
+
+  forget() {
+    clearTimeout(this.timer);
+    sessionStorage.removeItem(OIDC_KEY);
+  },
+};
+
+function b64url(bytes) {
+  return btoa(String.fromCharCode(...new Uint8Array(bytes)))
+    .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function randomString(n) { return b64url(crypto.getRandomValues(new Uint8Array(n))); }
+
 function showIdentity() {
+  $("oidc-sign-in").hidden = !oidc.config;
   $("token").value = identity.token;
   $("name").value = identity.name;
   $("name-field").hidden = !identity.devAuth;
@@ -131,18 +249,29 @@ function setupIdentity(onChange) {
     ev.preventDefault();
     const token = $("token").value.trim();
     const name = $("name").value.trim();
+    // A token pasted by hand is not the provider's: nothing to refresh.
+    if (token !== identity.token) oidc.forget();
     if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
     if (name) sessionStorage.setItem(NAME_KEY, name); else sessionStorage.removeItem(NAME_KEY);
     showIdentity();
     onChange();
   });
   $("sign-out").addEventListener("click", () => {
+    oidc.forget();
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(NAME_KEY);
     showIdentity();
     onChange();
   });
+  $("oidc-sign-in").addEventListener("click", () => {
+    oidc.signIn().catch((e) => { $("who").textContent = `Cannot sign in: ${e.message}`; });
+  });
+  oidc.onExpired = () => {
+    $("who").textContent = "Your sign-in has expired: sign in again to bid.";
+    $("identity").open = true;
+  };
   showIdentity();
+  oidc.schedule();
 }
 
 // ---------------------------------------------------------------- the list
@@ -213,6 +342,7 @@ async function listView() {
 const REFUSALS = {
   BID_TOO_LOW: (m, cur) => m.min_next != null
     ? `Too low: the minimum next bid is ${money(m.min_next, cur)}.` : "Too low for the current price.",
+  ALREADY_LEADING: () => "You are already leading: only a maximum above your current one changes anything.",
   RATE_LIMITED: (m) => m.retry_after_ms != null
     ? `Too many bids: wait ${Math.max(1, Math.ceil(m.retry_after_ms / 1000))} s and try again.`
     : "Too many bids: wait a moment and try again.",
@@ -253,6 +383,13 @@ class AuctionPage {
     this.prefill = "";
     this.initialSince = null;
     this.feedSeqs = new Set();
+    this.refreshed = 0;       // tokens the server took over the socket (`refreshed`)
+  }
+
+  /** A fresh access token from the provider: the open connection takes it over (no
+   * reconnect); a connection opened later presents it. */
+  newToken(token) {
+    this.send({ type: "refresh", token });
   }
 
   async start() {
@@ -362,6 +499,7 @@ class AuctionPage {
       case "bid_result": this.onBidResult(m); break;
       case "bid_rejected": this.onBidRejected(m); break;
       case "reset": this.onReset(m); break;
+      case "refreshed": this.refreshed += 1; break;
       case "error":
         if (m.code === "UNKNOWN_AUCTION") {
           $("title").textContent = "No such auction";
@@ -645,11 +783,29 @@ class AuctionPage {
 async function main() {
   try {
     const res = await fetch("/v1/config");
-    if (res.ok) identity.devAuth = Boolean((await res.json()).dev_auth);
+    if (res.ok) {
+      const config = await res.json();
+      identity.devAuth = Boolean(config.dev_auth);
+      oidc.config = config.oidc || null;
+    }
   } catch (_) { /* assume production auth */ }
+  if (location.pathname === "/auth/callback" && oidc.config) {
+    try {
+      location.replace(await oidc.callback());
+      return;
+    } catch (e) {
+      history.replaceState(null, "", "/");
+      setupIdentity(() => {});
+      $("who").textContent = `Sign-in failed: ${e.message}`;
+      $("identity").open = true;
+      await listView();
+      return;
+    }
+  }
   const m = location.pathname.match(/^\/auctions\/([^/]+)\/([^/]+)\/?$/);
   if (m) {
     const page = new AuctionPage(`${decodeURIComponent(m[1])}/${decodeURIComponent(m[2])}`);
+    oidc.onToken = (token) => { page.newToken(token); showIdentity(); };
     setupIdentity(() => page.reconnect());
     window.gavelPage = page;
     await page.start();

@@ -92,6 +92,22 @@ pub struct Config {
     #[arg(long, env = "GAVEL_OIDC_CA_FILE")]
     pub oidc_ca_file: Option<std::path::PathBuf>,
 
+    /// Client id of the bidder page at the identity provider, a public client (no
+    /// secret). With `--oidc-issuer`, the page signs bidders in itself (authorization
+    /// code with PKCE, redirect URI `<page origin>/auth/callback`) and refreshes their
+    /// tokens; the page's Content-Security-Policy then allows connections to the issuer.
+    #[arg(long, env = "GAVEL_OIDC_PAGE_CLIENT_ID")]
+    pub oidc_page_client_id: Option<String>,
+
+    /// Scopes the bidder page asks the provider for (space-separated).
+    #[arg(long, env = "GAVEL_OIDC_PAGE_SCOPE", default_value = "openid")]
+    pub oidc_page_scope: String,
+
+    /// Resource indicator (RFC 8707) the bidder page sends with its authorization and
+    /// token requests, for providers that pick the access token's audience by it.
+    #[arg(long, env = "GAVEL_OIDC_PAGE_RESOURCE")]
+    pub oidc_page_resource: Option<String>,
+
     /// Longest time between two fetches of the provider's keys (its `Cache-Control:
     /// max-age` may shorten it).
     #[arg(long, env = "GAVEL_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = parse_duration)]

@@ -281,10 +281,16 @@ impl Fanout {
                 return;
             }
         };
+        // A leader's private raise is never published; should one arrive, no one learns of it.
+        if matches!(event, AuctionEvent::CeilingRaised(_)) {
+            return;
+        }
         self.inner.metrics.fanout_events.inc();
         let lag_from = match &event {
             AuctionEvent::Bid(b) => Some(b.at),
-            AuctionEvent::Closed(_) | AuctionEvent::Restored(_) => None,
+            AuctionEvent::CeilingRaised(_)
+            | AuctionEvent::Closed(_)
+            | AuctionEvent::Restored(_) => None,
         };
         let messages = event_messages(&auction, &event);
         let shared = Arc::new(FanoutEvent {

@@ -46,6 +46,8 @@ pub enum Ref {
 pub enum ErrorCode {
     /// Below the minimum next bid.
     BidTooLow,
+    /// The leader's bid does not raise its own ceiling: it would change nothing.
+    AlreadyLeading,
     /// Before the auction's start.
     AuctionNotOpen,
     /// After the effective end or closed.
@@ -76,6 +78,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BidTooLow => "BID_TOO_LOW",
+            ErrorCode::AlreadyLeading => "ALREADY_LEADING",
             ErrorCode::AuctionNotOpen => "AUCTION_NOT_OPEN",
             ErrorCode::AuctionClosed => "AUCTION_CLOSED",
             ErrorCode::UnknownAuction => "UNKNOWN_AUCTION",
@@ -94,6 +97,7 @@ impl From<RejectCode> for ErrorCode {
     fn from(code: RejectCode) -> Self {
         match code {
             RejectCode::BidTooLow => ErrorCode::BidTooLow,
+            RejectCode::AlreadyLeading => ErrorCode::AlreadyLeading,
             RejectCode::AuctionNotOpen => ErrorCode::AuctionNotOpen,
             RejectCode::AuctionClosed => ErrorCode::AuctionClosed,
             RejectCode::UnknownAuction => ErrorCode::UnknownAuction,
@@ -615,6 +619,14 @@ pub fn event_messages(auction: &AuctionId, event: &AuctionEvent) -> EventMessage
                 outbid,
             }
         }
+        // Private: nothing for anyone (it is never published nor in a stream).
+        AuctionEvent::CeilingRaised(e) => EventMessages {
+            seq: e.seq,
+            epoch: Some(e.epoch),
+            restored: false,
+            public: Vec::new(),
+            outbid: None,
+        },
         AuctionEvent::Restored(r) => EventMessages {
             seq: r.seq,
             epoch: Some(r.epoch),

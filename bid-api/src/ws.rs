@@ -1005,6 +1005,10 @@ fn rejection_message(code: gavel_engine::RejectCode, min_next: Option<i64>) -> S
             Some(m) => format!("bid too low: the minimum next bid is {m}"),
             None => "bid too low".to_owned(),
         },
+        AlreadyLeading => {
+            "you are already leading: only a maximum above your current one changes anything"
+                .to_owned()
+        }
         AuctionNotOpen => "the auction has not opened yet".to_owned(),
         AuctionClosed => "the auction is closed".to_owned(),
         UnknownAuction => "no such auction".to_owned(),

@@ -96,7 +96,8 @@ async fn try_bid(c: &mut Client, id: &AuctionId, max: i64, r: u64) -> Result<Opt
         let m: Value = c.try_next().await.map_err(|_| ())?;
         if m["ref"] == r {
             return Ok(match m["type"].as_str() {
-                Some("bid_result") => m["seq"].as_u64(),
+                // A leader's private raise has no seq of its own.
+                Some("bid_result") if m["outcome"] != "ceiling_raised" => m["seq"].as_u64(),
                 _ => None,
             });
         }

@@ -71,36 +71,48 @@ async fn every_message_type_has_its_exact_shape() {
     // a proxy bid takes the lead; the displaced bidder gets outbid (without subscribing)
     let r = bob.bid(&id, None, Some(500), "7").await;
     assert_eq!(r["outcome"], "leading");
-    bob.send(json!({"type":"bid","auction":a,"max":500,"ref":8}))
-        .await;
-    let r = bob.next_of("bid_result").await;
-    assert_eq!(
-        r,
-        json!({"type":"bid_result","ref":8,"auction":a,"outcome":"ceiling_raised","price":110,
-            "min_next":120,"seq":3,"epoch":1})
-    );
     assert_eq!(
         alice.next().await,
         json!({"type":"outbid","auction":a,"seq":2,"price":110,"min_next":120})
     );
     assert_eq!(watcher.next().await["seq"], 2);
-    assert_eq!(watcher.next().await["seq"], 3);
+    // the leader's re-bid that changes nothing is refused
+    let r = bob.bid(&id, None, Some(500), "same").await;
+    assert_eq!(
+        without(r, "message"),
+        json!({"type":"bid_rejected","ref":"same","auction":a,"code":"ALREADY_LEADING"})
+    );
+    // the leader raises its ceiling: private, no event of its own (the seq it follows)
+    bob.send(json!({"type":"bid","auction":a,"max":600,"ref":8}))
+        .await;
+    let r = bob.next_of("bid_result").await;
+    assert_eq!(
+        r,
+        json!({"type":"bid_result","ref":8,"auction":a,"outcome":"ceiling_raised","price":110,
+            "min_next":120,"seq":2,"epoch":1})
+    );
 
     // a bid under the leader's ceiling is accepted as outbid
     let r = alice.bid(&id, Some(120), None, "a2").await;
     assert_eq!(
         r,
         json!({"type":"bid_result","ref":"a2","auction":a,"outcome":"outbid","price":130,
-            "min_next":140,"seq":4,"epoch":1})
+            "min_next":140,"seq":3,"epoch":1})
+    );
+    // watchers learnt nothing of the raise: the next event they get is alice's bid
+    let next = watcher.next().await;
+    assert_eq!(
+        (next["seq"].clone(), next["price"].clone()),
+        (json!(3), json!(130))
     );
 
     // your_max only to its owner
     let snap = bob.subscribe(&id, None).await.pop().unwrap();
     assert_eq!(
         snap,
-        json!({"type":"snapshot","auction":a,"seq":4,"phase":"open","title":"Test lot",
-            "currency":"USD","price":130,"leader":"Bob","bid_count":4,"min_next":140,
-            "ends_at":ends_at,"reserve_met":true,"your_max":500,"epoch":1})
+        json!({"type":"snapshot","auction":a,"seq":3,"phase":"open","title":"Test lot",
+            "currency":"USD","price":130,"leader":"Bob","bid_count":3,"min_next":140,
+            "ends_at":ends_at,"reserve_met":true,"your_max":600,"epoch":1})
     );
     let snap = watcher.subscribe(&id, None).await.pop().unwrap();
     assert!(snap.get("your_max").is_none(), "{snap}");
@@ -134,11 +146,11 @@ async fn every_message_type_has_its_exact_shape() {
     let r = alice.bid(&id, None, Some(1_000), "a3").await;
     assert_eq!(
         (r["outcome"].clone(), r["price"].clone()),
-        (json!("leading"), json!(510))
+        (json!("leading"), json!(610))
     );
     assert_eq!(
         bob.next_of("outbid").await,
-        json!({"type":"outbid","auction":a,"seq":5,"price":510,"min_next":520})
+        json!({"type":"outbid","auction":a,"seq":4,"price":610,"min_next":620})
     );
     assert!(watcher.sync().await.is_empty(), "events after unsubscribe");
 
@@ -471,9 +483,12 @@ async fn a_flood_is_rate_limited_and_the_connection_survives() {
     }
     let mut limited = 0;
     let mut accepted = 0;
+    let mut raised = 0;
     for _ in 0..40 {
         let m = c.next().await;
         match (m["type"].as_str(), m["code"].as_str()) {
+            // The first bid leads; the leader's later ones raise its ceiling (no event).
+            (Some("bid_result"), _) if m["outcome"] == "ceiling_raised" => raised += 1,
             (Some("bid_result"), _) => accepted += 1,
             (Some("bid_rejected"), Some("RATE_LIMITED")) => {
                 assert!(m["retry_after_ms"].as_i64().unwrap() > 0);
@@ -483,7 +498,8 @@ async fn a_flood_is_rate_limited_and_the_connection_survives() {
         }
     }
     assert!(limited >= 20, "only {limited} rate limited");
-    assert_eq!(env.seq(&id).await, accepted);
+    assert_eq!((accepted, env.seq(&id).await), (1, 1));
+    assert!(raised > 0);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(c.sync().await.is_empty());
     let metrics = server.get("/metrics").await.1;
@@ -606,11 +622,15 @@ async fn origins_heartbeat_and_graceful_shutdown() {
 
     // SIGTERM: clients are told 1001, accepted bids are flushed, the process exits 0
     let mut c = Client::connect(&server, Some(&token("gus", "Gus", 600))).await;
+    let mut h = Client::connect(&server, Some(&token("hal", "Hal", 600))).await;
     c.subscribe(&id, None).await;
     for i in 0..5 {
+        let bidder = if i % 2 == 0 { &mut c } else { &mut h };
         assert_eq!(
-            c.bid(&id, Some(100 + 10 * i), None, &i.to_string()).await["type"],
-            "bid_result"
+            bidder
+                .bid(&id, Some(100 + 10 * i), None, &i.to_string())
+                .await["outcome"],
+            "leading"
         );
     }
     server.signal("TERM");

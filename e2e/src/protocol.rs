@@ -56,7 +56,8 @@ pub enum Outcome {
     Leading,
     /// Recorded, but the leader's ceiling beat it.
     Outbid,
-    /// The leader raised its own ceiling.
+    /// The leader raised its own ceiling: private, no event of its own (`seq` is the one it
+    /// follows), the price unchanged.
     CeilingRaised,
 }
 
@@ -66,6 +67,8 @@ pub enum Outcome {
 pub enum Code {
     /// Below the minimum next bid.
     BidTooLow,
+    /// The leader's bid does not raise its own ceiling: it would change nothing.
+    AlreadyLeading,
     /// Before the auction's start.
     AuctionNotOpen,
     /// After the effective end or closed.
@@ -96,6 +99,7 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::BidTooLow => "BID_TOO_LOW",
+            Code::AlreadyLeading => "ALREADY_LEADING",
             Code::AuctionNotOpen => "AUCTION_NOT_OPEN",
             Code::AuctionClosed => "AUCTION_CLOSED",
             Code::UnknownAuction => "UNKNOWN_AUCTION",
@@ -605,7 +609,12 @@ mod tests {
 
     #[test]
     fn codes_display_as_the_protocol_spells_them() {
-        for code in [Code::BidTooLow, Code::TooLarge, Code::AuctionNotOpen] {
+        for code in [
+            Code::BidTooLow,
+            Code::AlreadyLeading,
+            Code::TooLarge,
+            Code::AuctionNotOpen,
+        ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{code}\""));
         }

@@ -14,7 +14,12 @@
 //!   is stopped and started again (its bidder signed in with a token), and its feed shows
 //!   every bid once, in order; then
 //!   Redis loses the auction, the operator restores it from PostgreSQL, and the page
-//!   takes the `reset`, keeps the recorded bids once and goes on live.
+//!   takes the `reset`, keeps the recorded bids once and goes on live;
+//! - a bidder signs in on the page through a real OpenID provider (`oidc-provider`, as
+//!   `bid-api/tests/identity.rs` runs it: authorization code with PKCE, public client,
+//!   the provider's own login and consent pages), bids under the provider's `sub`, and
+//!   keeps bidding after its short-lived access token expired, the page having refreshed
+//!   it and handed it to the open socket (`refresh` frame).
 //!
 //! `GAVEL_CHROMIUM` and `GAVEL_CHROMEDRIVER` name other binaries. Waits are generous
 //! bounds, not timings.
@@ -523,6 +528,8 @@ struct OwnBidApi {
     jwt_secret: String,
     log: PathBuf,
     child: Option<Child>,
+    /// More environment (the identity provider's settings).
+    env: Vec<(String, String)>,
 }
 
 impl OwnBidApi {
@@ -534,6 +541,7 @@ impl OwnBidApi {
             jwt_secret: jwt_secret.to_owned(),
             log: temp_dir("browser-bid-api").join("bid-api.log"),
             child: None,
+            env: Vec::new(),
         }
     }
 
@@ -559,6 +567,7 @@ impl OwnBidApi {
             .env("GAVEL_SHUTDOWN_GRACE", "3s")
             // Exact names on the page (the name tag has tests of its own).
             .env("GAVEL_DISPLAY_NAME_TAG", "false")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -686,6 +695,234 @@ async fn reconnects_without_gap(p: &Platform, viewer: &Browser) -> Result<()> {
     Ok(())
 }
 
+/// The OpenID provider of the identity tests (`bid-api/tests/oidc`, installed by `make
+/// test-deps`), with the bidder page's public client, stopped on drop.
+struct Provider {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Provider {
+    /// `redirect`: the page's redirect URI; `ttl`: its access tokens' lifetime.
+    async fn start(redirect: &str, ttl: Duration) -> Result<Self> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bid-api/tests/oidc");
+        if !dir.join("node_modules/oidc-provider").exists() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--silent"])
+                .current_dir(&dir)
+                .status()
+                .context("npm (Node.js) is needed for the sign-in scenario")?;
+            if !status.success() {
+                bail!("npm ci in {} failed", dir.display());
+            }
+        }
+        let work = temp_dir("browser-oidc");
+        let keys = work.join("keys.json");
+        let status = Command::new("node")
+            .arg(dir.join("keys.mjs"))
+            .arg(&keys)
+            .arg("page:ES256")
+            .status()
+            .context("node")?;
+        if !status.success() {
+            bail!("keys.mjs failed");
+        }
+        let port = free_port();
+        let log = work.join("provider.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new("node")
+            .arg(dir.join("provider.mjs"))
+            .arg(port.to_string())
+            .arg(&keys)
+            .env("GAVEL_TEST_PAGE_REDIRECT", redirect)
+            .env("GAVEL_TEST_PAGE_TOKEN_TTL", ttl.as_secs().to_string())
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("start oidc-provider")?;
+        run_after_exit(&format!("kill {} 2>/dev/null", child.id()));
+        let provider = Self { child, port, log };
+        let deadline = Instant::now() + LONG;
+        loop {
+            let url = format!("{}/.well-known/openid-configuration", provider.issuer());
+            if let Ok(r) = gavel_e2e::http::get(&url).await
+                && r.status == 200
+            {
+                return Ok(provider);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "oidc-provider did not answer: {}",
+                    std::fs::read_to_string(&provider.log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The page signs a bidder in through a real OpenID provider (authorization code with
+/// PKCE), bids under the provider's `sub`, and refreshes its access token over the open
+/// socket: after the first token expired (no leeway), its bids are still accepted.
+async fn signs_in_with_the_identity_provider(p: &Platform, page: &Browser) -> Result<()> {
+    let Some(local) = p.local_platform() else {
+        eprintln!("browser: sign-in scenario needs the local platform (skipped on GAVEL_E2E_*)");
+        return Ok(());
+    };
+    let mut own = OwnBidApi::new(&local.redis_url, &local.database_url, &local.jwt_secret);
+    // Short-lived access tokens, so that the page must refresh one within the test.
+    let provider = Provider::start(
+        &format!("{}/auth/callback", own.url()),
+        Duration::from_secs(8),
+    )
+    .await?;
+    for (k, v) in [
+        ("GAVEL_OIDC_ISSUER", provider.issuer()),
+        ("GAVEL_OIDC_PAGE_CLIENT_ID", "gavel-page".into()),
+        ("GAVEL_OIDC_PAGE_SCOPE", "openid bid".into()),
+        ("GAVEL_OIDC_PAGE_RESOURCE", "urn:gavel:page".into()),
+        ("GAVEL_JWT_AUDIENCE", "gavel".into()),
+        ("GAVEL_JWT_BID_SCOPE", "bid".into()),
+        ("GAVEL_JWT_LEEWAY", "0s".into()),
+    ] {
+        own.env.push((k.to_owned(), v));
+    }
+    own.start().await?;
+    let name = unique_name("page-oidc");
+    let spec = AuctionSpec::new("Sign-in lot", 100, 10, Duration::from_secs(300));
+    let id = p.create_open_auction(&name, &spec).await?;
+    let mut rival = p.bidder(0, "rival").await?;
+
+    page.goto(&format!("{}/auctions/{id}", own.url())).await?;
+    page.wait_is("conn", "Live", T).await?;
+    page.wait_js(
+        "return !document.getElementById('oidc-sign-in').hidden",
+        "the provider's sign-in button",
+        T,
+        |v| v == &json!(true),
+    )
+    .await?;
+    page.click("oidc-sign-in").await?;
+    // The provider's own login page, then its consent page.
+    let issuer = provider.issuer();
+    page.wait_js(
+        "return location.origin",
+        "the provider's login page",
+        T,
+        |v| v.as_str() == Some(issuer.as_str()),
+    )
+    .await?;
+    let field = |name: &str| format!("input[name=\"{name}\"]");
+    for (input, text) in [("login", "zoe"), ("password", "any")] {
+        page.client
+            .find(Locator::Css(&field(input)))
+            .await
+            .with_context(|| format!("no {input} field on the provider's page"))?
+            .send_keys(text)
+            .await?;
+    }
+    page.client
+        .find(Locator::Css("button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    page.wait_js(
+        "return document.querySelector('button[type=submit]')?.textContent ?? location.pathname",
+        "the consent page",
+        T,
+        |v| v.as_str() == Some("Continue"),
+    )
+    .await?;
+    page.client
+        .find(Locator::Css("button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    // Back on the auction, signed in as the provider's bidder.
+    page.wait_js("return location.href", "the auction page again", T, |v| {
+        v.as_str() == Some(&format!("{}/auctions/{id}", own.url()))
+    })
+    .await?;
+    page.wait_is("who", "Bidding as Zoe.", T).await?;
+    page.wait_is("conn", "Live", T).await?;
+    let first = page
+        .js("return sessionStorage.getItem('gavel.token')", vec![])
+        .await?
+        .as_str()
+        .map(str::to_owned)
+        .context("no token after sign-in")?;
+    // Its `exp`, read as the page reads its claims.
+    let first_exp = page
+        .js(
+            "const p = arguments[0].split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+             return JSON.parse(atob(p)).exp;",
+            vec![json!(first)],
+        )
+        .await?
+        .as_i64()
+        .context("the token has no exp")?;
+    page.bid_with_keyboard("1.00").await?;
+    page.wait_is("message", "Accepted: you are leading at $1.00.", T)
+        .await?;
+    page.wait_is("leader", "Zoe", T).await?;
+
+    // The first token expires; the page has refreshed it over the socket by then.
+    page.wait_js(
+        "return window.gavelPage.refreshed",
+        "a refreshed token taken over the socket",
+        LONG,
+        |v| v.as_i64().is_some_and(|n| n >= 1),
+    )
+    .await?;
+    page.wait_js(
+        &format!("return Date.now() > {} * 1000 + 1000", first_exp),
+        "the first token's expiry",
+        LONG,
+        |v| v == &json!(true),
+    )
+    .await?;
+    let now = page
+        .js("return sessionStorage.getItem('gavel.token')", vec![])
+        .await?;
+    if now.as_str() == Some(first.as_str()) {
+        bail!("the page kept its expired token");
+    }
+    ws_bid(&mut rival, &id, 110).await?;
+    page.wait_is("leader", "rival", T).await?;
+    page.bid_with_keyboard("1.20").await?;
+    page.wait_is("message", "Accepted: you are leading at $1.20.", T)
+        .await?;
+    page.wait_is("leader", "Zoe", T).await?;
+    page.wait_is("conn", "Live", T).await?;
+    // Bids were recorded under the provider's subject.
+    wait_recorded(p, &id, 3).await?;
+    let bids = p.rest_bids(0, &id, 0, 100).await?.json()["bids"].clone();
+    let names: Vec<&str> = bids
+        .as_array()
+        .map(|b| b.iter().filter_map(|b| b["bidder"].as_str()).collect())
+        .unwrap_or_default();
+    if names != ["Zoe", "rival", "Zoe"] {
+        bail!("recorded bidders {names:?}");
+    }
+    own.stop()?;
+    drop(provider);
+    Ok(())
+}
+
 /// An HS256 bidder token valid for ten minutes.
 fn token(secret: &str, sub: &str, name: &str) -> String {
     let exp = now_ms() / 1000 + 600;
@@ -759,7 +996,10 @@ async fn bidder_page_in_two_browsers() {
                     .context("two bidders, soft close, close")?;
                 reconnects_without_gap(p, &bob)
                     .await
-                    .context("reconnect after a bid-api restart")
+                    .context("reconnect after a bid-api restart")?;
+                signs_in_with_the_identity_provider(p, &alice)
+                    .await
+                    .context("sign-in with the identity provider")
             }
             .await;
             alice.close().await;

@@ -71,6 +71,10 @@ async fn bidder(
                 _ => (None, Some(min_next + (40 + n % 7) * STEP)),
             };
             match client.bid(&auction, amount, max, T).await {
+                // A leader's private raise has no event of its own to check.
+                Ok(BidReply::Accepted(r)) if r.outcome == Outcome::CeilingRaised => {
+                    min_next = r.min_next;
+                }
                 Ok(BidReply::Accepted(r)) => {
                     min_next = r.min_next;
                     load.acks.lock().unwrap().push(Ack {

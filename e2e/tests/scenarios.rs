@@ -262,9 +262,18 @@ async fn tiers() {
         (r.outcome, r.price, r.min_next),
         (Outcome::Outbid, 101_000, 102_000)
     );
-    // The leader raises its own ceiling: the price does not move.
+    // The leader raises its own ceiling: the price does not move, and no event is made
+    // (the result carries the seq of the last one).
     let r = accepted(bid(&mut a, &id, None, Some(300_000)).await);
-    assert_eq!((r.outcome, r.price), (Outcome::CeilingRaised, 101_000));
+    assert_eq!(
+        (r.outcome, r.price, r.seq),
+        (Outcome::CeilingRaised, 101_000, 4)
+    );
+    // A leader's bid that does not raise its ceiling changes nothing: refused.
+    let r = rejected(bid(&mut a, &id, None, Some(300_000)).await);
+    assert_eq!((r.code, r.min_next), (Code::AlreadyLeading, None));
+    let r = accepted(bid(&mut b, &id, Some(102_000), None).await);
+    assert_eq!((r.outcome, r.seq), (Outcome::Outbid, 5));
 }
 
 /// The price jumps to the reserve once a ceiling reaches it; without that, no winner.

@@ -1,5 +1,7 @@
 -- Place one bid: validation, open-by-time check, per-bidder token bucket, proxy
 -- resolution (README § Bidding rules), seq increment, stream append and live PUBLISH, atomically.
+-- A leader's raise of its own ceiling that changes no public fact is private: no seq, no
+-- stream entry, no PUBLISH, only a 'ceiling_raised' entry on the flush stream.
 -- KEYS: state hash, ceilings hash, rate-limit hash, event stream, flush stream.
 -- ARGV: bidder id, display name, amount, max ('' when absent), channel, clock override,
 --       auction id, replay window (entries kept in the event stream).
@@ -69,39 +71,62 @@ end
 local has_leader = leader ~= ''
 local min = start_price
 if has_leader then min = price + step_at(tiers, price) end
-local is_leader = has_leader and leader == bidder
+local outcome, displaced = 'leading', nil
+local fields = {}
 local a, m
-if is_leader then
+local reserve_met = reserve == nil or price >= reserve
+
+-- One bid event as JSON: the public facts after the bid plus the private `max`/`ceiling`.
+local function bid_event(kind, after, extended)
+  return '{"kind":"' .. kind .. '","seq":' .. int(seq) .. ',"epoch":' .. int(epoch)
+    .. ',"at":' .. int(now) .. ',"bidder":' .. cjson.encode(bidder) .. ',"name":' .. cjson.encode(name)
+    .. ',"amount":' .. int(a) .. ',"max":' .. int(m) .. ',"outcome":"' .. outcome .. '"'
+    .. ',"price":' .. int(price) .. ',"min_next":' .. int(price + step_at(tiers, price))
+    .. ',"leader":' .. cjson.encode(leader) .. ',"leader_name":' .. cjson.encode(leader_name)
+    .. ',"bid_count":' .. int(bid_count) .. ',"ends_at":' .. int(after)
+    .. ',"extended":' .. json_bool(extended) .. ',"displaced":' .. json_str(displaced)
+    .. ',"reserve_met":' .. json_bool(reserve_met) .. ',"ceiling":' .. int(ceiling) .. '}'
+end
+
+if has_leader and leader == bidder then
+  -- The leader's bid can only raise its own ceiling, and must (else it changes nothing).
   m = max or amount
-  a = amount or price
+  if m <= ceiling then return reject('ALREADY_LEADING') end
+  ceiling = m
+  if reserve and m >= reserve and reserve > price then
+    a = reserve
+  else
+    -- Nothing public changes: no seq, no count, no extension, nothing published; the raise
+    -- is recorded privately through the flush stream only.
+    a, outcome = price, 'ceiling_raised'
+    local event = bid_event('ceiling_raised', before, false)
+    redis.call('HSET', KEYS[1], 'ceiling', int(ceiling))
+    redis.call('HSET', KEYS[2], bidder, int(ceiling))
+    redis.call('XADD', KEYS[5], '*', 'a', ARGV[7], 'e', event)
+    return {'accepted', event}
+  end
 else
   a = amount or min
   m = max or a
   if a < min or m < a then return reject('BID_TOO_LOW', min) end
-end
-
-local outcome, displaced = 'leading', nil
-local fields = {}
-if is_leader then
-  if m > ceiling then ceiling = m end
-  outcome = 'ceiling_raised'
-elseif not has_leader then
-  price = a
-  leader, leader_name, ceiling = bidder, name, m
-  fields = {'leader_since', int(now)}
-elseif m > ceiling then
-  price = math.max(a, math.min(m, ceiling + step_at(tiers, ceiling)))
-  displaced = leader
-  leader, leader_name, ceiling = bidder, name, m
-  fields = {'leader_since', int(now)}
-else
-  price = math.max(price, math.min(ceiling, m + step_at(tiers, m)))
-  outcome = 'outbid'
+  if not has_leader then
+    price = a
+    leader, leader_name, ceiling = bidder, name, m
+    fields = {'leader_since', int(now)}
+  elseif m > ceiling then
+    price = math.max(a, math.min(m, ceiling + step_at(tiers, ceiling)))
+    displaced = leader
+    leader, leader_name, ceiling = bidder, name, m
+    fields = {'leader_since', int(now)}
+  else
+    price = math.max(price, math.min(ceiling, m + step_at(tiers, m)))
+    outcome = 'outbid'
+  end
 end
 
 -- Rule 6: reserve.
 if reserve and ceiling >= reserve and reserve > price then price = reserve end
-local reserve_met = reserve == nil or price >= reserve
+reserve_met = reserve == nil or price >= reserve
 
 -- Rules 5 and 7: sequence and soft close.
 seq = seq + 1
@@ -113,14 +138,7 @@ if ext_end then ext_field = int(ext_end) end
 local met_field = '0'
 if reserve_met then met_field = '1' end
 
-local event = '{"kind":"bid","seq":' .. int(seq) .. ',"epoch":' .. int(epoch) .. ',"at":' .. int(now)
-  .. ',"bidder":' .. cjson.encode(bidder) .. ',"name":' .. cjson.encode(name)
-  .. ',"amount":' .. int(a) .. ',"max":' .. int(m) .. ',"outcome":"' .. outcome .. '"'
-  .. ',"price":' .. int(price) .. ',"min_next":' .. int(price + step_at(tiers, price))
-  .. ',"leader":' .. cjson.encode(leader) .. ',"leader_name":' .. cjson.encode(leader_name)
-  .. ',"bid_count":' .. int(bid_count) .. ',"ends_at":' .. int(after)
-  .. ',"extended":' .. json_bool(after > before) .. ',"displaced":' .. json_str(displaced)
-  .. ',"reserve_met":' .. json_bool(reserve_met) .. ',"ceiling":' .. int(ceiling) .. '}'
+local event = bid_event('bid', after, after > before)
 append_event(KEYS[4], KEYS[5], seq, event, ARGV[7], ARGV[8])
 redis.call('HSET', KEYS[1], 'price', int(price), 'leader', leader, 'leader_name', leader_name,
   'ceiling', int(ceiling), 'bid_count', int(bid_count), 'seq', int(seq), 'ext_end', ext_field,

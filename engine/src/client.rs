@@ -476,7 +476,7 @@ impl Engine {
         let reply = self.run(&self.scripts.place_bid, keys, args).await?;
         match reply.as_slice() {
             [tag, event] if tag == "accepted" => match AuctionEvent::from_json(event.as_bytes()) {
-                Ok(AuctionEvent::Bid(bid)) => Ok(bid.into()),
+                Ok(AuctionEvent::Bid(bid) | AuctionEvent::CeilingRaised(bid)) => Ok(bid.into()),
                 _ => Err(EngineError::Protocol(format!("place_bid event: {event}")).into()),
             },
             [tag, code, min_next, retry] if tag == "rejected" => {
@@ -693,7 +693,9 @@ fn parse_snapshot(reply: &[String]) -> Option<Snapshot> {
     let result = match text("result") {
         Some(json) if !json.is_empty() => match AuctionEvent::from_json(json.as_bytes()).ok()? {
             AuctionEvent::Closed(result) => Some(result),
-            AuctionEvent::Bid(_) | AuctionEvent::Restored(_) => return None,
+            AuctionEvent::Bid(_) | AuctionEvent::CeilingRaised(_) | AuctionEvent::Restored(_) => {
+                return None;
+            }
         },
         _ => None,
     };

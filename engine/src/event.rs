@@ -2,7 +2,9 @@
 //!
 //! Each accepted bid and each close produces one JSON event, appended to the auction's
 //! Redis stream (for durability and replay) and published on its channel (for live
-//! fan-out). The flusher, the bid-api and the tests all read this one format.
+//! fan-out). A leader's private ceiling raise is the one exception: queued for the flusher
+//! only, never in the stream nor published. The flusher, the bid-api and the tests all read
+//! this one format.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +17,11 @@ use crate::settings::{Amount, Millis};
 pub enum AuctionEvent {
     /// A bid was accepted.
     Bid(BidEvent),
+    /// The leader raised its own ceiling and no public fact changed (README § Bidding
+    /// rules): private, never in the auction's stream nor published, only queued on the
+    /// flush stream so that PostgreSQL records it (`ceiling_raises`). Its `seq` is that of
+    /// the public event it follows; it has none of its own.
+    CeilingRaised(BidEvent),
     /// The auction closed.
     Closed(AuctionResult),
     /// The live state was rebuilt from PostgreSQL (published only, never in a stream):
@@ -35,7 +42,7 @@ impl AuctionEvent {
     /// The event's sequence number within its auction.
     pub fn seq(&self) -> u64 {
         match self {
-            AuctionEvent::Bid(bid) => bid.seq,
+            AuctionEvent::Bid(bid) | AuctionEvent::CeilingRaised(bid) => bid.seq,
             AuctionEvent::Closed(result) => result.seq,
             AuctionEvent::Restored(notice) => notice.seq,
         }

@@ -30,7 +30,8 @@ pub struct DurableRecord {
     pub last_bid: Option<BidEvent>,
     /// The close, if recorded, with its JSON exactly as emitted.
     pub closed: Option<(AuctionResult, String)>,
-    /// Each bidder's own latest ceiling (what `your_max` shows), by bidder id.
+    /// Each bidder's own latest ceiling (what `your_max` shows), by bidder id, private
+    /// ceiling raises included.
     pub ceilings: Vec<(String, Amount)>,
 }
 
@@ -96,14 +97,14 @@ pub fn restored_state(settings: &AuctionSettings, record: &DurableRecord) -> Res
             set("reserve_met", flag(no_reserve));
         }
         Some(bid) => {
-            let ceiling = bid.ceiling.unwrap_or_else(|| {
-                // Events written before ceilings were recorded: the leader's own ceiling.
-                record
-                    .ceilings
-                    .iter()
-                    .find(|(who, _)| *who == bid.leader)
-                    .map_or(bid.price, |(_, own)| *own)
-            });
+            // The leader's own ceiling covers what events do not carry: private raises
+            // after the last bid, and events written before ceilings were recorded.
+            let own = record
+                .ceilings
+                .iter()
+                .find(|(who, _)| *who == bid.leader)
+                .map(|(_, own)| *own);
+            let ceiling = bid.ceiling.unwrap_or(bid.price).max(own.unwrap_or(0));
             set("price", bid.price.to_string());
             set("leader", bid.leader.clone());
             set("leader_name", bid.leader_name.clone());
@@ -261,6 +262,22 @@ mod tests {
             },
         );
         assert_eq!(s.field("ceiling"), Some("900"));
+    }
+
+    /// A private raise after the last bid is in no event: the leader's own ceiling (which
+    /// includes its raises) gives it back.
+    #[test]
+    fn a_private_raise_after_the_last_bid_is_restored() {
+        let record = DurableRecord {
+            epoch: 2,
+            seq: 7,
+            last_bid: Some(bid(7, 10_000)),
+            closed: None,
+            ceilings: vec![("u1".into(), 1_500), ("u2".into(), 400)],
+        };
+        let s = restored_state(&settings(), &record);
+        assert_eq!(s.field("ceiling"), Some("1500"));
+        assert_eq!((s.field("price"), s.field("seq")), (Some("410"), Some("7")));
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub enum Outcome {
     Leading,
     /// The bid was recorded but the leader's ceiling beat it.
     Outbid,
-    /// The leader raised its own ceiling.
+    /// The leader raised its own ceiling and nothing public changed: no event, no seq of
+    /// its own, no soft-close extension; recorded privately (see README § Bidding rules).
     CeilingRaised,
 }
 
@@ -77,6 +78,8 @@ impl Outcome {
 pub enum RejectCode {
     /// Below the minimum next bid (which the rejection carries).
     BidTooLow,
+    /// The leader's bid does not raise its own ceiling: it would change nothing.
+    AlreadyLeading,
     /// Before the auction's start.
     AuctionNotOpen,
     /// After the effective end, or closed by the operator.
@@ -97,6 +100,7 @@ impl RejectCode {
     pub fn as_str(self) -> &'static str {
         match self {
             RejectCode::BidTooLow => "BID_TOO_LOW",
+            RejectCode::AlreadyLeading => "ALREADY_LEADING",
             RejectCode::AuctionNotOpen => "AUCTION_NOT_OPEN",
             RejectCode::AuctionClosed => "AUCTION_CLOSED",
             RejectCode::UnknownAuction => "UNKNOWN_AUCTION",
@@ -110,6 +114,7 @@ impl RejectCode {
     pub fn parse(s: &str) -> Option<Self> {
         [
             RejectCode::BidTooLow,
+            RejectCode::AlreadyLeading,
             RejectCode::AuctionNotOpen,
             RejectCode::AuctionClosed,
             RejectCode::UnknownAuction,
@@ -306,7 +311,11 @@ impl AuctionModel {
         min_next(&self.settings, &self.state)
     }
 
-    /// Applies rules 1–8 of README § Bidding rules to one bid at time `now`.
+    /// Applies README § Bidding rules to one bid at time `now`. Checks run in this order:
+    /// the request alone (`INVALID_AMOUNT`), open by time (`AUCTION_CLOSED`,
+    /// `AUCTION_NOT_OPEN`), the rate limit (`RATE_LIMITED`); then the leader's bid against
+    /// its own ceiling (`ALREADY_LEADING`), anyone else's against the minimum next bid
+    /// (`BID_TOO_LOW`).
     pub fn place_bid(
         &mut self,
         bidder: &str,
@@ -320,46 +329,74 @@ impl AuctionModel {
         let s = &self.settings;
         let st = &mut self.state;
         let min = min_next(s, st);
-        let is_leader = st.leader.as_ref().is_some_and(|l| l.bidder == bidder);
-        // A leader's bid only moves its ceiling; the price it shows is the current one.
-        let (amount, max) = if is_leader {
-            let m = request.max.or(request.amount).unwrap_or(st.price);
-            (request.amount.unwrap_or(st.price), m)
-        } else {
-            let a = request.amount.unwrap_or(min);
-            let m = request.max.unwrap_or(a);
-            if a < min || m < a {
-                return Err(Rejection {
-                    min_next: Some(min),
-                    ..Rejection::new(RejectCode::BidTooLow)
-                });
-            }
-            (a, m)
-        };
         let new_leader = |ceiling| Leader {
             bidder: bidder.to_owned(),
             name: name.to_owned(),
             ceiling,
             since: now,
         };
-        let (leader, outcome, displaced) = match st.leader.take() {
-            Some(mut leader) if is_leader => {
-                leader.ceiling = leader.ceiling.max(max);
-                (leader, Outcome::CeilingRaised, None)
+        let (leader, outcome, displaced, amount, max) = match st.leader.take() {
+            // The leader's bid can only raise its own ceiling, and must: one that does not
+            // would change nothing. Its `amount` counts only as a ceiling when `max` is absent.
+            Some(mut leader) if leader.bidder == bidder => {
+                let m = request.max.or(request.amount).unwrap_or(0);
+                if m <= leader.ceiling {
+                    st.leader = Some(leader);
+                    return Err(Rejection::new(RejectCode::AlreadyLeading));
+                }
+                leader.ceiling = m;
+                match s.reserve_price.filter(|&r| m >= r && r > st.price) {
+                    // The raise reaches the reserve: the price moves to it, a public bid.
+                    Some(reserve) => (leader, Outcome::Leading, None, reserve, m),
+                    // Nothing public changes: no event, no seq, no extension.
+                    None => {
+                        let accepted = BidAccepted {
+                            outcome: Outcome::CeilingRaised,
+                            seq: st.seq,
+                            amount: st.price,
+                            max: m,
+                            price: st.price,
+                            min_next: min,
+                            leader: leader.bidder.clone(),
+                            leader_name: leader.name.clone(),
+                            bid_count: st.bid_count,
+                            ends_at: effective_end(s.ends_at, st.extended_until),
+                            extended: false,
+                            displaced: None,
+                            reserve_met: st.reserve_met,
+                            epoch: 1,
+                        };
+                        st.leader = Some(leader);
+                        return Ok(accepted);
+                    }
+                }
             }
-            None => {
-                st.price = amount;
-                (new_leader(max), Outcome::Leading, None)
-            }
-            Some(leader) if max > leader.ceiling => {
-                let c = leader.ceiling;
-                st.price = amount.max(max.min(c + s.increments.step_at(c)));
-                (new_leader(max), Outcome::Leading, Some(leader.bidder))
-            }
-            Some(leader) => {
-                let c = leader.ceiling;
-                st.price = st.price.max(c.min(max + s.increments.step_at(max)));
-                (leader, Outcome::Outbid, None)
+            current => {
+                let a = request.amount.unwrap_or(min);
+                let m = request.max.unwrap_or(a);
+                if a < min || m < a {
+                    st.leader = current;
+                    return Err(Rejection {
+                        min_next: Some(min),
+                        ..Rejection::new(RejectCode::BidTooLow)
+                    });
+                }
+                match current {
+                    None => {
+                        st.price = a;
+                        (new_leader(m), Outcome::Leading, None, a, m)
+                    }
+                    Some(leader) if m > leader.ceiling => {
+                        let c = leader.ceiling;
+                        st.price = a.max(m.min(c + s.increments.step_at(c)));
+                        (new_leader(m), Outcome::Leading, Some(leader.bidder), a, m)
+                    }
+                    Some(leader) => {
+                        let c = leader.ceiling;
+                        st.price = st.price.max(c.min(m + s.increments.step_at(m)));
+                        (leader, Outcome::Outbid, None, a, m)
+                    }
+                }
             }
         };
         if let Some(reserve) = s.reserve_price
@@ -594,15 +631,124 @@ mod tests {
         bid(&mut m, "a", amount(100)).unwrap();
         let r = bid(&mut m, "a", max(500)).unwrap();
         assert_eq!(
-            (r.outcome, r.price, r.leader.as_str()),
-            (Outcome::CeilingRaised, 100, "a")
+            (r.outcome, r.price, r.leader.as_str(), r.max),
+            (Outcome::CeilingRaised, 100, "a", 500)
         );
-        assert_eq!(m.state().leader.as_ref().unwrap().ceiling, 500);
-        // A lower "raise" keeps the higher ceiling.
-        bid(&mut m, "a", max(200)).unwrap();
         assert_eq!(m.state().leader.as_ref().unwrap().ceiling, 500);
         let r = bid(&mut m, "b", amount(400)).unwrap();
         assert_eq!((r.leader.as_str(), r.price), ("a", 405));
+    }
+
+    /// A leader's bid that does not raise its own ceiling changes nothing: refused, and
+    /// nothing moves (the token bucket excepted).
+    #[test]
+    fn leader_bid_that_does_not_raise_its_ceiling_is_refused() {
+        let mut m = AuctionModel::new(flat(5));
+        bid(&mut m, "a", max(500)).unwrap();
+        let before = m.state().clone();
+        for req in [
+            max(100),
+            max(500),
+            amount(300),
+            amount(500),
+            BidRequest {
+                amount: Some(200),
+                max: Some(400),
+            },
+        ] {
+            let e = bid(&mut m, "a", req).unwrap_err();
+            assert_eq!(
+                (e.code, e.min_next, e.retry_after_ms),
+                (RejectCode::AlreadyLeading, None, None),
+                "{req:?}"
+            );
+            assert_eq!(m.state(), &before, "{req:?}");
+        }
+        // An `amount` above the ceiling is taken as the new ceiling.
+        let r = bid(&mut m, "a", amount(600)).unwrap();
+        assert_eq!(
+            (r.outcome, r.max, r.price),
+            (Outcome::CeilingRaised, 600, 1)
+        );
+        assert_eq!(m.state().leader.as_ref().unwrap().ceiling, 600);
+    }
+
+    /// The attack of issue #10: a leader re-bidding in the soft-close window kept the
+    /// auction open for ever. A raise is not a public bid: no seq, no count, no extension.
+    #[test]
+    fn leader_raise_is_private_and_never_extends_the_soft_close() {
+        let mut s = flat(1);
+        s.soft_close = Some(SoftClose {
+            window_ms: 10_000,
+            extension_ms: 30_000,
+        });
+        let mut m = AuctionModel::new(s);
+        m.place_bid("a", "A", max(500), 95_000).unwrap();
+        assert_eq!(m.effective_end(), 125_000);
+        let public = (m.state().seq, m.state().bid_count, m.state().price);
+        let mut now = 115_000;
+        for _ in 0..5 {
+            let e = m.place_bid("a", "A", max(100), now).unwrap_err();
+            assert_eq!(e.code, RejectCode::AlreadyLeading);
+            now += 2_000;
+        }
+        let r = m.place_bid("a", "A", max(900), 124_000).unwrap();
+        assert_eq!(
+            (r.outcome, r.seq, r.bid_count, r.extended, r.ends_at),
+            (Outcome::CeilingRaised, 1, 1, false, 125_000)
+        );
+        assert_eq!(
+            (m.state().seq, m.state().bid_count, m.state().price),
+            public
+        );
+        assert_eq!(m.effective_end(), 125_000);
+        let e = m.place_bid("a", "A", max(1_000), 125_000).unwrap_err();
+        assert_eq!(e.code, RejectCode::AuctionClosed);
+        // The raised ceiling still decides against others.
+        let CloseOutcome::Closed(res) = m.close(125_000, false) else {
+            panic!()
+        };
+        assert_eq!((res.winner.as_deref(), res.seq), (Some("a"), 2));
+    }
+
+    /// A raise that lifts the price to the reserve changes a public fact: it is a bid like
+    /// any other (`leading`, its own seq, counted, and it extends the soft close).
+    #[test]
+    fn leader_raise_reaching_the_reserve_is_a_public_bid() {
+        let mut s = flat(10);
+        s.reserve_price = Some(1_000);
+        s.soft_close = Some(SoftClose {
+            window_ms: 10_000,
+            extension_ms: 30_000,
+        });
+        let mut m = AuctionModel::new(s);
+        m.place_bid("a", "A", max(500), 50_000).unwrap();
+        let r = m.place_bid("a", "A", max(800), 95_000).unwrap();
+        assert_eq!(
+            (r.outcome, r.seq, r.extended),
+            (Outcome::CeilingRaised, 1, false)
+        );
+        let r = m.place_bid("a", "A", max(1_500), 95_000).unwrap();
+        assert_eq!(
+            (
+                r.outcome,
+                r.seq,
+                r.bid_count,
+                r.amount,
+                r.price,
+                r.reserve_met,
+                r.extended,
+                r.ends_at
+            ),
+            (Outcome::Leading, 2, 2, 1_000, 1_000, true, true, 125_000)
+        );
+        assert_eq!(r.displaced, None);
+        // Above the reserve, raises are private again.
+        let r = m.place_bid("a", "A", max(2_000), 96_000).unwrap();
+        assert_eq!(
+            (r.outcome, r.seq, r.price),
+            (Outcome::CeilingRaised, 2, 1_000)
+        );
     }
 
     #[test]

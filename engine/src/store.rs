@@ -106,7 +106,7 @@ pub struct KnownAuction {
 
 fn event_epoch(event: &AuctionEvent) -> i64 {
     match event {
-        AuctionEvent::Bid(b) => b.epoch as i64,
+        AuctionEvent::Bid(b) | AuctionEvent::CeilingRaised(b) => b.epoch as i64,
         AuctionEvent::Closed(_) => 0,
         AuctionEvent::Restored(r) => r.epoch as i64,
     }
@@ -182,14 +182,27 @@ impl Store {
     /// already recorded with the same content is skipped, so replaying a batch is
     /// harmless; one recorded with other content is a conflict: it is not written, and
     /// its index in `items` is reported. Bids, their ceilings and results are recorded for
-    /// the newly written events only.
+    /// the newly written events only. A leader's private ceiling raise goes to
+    /// `ceiling_raises` (once: a replay is skipped).
     pub async fn write_batch(&self, items: &[FlushItem]) -> Result<BatchReport, StoreError> {
+        let raises: Vec<(&AuctionId, &BidEvent, &str)> = items
+            .iter()
+            .filter_map(|i| match &i.event {
+                AuctionEvent::CeilingRaised(b) => Some((&i.auction, b, i.json.as_str())),
+                _ => None,
+            })
+            .collect();
         let items: Vec<(usize, &FlushItem)> = items
             .iter()
             .enumerate()
-            .filter(|(_, i)| !matches!(i.event, AuctionEvent::Restored(_)))
+            .filter(|(_, i)| {
+                !matches!(
+                    i.event,
+                    AuctionEvent::Restored(_) | AuctionEvent::CeilingRaised(_)
+                )
+            })
             .collect();
-        if items.is_empty() {
+        if items.is_empty() && raises.is_empty() {
             return Ok(BatchReport::default());
         }
         let auctions: Vec<String> = items.iter().map(|(_, i)| i.auction.to_string()).collect();
@@ -216,6 +229,49 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let inserted: HashSet<(String, i64)> = inserted.into_iter().collect();
+        let raised =
+            if raises.is_empty() {
+                0
+            } else {
+                sqlx::query(
+                "INSERT INTO ceiling_raises (auction_id, epoch, after_seq, max_amount, bidder_id,
+                     raised_at, event)
+                 SELECT a, e, s, m, b, to_timestamp(at / 1000.0), j::jsonb
+                 FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                     $6::bigint[], $7::text[]) AS t(a, e, s, m, b, at, j)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(
+                raises
+                    .iter()
+                    .map(|(a, _, _)| a.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                raises
+                    .iter()
+                    .map(|(_, b, _)| b.epoch as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(raises.iter().map(|(_, b, _)| b.seq as i64).collect::<Vec<_>>())
+            .bind(raises.iter().map(|(_, b, _)| b.max).collect::<Vec<_>>())
+            .bind(
+                raises
+                    .iter()
+                    .map(|(_, b, _)| b.bidder.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(raises.iter().map(|(_, b, _)| b.at).collect::<Vec<_>>())
+            .bind(
+                raises
+                    .iter()
+                    .map(|(_, _, j)| (*j).to_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as usize
+            };
         let mut fresh = Vec::new();
         let mut replayed = Vec::new();
         for (k, (index, item)) in items.iter().enumerate() {
@@ -227,7 +283,7 @@ impl Store {
         }
         // A duplicate within the batch is inserted once; any other copy is compared too.
         let mut report = BatchReport {
-            written: fresh.len(),
+            written: fresh.len() + raised,
             conflicts: Vec::new(),
         };
         if !replayed.is_empty() {
@@ -436,12 +492,16 @@ impl Store {
                      (SELECT event->>'leader' FROM events
                       WHERE auction_id = $1 AND event->>'kind' = 'bid'
                       ORDER BY seq DESC LIMIT 1),
-                     (SELECT CASE WHEN event->>'leader' = event->>'bidder' AND event ? 'ceiling'
-                                  THEN (event->>'ceiling')::bigint
-                                  ELSE (event->>'max')::bigint END
-                      FROM events WHERE auction_id = $1 AND event->>'kind' = 'bid'
-                          AND event->>'bidder' = $2
-                      ORDER BY seq DESC LIMIT 1)",
+                     greatest(
+                         (SELECT CASE WHEN event->>'leader' = event->>'bidder'
+                                          AND event ? 'ceiling'
+                                      THEN (event->>'ceiling')::bigint
+                                      ELSE (event->>'max')::bigint END
+                          FROM events WHERE auction_id = $1 AND event->>'kind' = 'bid'
+                              AND event->>'bidder' = $2
+                          ORDER BY seq DESC LIMIT 1),
+                         (SELECT max(max_amount) FROM ceiling_raises
+                          WHERE auction_id = $1 AND bidder_id = $2))",
             )
             .bind(id.to_string())
             .bind(viewer.unwrap_or_default())
@@ -533,14 +593,19 @@ impl Store {
             None => None,
         };
         // Each bidder's own ceiling as the place-bid script keeps it: the leader's ceiling
-        // when the bidder led after its latest bid, else that bid's `max`.
+        // when the bidder led after its latest bid, else that bid's `max`; or its latest
+        // private raise, which is higher (a bidder's own ceiling never goes down).
         let ceilings: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT DISTINCT ON (event->>'bidder') event->>'bidder',
-                 CASE WHEN event->>'leader' = event->>'bidder' AND event ? 'ceiling'
-                      THEN (event->>'ceiling')::bigint
-                      ELSE (event->>'max')::bigint END
-             FROM events WHERE auction_id = $1 AND event->>'kind' = 'bid'
-             ORDER BY event->>'bidder', seq DESC",
+            "SELECT bidder, max(own) FROM (
+                 (SELECT DISTINCT ON (event->>'bidder') event->>'bidder' AS bidder,
+                      CASE WHEN event->>'leader' = event->>'bidder' AND event ? 'ceiling'
+                           THEN (event->>'ceiling')::bigint
+                           ELSE (event->>'max')::bigint END AS own
+                  FROM events WHERE auction_id = $1 AND event->>'kind' = 'bid'
+                  ORDER BY event->>'bidder', seq DESC)
+                 UNION ALL
+                 SELECT bidder_id, max_amount FROM ceiling_raises WHERE auction_id = $1) t
+             GROUP BY bidder ORDER BY bidder",
         )
         .bind(&auction)
         .fetch_all(&mut *tx)

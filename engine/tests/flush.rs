@@ -11,7 +11,7 @@ use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
 use gavel_engine::keys::{DEAD_LETTER_KEY, FLUSH_GROUP};
 use gavel_engine::store::Store;
 use gavel_engine::testing::{TestPostgres, create_database, database_url};
-use gavel_engine::{AuctionEvent, AuctionId, AuctionModel, BidError, BidRequest, Engine};
+use gavel_engine::{AuctionEvent, AuctionId, AuctionModel, BidError, BidRequest, Engine, Outcome};
 
 /// One stream entry as fred returns it.
 type Entry = (String, HashMap<String, String>);
@@ -82,7 +82,7 @@ async fn concurrent_bidders_end_as_the_model_replayed_in_seq_order() {
             let (engine, id) = (engine.clone(), id.clone());
             tokio::spawn(async move {
                 let who = bidder(&format!("bidder-{t}"));
-                let mut accepted = Vec::new();
+                let (mut accepted, mut raised) = (Vec::new(), Vec::new());
                 for i in 0..40i64 {
                     let snap = engine.snapshot(&id, None).await.unwrap();
                     let req = if i % 3 == 0 {
@@ -97,21 +97,30 @@ async fn concurrent_bidders_end_as_the_model_replayed_in_seq_order() {
                         }
                     };
                     match engine.place_bid(&id, &who, req).await {
+                        // A leader's private raise has no seq of its own: it follows `r.seq`.
+                        Ok(r) if r.outcome == Outcome::CeilingRaised => {
+                            raised.push((r.seq, r.max, who.id.clone()))
+                        }
                         Ok(r) => accepted.push(r.seq),
                         Err(BidError::Rejected(_)) => {}
                         Err(e) => panic!("engine error: {e}"),
                     }
                 }
-                accepted
+                (accepted, raised)
             })
         })
         .collect();
     let mut accepted = BTreeSet::new();
+    let mut raises = Vec::new();
     for task in tasks {
-        for seq in task.await.unwrap() {
+        let (seqs, raised) = task.await.unwrap();
+        for seq in seqs {
             assert!(accepted.insert(seq), "seq {seq} given to two bids");
         }
+        raises.extend(raised);
     }
+    // Raises after one event come from its leader, each above the last.
+    raises.sort();
     let n = accepted.len() as u64;
     assert!(n > 16, "too few accepted bids ({n}) to prove anything");
     assert_eq!(accepted, (1..=n).collect(), "seq has gaps");
@@ -131,6 +140,14 @@ async fn concurrent_bidders_end_as_the_model_replayed_in_seq_order() {
             .place_bid(&bid.bidder, &bid.name, req, bid.at)
             .unwrap();
         assert_eq!(replayed, bid.clone().into(), "replay of seq {}", bid.seq);
+        for (_, max, who) in raises.iter().filter(|(seq, _, _)| *seq == bid.seq) {
+            let req = BidRequest {
+                amount: None,
+                max: Some(*max),
+            };
+            let r = model.place_bid(who, who, req, bid.at).unwrap();
+            assert_eq!((r.outcome, r.seq), (Outcome::CeilingRaised, bid.seq));
+        }
     }
     let snap = engine.snapshot(&id, None).await.unwrap();
     assert_eq!(snap.price, Some(model.state().price));
@@ -321,7 +338,7 @@ async fn poison_entries_go_to_the_dead_letter_stream_without_blocking_the_rest()
         .unwrap();
     for i in 0..5 {
         engine
-            .place_bid_at(&id, &bidder("b"), amount(6 + i), Some(2_000))
+            .place_bid_at(&id, &bidder(&format!("b{i}")), amount(6 + i), Some(2_000))
             .await
             .unwrap();
     }

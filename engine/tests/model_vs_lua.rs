@@ -1,14 +1,17 @@
 //! Property test: for random settings and random sequences of bids, clocks and closes,
 //! the Lua scripts in a real Redis and the pure Rust model give the same answer to every
 //! call (outcome, price, leader, seq, ends, rejection code and hints) and end in the
-//! same state.
+//! same state. Leaders' re-bids (refused, private raises, raises reaching the reserve)
+//! are among the cases, and the run fails if any of them never came up.
 
 mod common;
 
 use common::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use gavel_engine::{
-    AuctionModel, AuctionSettings, BidError, BidLimit, BidRequest, CloseMode, Increments,
-    SoftClose, Tier,
+    AuctionEvent, AuctionModel, AuctionSettings, BidError, BidLimit, BidRequest, CloseMode,
+    Increments, Outcome, RejectCode, SoftClose, Tier,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -115,6 +118,8 @@ fn lua_agrees_with_the_model() {
         settings_strategy(),
         prop::collection::vec(op_strategy(), 1..45),
     );
+    // How often the leader's re-bid cases came up: refused, private, public (reserve).
+    let seen = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
     let result = runner.run(&strategy, |(settings, ops)| {
         runtime.block_on(async {
             let id = auction_id();
@@ -133,7 +138,19 @@ fn lua_agrees_with_the_model() {
                         now += dt;
                         let name = format!("b{who}");
                         let req = request(kind, model.min_next(), offset, extra);
+                        let leader = model.state().leader.as_ref().map(|l| l.bidder.clone());
                         let expected = model.place_bid(&name, &name.to_uppercase(), req, now);
+                        if leader.as_deref() == Some(name.as_str()) {
+                            let case = match &expected {
+                                Err(r) if r.code == RejectCode::AlreadyLeading => Some(0),
+                                Ok(r) if r.outcome == Outcome::CeilingRaised => Some(1),
+                                Ok(_) => Some(2),
+                                Err(_) => None,
+                            };
+                            if let Some(case) = case {
+                                seen[case].fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                         let actual = engine
                             .place_bid_at(&id, &bidder(&name), req, Some(now))
                             .await;
@@ -166,10 +183,25 @@ fn lua_agrees_with_the_model() {
             prop_assert_eq!(snap.ends_at, model.effective_end());
             prop_assert_eq!(snap.reserve_met, st.reserve_met);
             prop_assert_eq!(snap.result, st.result.clone());
+            // One stream entry per public event: private raises never reach watchers.
+            let events = engine.events_since(&id, 0, 10_000).await.unwrap();
+            prop_assert_eq!(events.len() as u64, st.seq);
+            prop_assert!(
+                events
+                    .iter()
+                    .all(|e| !matches!(e, AuctionEvent::CeilingRaised(_))),
+                "a private raise in the stream"
+            );
             Ok(())
         })
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+    let seen = seen.map(|n| n.into_inner());
+    println!("leader re-bids: {seen:?} (refused, private, reaching the reserve)");
+    assert!(
+        cases < 100 || seen.iter().all(|&n| n > 0),
+        "leader re-bids (refused, private, reaching the reserve) seen {seen:?} times"
+    );
 }

@@ -54,7 +54,8 @@ fn facts(
 }
 
 async fn some_bids(engine: &Engine, id: &AuctionId) {
-    // Proxy bids, a ceiling raise and a soft-close extension (window 500 ms before 10^9).
+    // Proxy bids, a ceiling raise reaching the reserve (public), a soft-close extension
+    // (window 500 ms before 10^9), and the leader's private raise (no event) at the end.
     let at = Some(1_000_000_000 - 100);
     for (who, req) in [
         (
@@ -90,6 +91,13 @@ async fn some_bids(engine: &Engine, id: &AuctionId) {
             BidRequest {
                 amount: Some(90),
                 max: Some(100),
+            },
+        ),
+        (
+            "bo",
+            BidRequest {
+                amount: None,
+                max: Some(150),
             },
         ),
     ] {
@@ -153,13 +161,32 @@ async fn a_wiped_redis_is_restored_from_postgres_with_every_fact_and_ceiling() {
         assert_eq!(&facts(&after), expected, "{who}");
         assert_eq!(after.epoch, 2);
     }
+    assert_eq!(before[1].6, Some(150), "bo's private raise");
+    let (raises,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM ceiling_raises WHERE auction_id = $1 AND bidder_id = 'bo'
+             AND max_amount = 150 AND after_seq = 5",
+    )
+    .bind(id.to_string())
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(raises, 1, "the private raise is recorded once");
+    // The restored leader's ceiling is its raised one: a max of 140 does not take the lead.
+    let r = engine
+        .place_bid_at(&id, &bidder("dee"), max(140), Some(1_000_000_000 - 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.outcome, r.leader.as_str(), r.price, r.seq),
+        (gavel_engine::Outcome::Outbid, "bo", 142, 6)
+    );
     // Bidding goes on after the restored seq, under the new epoch, and reaches PostgreSQL
     // gap-free.
     let next = engine
         .place_bid_at(&id, &bidder("cy"), amount(200), Some(1_000_000_000 - 50))
         .await
         .unwrap();
-    assert_eq!(next.seq, 6);
+    assert_eq!(next.seq, 7);
     flush_all(&mut f).await;
     let seqs: Vec<u64> = store
         .bids(&id, 0, 100)
@@ -168,11 +195,11 @@ async fn a_wiped_redis_is_restored_from_postgres_with_every_fact_and_ceiling() {
         .iter()
         .map(|b| b.seq)
         .collect();
-    assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
     let replay = store.events_after(&id, 4, 10).await.unwrap();
     assert_eq!(
         replay.iter().map(|e| e.seq()).collect::<Vec<_>>(),
-        vec![5, 6]
+        vec![5, 6, 7]
     );
     match &replay[1] {
         gavel_engine::AuctionEvent::Bid(b) => assert_eq!(b.epoch, 2),

@@ -68,6 +68,8 @@ struct ServerMessage<'a> {
     min_next: Option<i64>,
     #[serde(default)]
     code: Option<String>,
+    #[serde(default)]
+    outcome: Option<&'a str>,
 }
 
 /// Opens one connection; bidders identify themselves with development auth.
@@ -209,7 +211,8 @@ async fn bid(ws: &mut Ws, index: usize, interval: Option<Duration>, shared: &Sha
                 match msg.kind {
                     "bid_result" => {
                         Live::inc(&live.accepted);
-                        if let Some(seq) = msg.seq {
+                        // A leader's private raise has no event (its seq is another's).
+                        if let Some(seq) = msg.seq.filter(|_| msg.outcome != Some("ceiling_raised")) {
                             stats.accepted_sent_at.push(((auction_index, seq), sent_at));
                         }
                     }

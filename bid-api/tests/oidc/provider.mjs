@@ -9,6 +9,13 @@
 // "watch") use the client_credentials grant; the resource indicator picks the access
 // token's format: `urn:gavel:<ALG>` gives a JWT (RFC 9068) for audience `gavel` signed with
 // ALG (ES256, RS256, PS256, EdDSA); `urn:other` one for audience `other`.
+//
+// With GAVEL_TEST_PAGE_REDIRECT set (the bidder page's redirect URI), the public client
+// `gavel-page` signs users in with the authorization code grant and PKCE (no secret),
+// through the library's development login and consent pages (any login, any password:
+// the login is the `sub`, its capitalised form the `name` claim), and gets refresh
+// tokens; its resource `urn:gavel:page` gives access tokens for audience `gavel` that
+// live GAVEL_TEST_PAGE_TOKEN_TTL seconds (600 by default).
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:https';
 import Provider from 'oidc-provider';
@@ -21,6 +28,11 @@ const algs = ['ES256', 'RS256', 'PS256', 'EdDSA'];
 const servers = Object.fromEntries(algs.map((alg) => [`urn:gavel:${alg}`, {
   audience: 'gavel', scope: 'bid watch', accessTokenFormat: 'jwt', accessTokenTTL: 600, jwt: { sign: { alg } },
 }]));
+const pageRedirect = process.env.GAVEL_TEST_PAGE_REDIRECT;
+const pageTtl = Number(process.env.GAVEL_TEST_PAGE_TOKEN_TTL || 600);
+servers['urn:gavel:page'] = {
+  audience: 'gavel', scope: 'bid watch', accessTokenFormat: 'jwt', accessTokenTTL: pageTtl, jwt: { sign: { alg: 'ES256' } },
+};
 servers['urn:other'] = {
   audience: 'other', scope: 'bid watch', accessTokenFormat: 'jwt', accessTokenTTL: 600, jwt: { sign: { alg: 'ES256' } },
 };
@@ -31,12 +43,28 @@ const client = (id, scope) => ({
   id_token_signed_response_alg: jwks.keys[0].alg,
 });
 
+const clients = [client('alice', 'bid watch'), client('bob', 'bid watch'), client('watcher', 'watch')];
+if (pageRedirect) {
+  clients.push({
+    client_id: 'gavel-page', token_endpoint_auth_method: 'none', application_type: 'web',
+    grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'],
+    redirect_uris: [pageRedirect], scope: 'openid bid watch',
+    id_token_signed_response_alg: jwks.keys[0].alg,
+  });
+}
+const capitalised = (s) => s.charAt(0).toUpperCase() + s.slice(1);
+
 const provider = new Provider(issuer, {
   jwks,
-  clients: [client('alice', 'bid watch'), client('bob', 'bid watch'), client('watcher', 'watch')],
-  scopes: ['bid', 'watch'],
+  clients,
+  scopes: ['openid', 'bid', 'watch'],
+  findAccount: (_ctx, sub) => ({ accountId: sub, claims: () => ({ sub, name: capitalised(sub) }) }),
+  // The page's access tokens carry the display name, as a provider's mapper would put it.
+  extraTokenClaims: (_ctx, token) => (token.accountId ? { name: capitalised(token.accountId) } : undefined),
+  // A public web client gets refresh tokens without `offline_access`, as Keycloak's do.
+  issueRefreshToken: (_ctx, client) => client.grantTypeAllowed('refresh_token'),
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: Boolean(pageRedirect) },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,

@@ -244,6 +244,16 @@ podAntiAffinity:
 - name: GAVEL_OIDC_CA_FILE
   value: /etc/gavel/oidc-ca/{{ $oidc.caConfigMapKey }}
 {{- end }}
+{{- with $oidc.pageClientId }}
+- name: GAVEL_OIDC_PAGE_CLIENT_ID
+  value: {{ . | quote }}
+- name: GAVEL_OIDC_PAGE_SCOPE
+  value: {{ $oidc.pageScope | quote }}
+{{- end }}
+{{- with $oidc.pageResource }}
+- name: GAVEL_OIDC_PAGE_RESOURCE
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "gavel.egressRule" -}}
