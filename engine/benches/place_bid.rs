@@ -1,10 +1,14 @@
-//! Place-bid throughput: the engine client with many concurrent callers against the raw
-//! `redis-benchmark` rate of `EVALSHA` of the very same script on the same Redis, and
-//! their ratio. Both run the same path: an accepted bid (the leader raising its ceiling),
-//! with the stream append and the PUBLISH.
+//! Place-bid throughput, in two measurements:
 //!
-//! Then the engine client again on Redis with the append-only file, `appendfsync
-//! everysec` and `always` (what Gavel ships), to show what durability costs.
+//! - **Client overhead**: the engine client with many concurrent callers against the raw
+//!   `redis-benchmark` rate of `EVALSHA` of the very same script and arguments on the same
+//!   Redis, and their ratio. `redis-benchmark` repeats one call, so both run the one path a
+//!   repeated call has: the leader re-bidding its own ceiling, refused as `ALREADY_LEADING`
+//!   (the state read and the rate-limit bucket written).
+//! - **Accepted bids**: each of 64 bidders in turn bids a ceiling above every earlier one, so
+//!   almost every call takes the lead: the state update, the auction's stream, the flush
+//!   stream and the PUBLISH. Measured without persistence and with the append-only file,
+//!   `appendfsync everysec` and `always` (what Gavel ships), to show what durability costs.
 //!
 //! Beside each rate it reports what the processes spent per accepted bid: Redis's CPU time
 //! (`INFO cpu`) and this client's (`/proc/self/stat`), which swing far less than wall-clock
@@ -20,7 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gavel_engine::testing::TestRedis;
-use gavel_engine::{AuctionId, AuctionSettings, BidError, BidRequest, Bidder, Engine, Increments};
+use gavel_engine::{
+    AuctionId, AuctionSettings, BidError, BidRequest, Bidder, Engine, Increments, RejectCode,
+};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -48,22 +54,45 @@ fn main() {
 
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let id = AuctionId::new("bench", "hot").expect("valid id");
-    let base = runtime.block_on(measure(&url, &id, seconds, callers, connections));
-    let (engine_rate, sha) = (base.rate, base.sha.clone());
+    let repeated = runtime.block_on(measure(
+        &url,
+        &id,
+        seconds,
+        callers,
+        connections,
+        Path::Repeated,
+    ));
+    let (engine_rate, sha) = (repeated.rate, repeated.sha.clone());
+    let accepted_id = AuctionId::new("bench", "accepted").expect("valid id");
+    let base = runtime.block_on(measure(
+        &url,
+        &accepted_id,
+        seconds,
+        callers,
+        connections,
+        Path::NewLeader,
+    ));
 
-    // What persistence costs: the same measurement on Redis with the append-only file,
-    // fsynced every second and before every reply (Gavel's shipped setting).
+    // What persistence costs: accepted bids on Redis with the append-only file, fsynced
+    // every second and before every reply (Gavel's shipped setting).
     let mut aof = Vec::new();
     for fsync in ["everysec", "always"] {
         let redis =
             TestRedis::start_with(&["--save", "", "--appendonly", "yes", "--appendfsync", fsync]);
         let id = AuctionId::new("bench", &format!("aof-{fsync}")).expect("valid id");
-        let run = runtime.block_on(measure(&redis.url(), &id, seconds, callers, connections));
+        let run = runtime.block_on(measure(
+            &redis.url(),
+            &id,
+            seconds,
+            callers,
+            connections,
+            Path::NewLeader,
+        ));
         aof.push((fsync, run));
     }
 
-    // The same script, the same accepted path, driven by redis-benchmark: one request
-    // in flight per client (its default), and pipelined 16 deep (Redis's own ceiling).
+    // The same script and arguments driven by redis-benchmark: one request in flight per
+    // client (its default), and pipelined 16 deep (Redis's own ceiling).
     let requests = ((engine_rate * seconds as f64) as u64).max(50_000);
     let keys = [
         id.state_key(),
@@ -101,10 +130,10 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("place-bid throughput, Redis and callers on the same {cores}-core machine");
     println!(
-        "  engine client ({callers} callers, {connections} connections): {engine_rate:>10.0} bids/s"
+        "  engine client ({callers} callers, {connections} connections): {engine_rate:>10.0} calls/s (a repeated call: ALREADY_LEADING)"
     );
-    println!("  redis-benchmark EVALSHA, 50 clients:            {raw_rate:>10.0} bids/s");
-    println!("  redis-benchmark EVALSHA, 50 clients, -P 16:     {raw_pipelined:>10.0} bids/s");
+    println!("  redis-benchmark EVALSHA, 50 clients:            {raw_rate:>10.0} calls/s");
+    println!("  redis-benchmark EVALSHA, 50 clients, -P 16:     {raw_pipelined:>10.0} calls/s");
     println!(
         "  ratio engine / raw EVALSHA:                     {:>10.1} %",
         ratio * 100.0
@@ -114,14 +143,14 @@ fn main() {
         ratio_pipelined * 100.0
     );
     println!(
-        "  CPU per accepted bid, no persistence:           Redis {:.1} µs, client {:.1} µs",
-        base.redis_cpu_us, base.client_cpu_us
+        "  engine client, accepted bids, no persistence:   {:>10.0} bids/s; CPU per bid: Redis {:.1} µs, client {:.1} µs",
+        base.rate, base.redis_cpu_us, base.client_cpu_us
     );
     for (fsync, run) in &aof {
         println!(
             "  engine client, AOF appendfsync {fsync:<9}        {:>10.0} bids/s ({:.0} % of no persistence); CPU per bid: Redis {:.1} µs, client {:.1} µs",
             run.rate,
-            run.rate / engine_rate * 100.0,
+            run.rate / base.rate * 100.0,
             run.redis_cpu_us,
             run.client_cpu_us
         );
@@ -135,6 +164,7 @@ fn main() {
         "callers": callers,
         "connections": connections,
         "seconds": seconds,
+        "accepted_bids_per_second": base.rate,
         "redis_cpu_us_per_bid": base.redis_cpu_us,
         "client_cpu_us_per_bid": base.client_cpu_us,
         "aof": aof
@@ -153,9 +183,19 @@ fn main() {
     }
 }
 
+/// Which path of the place-bid script a measurement drives.
+#[derive(Clone, Copy)]
+enum Path {
+    /// The leader re-bidding the same ceiling: refused as `ALREADY_LEADING` (what
+    /// `redis-benchmark` repeats).
+    Repeated,
+    /// A ceiling above every earlier one from one of many bidders: a new leader, an event.
+    NewLeader,
+}
+
 /// One measured run of the engine client.
 struct Run {
-    /// Accepted bids per second.
+    /// Calls per second that took the measured path.
     rate: f64,
     /// The place-bid script's SHA1, for `redis-benchmark`.
     sha: String,
@@ -192,14 +232,15 @@ fn own_cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-/// Accepted place-bid calls through the engine client, `callers` at a time for `seconds`,
-/// on auction `id` of the Redis at `url`.
+/// Place-bid calls through the engine client, `callers` at a time for `seconds`, on
+/// auction `id` of the Redis at `url`, along `path`.
 async fn measure(
     url: &str,
     id: &AuctionId,
     seconds: u64,
     callers: usize,
     connections: usize,
+    path: Path,
 ) -> Run {
     let id = id.clone();
     let engine = Engine::connect(url, connections).await.expect("connect");
@@ -234,17 +275,49 @@ async fn measure(
     let (redis_cpu, own_cpu) = (redis_cpu_seconds(url), own_cpu_seconds());
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let next_ceiling = Arc::new(AtomicU64::new(2_000));
     let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let (engine, id, leader, accepted) =
-                (engine.clone(), id.clone(), leader.clone(), accepted.clone());
+        .map(|caller| {
+            let (engine, id, leader, accepted, next_ceiling) = (
+                engine.clone(),
+                id.clone(),
+                leader.clone(),
+                accepted.clone(),
+                next_ceiling.clone(),
+            );
+            let bidder =
+                Bidder::new(format!("b{caller}"), format!("Bidder {caller}")).expect("bidder");
             tokio::spawn(async move {
                 while Instant::now() < deadline {
-                    match engine.place_bid(&id, &leader, ceiling).await {
-                        Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
-                        Err(BidError::Rejected(r)) => panic!("bid rejected: {r}"),
-                        Err(e) => panic!("engine error: {e}"),
+                    let result = match path {
+                        Path::Repeated => engine.place_bid(&id, &leader, ceiling).await,
+                        Path::NewLeader => {
+                            let max = next_ceiling.fetch_add(1, Ordering::Relaxed) as i64;
+                            let bid = BidRequest {
+                                amount: None,
+                                max: Some(max),
+                            };
+                            engine.place_bid(&id, &bidder, bid).await
+                        }
                     };
+                    let took_path = match (path, result) {
+                        (Path::Repeated, Err(BidError::Rejected(r))) => {
+                            assert_eq!(r.code, RejectCode::AlreadyLeading, "{r}");
+                            true
+                        }
+                        (Path::NewLeader, Ok(_)) => true,
+                        // Overtaken in flight by a higher ceiling: refused, not counted.
+                        (Path::NewLeader, Err(BidError::Rejected(r)))
+                            if r.code == RejectCode::BidTooLow =>
+                        {
+                            false
+                        }
+                        (_, Ok(bid)) => panic!("unexpected outcome {:?}", bid.outcome),
+                        (_, Err(e)) => panic!("place bid: {e}"),
+                    };
+                    if took_path {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
         })
