@@ -278,6 +278,11 @@ impl Engine {
         self
     }
 
+    /// The Redis connection settings, for clients of other kinds (pub/sub).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// A client of the pool, for commands outside the scripts (readiness, replay).
     pub fn redis(&self) -> &Client {
         self.pool.next()
@@ -429,7 +434,7 @@ impl Engine {
             .evalsha_with_reload(
                 self.pool.next(),
                 vec![id.state_key()],
-                vec![epoch.to_string(), reason.to_owned()],
+                vec![epoch.to_string(), reason.to_owned(), id.notice_channel()],
             )
             .await?;
         Ok(reply == 1)

@@ -4,6 +4,7 @@
 //!   reference model (README § Bidding rules), no I/O.
 //! - [`client`]: the Redis Lua scripts that apply the same rules atomically, one
 //!   `EVALSHA` per bid, and their typed client [`Engine`].
+//! - [`changes`]: which auctions changed in Redis, for the operator (no per-auction polling).
 //! - [`event`]: the JSON events the scripts append to each auction's stream and publish.
 //! - [`store`]: the PostgreSQL schema (sqlx migrations) and its queries.
 //! - [`flusher`]: moves accepted bids and results from the Redis flush streams to
@@ -14,6 +15,7 @@
 //!   exiting (the bid-api and the operator).
 //! - `testing` (feature `testing`): throw-away Redis and PostgreSQL servers for tests.
 
+pub mod changes;
 pub mod client;
 pub mod event;
 pub mod flusher;

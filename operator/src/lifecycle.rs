@@ -115,6 +115,11 @@ impl Lifecycle {
         }
     }
 
+    /// The tuning of the plan.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
     /// The engine handle.
     pub fn engine(&self) -> &Engine {
         &self.engine

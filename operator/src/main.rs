@@ -109,7 +109,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     if let Some(dir) = args.standalone.clone() {
         startup.finish();
-        let op = Standalone::new(dir, lifecycle, metrics, args.poll, args.status_stdout);
+        let op = Standalone::new(dir, lifecycle, metrics, args.poll, args.status_stdout)
+            .with_concurrency(usize::from(args.reconcile_concurrency));
         return op.run_until(shutdown_signal()).await;
     }
 
@@ -144,7 +145,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     metrics.leader.set(1);
     let ctx = Arc::new(Context::new(client, lifecycle, metrics.clone(), &identity));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(controller::run(ctx, async move {
+    let concurrency = args.reconcile_concurrency;
+    let controller = tokio::spawn(controller::run_with(ctx, concurrency, async move {
         let _ = stop_rx.await;
     }));
     let lost = tokio::select! {

@@ -5,7 +5,11 @@
 //! - Every `*.yaml` / `*.yml` file of the directory (not hidden, not `*.status.yaml`)
 //!   holds one Auction. Its namespace defaults to `default`.
 //! - The directory is polled; a changed file is reconciled at once, and every auction
-//!   again when its plan asks (start, effective end, status refresh).
+//!   again when its plan asks (start, effective end) or when it changed in Redis (bids, a
+//!   halt, lost data: [`gavel_engine::changes`]), at most once per `--status-refresh`.
+//!   An open auction nobody bids on costs nothing until its end.
+//! - Up to `--reconcile-concurrency` auctions are reconciled at the same time (auctions
+//!   ending together close together).
 //! - The status is written beside each file as `<file>.status.yaml` (atomically: a
 //!   temporary file renamed over it), and with `--status-stdout` also printed to stdout.
 //! - Removing a file deletes the auction: it is cancelled if still open, its last bids
@@ -28,7 +32,10 @@ use gavel_crds::{Auction, AuctionStatus, Phase};
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
-use crate::lifecycle::{Lifecycle, local_now};
+use futures::StreamExt;
+use gavel_engine::changes::{ChangeFeed, Changed};
+
+use crate::lifecycle::{Lifecycle, auction_id, local_now, recorded_in};
 use crate::metrics::Metrics;
 use crate::status::{self, CONDITION_READY, Severity};
 
@@ -65,6 +72,23 @@ pub struct Standalone {
     poll: Duration,
     stdout: bool,
     entries: HashMap<PathBuf, Entry>,
+    concurrency: usize,
+    feed: Option<ChangeFeed>,
+    feed_tried: Option<Instant>,
+}
+
+/// Default number of auctions reconciled at the same time.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// How often starting the change feed is retried while Redis cannot be reached.
+const FEED_RETRY: Duration = Duration::from_secs(2);
+
+/// One reconcile to run: what it needs, taken from its entry.
+struct Job {
+    path: PathBuf,
+    auction: Auction,
+    deleting: bool,
+    key: String,
 }
 
 /// The path of the status file of manifest `path`.
@@ -125,6 +149,55 @@ impl Standalone {
             poll,
             stdout,
             entries: HashMap::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            feed: None,
+            feed_tried: None,
+        }
+    }
+
+    /// Reconciles up to `n` auctions at the same time (at least 1), so that many auctions
+    /// ending together close together.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Starts the change feed if it is not running (retried every [`FEED_RETRY`]); once it
+    /// runs, every auction is looked at again, since changes may have been missed.
+    async fn ensure_feed(&mut self) {
+        if self.feed.is_some() || self.feed_tried.is_some_and(|t| t.elapsed() < FEED_RETRY) {
+            return;
+        }
+        self.feed_tried = Some(Instant::now());
+        let every = self.lifecycle.timing().refresh;
+        match ChangeFeed::start(self.lifecycle.engine(), every).await {
+            Ok(feed) => {
+                self.feed = Some(feed);
+                if self.feed_tried.is_some() {
+                    self.apply_changes(&Changed {
+                        all: true,
+                        ..Changed::default()
+                    });
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot follow changes in Redis yet; retrying"),
+        }
+    }
+
+    /// Makes the auctions that changed in Redis due now (open ones: a closed and recorded
+    /// auction has nothing left to learn from Redis).
+    fn apply_changes(&mut self, changed: &Changed) {
+        let now = Instant::now();
+        for entry in self.entries.values_mut() {
+            if entry.deleting || recorded_in(entry.status.as_ref()) {
+                continue;
+            }
+            let Some(auction) = &entry.auction else {
+                continue;
+            };
+            if changed.all || auction_id(auction).is_ok_and(|id| changed.auctions.contains(&id)) {
+                entry.due = Some(entry.due.map_or(now, |d| d.min(now)));
+            }
         }
     }
 
@@ -134,8 +207,10 @@ impl Standalone {
         tokio::pin!(shutdown);
         // A directory that cannot be read at start is a configuration error; later the
         // operator keeps going (and keeps closing what it knows) until it is back.
+        self.ensure_feed().await;
         self.tick().await?;
         loop {
+            self.ensure_feed().await;
             let now = Instant::now();
             let next = self
                 .entries
@@ -144,9 +219,22 @@ impl Standalone {
                 .min()
                 .map_or(self.poll, |due| due.saturating_duration_since(now))
                 .min(self.poll);
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                _ = tokio::time::sleep(next) => {}
+            let changed = {
+                let feed = self.feed.as_ref();
+                let changes = async move {
+                    match feed {
+                        Some(feed) => feed.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(next) => None,
+                    changed = changes => Some(changed),
+                }
+            };
+            if let Some(changed) = changed {
+                self.apply_changes(&changed);
             }
             if let Err(e) = self.tick().await {
                 warn!(error = %e, "cannot scan the directory; retrying");
@@ -170,8 +258,25 @@ impl Standalone {
             .filter(|(_, e)| e.due.is_some_and(|d| d <= now))
             .map(|(p, _)| p.clone())
             .collect();
+        let mut jobs = Vec::new();
         for path in due {
-            self.reconcile(&path).await;
+            if let Some(job) = self.prepare(&path).await {
+                jobs.push(job);
+            }
+        }
+        let lifecycle = self.lifecycle.clone();
+        let mut running = futures::stream::iter(jobs)
+            .map(|job| {
+                let lifecycle = lifecycle.clone();
+                async move {
+                    let started = Instant::now();
+                    let result = lifecycle.reconcile(&job.auction, job.deleting).await;
+                    (job, result, started.elapsed())
+                }
+            })
+            .buffer_unordered(self.concurrency);
+        while let Some((job, result, took)) = running.next().await {
+            self.finish(job, result, took).await;
         }
     }
 
@@ -235,38 +340,60 @@ impl Standalone {
         Ok(())
     }
 
-    async fn reconcile(&mut self, path: &Path) {
-        let Some(entry) = self.entries.get_mut(path) else {
-            return;
-        };
+    /// What the reconcile of `path` needs, or `None` when there is nothing to reconcile
+    /// (a file that never parsed: its status is written here).
+    async fn prepare(&mut self, path: &Path) -> Option<Job> {
+        let entry = self.entries.get_mut(path)?;
+        // Not due again until the reconcile says when.
+        entry.due = None;
         let Some(mut auction) = entry.auction.clone() else {
             // Never parsed: nothing was provisioned.
             if entry.deleting {
                 self.forget(path).await;
             } else if let Some(error) = entry.parse_error.clone() {
                 let status = failed_status(entry.status.as_ref(), &error);
-                entry.due = None;
                 self.write_status(path, status).await;
             }
-            return;
+            return None;
         };
         auction.metadata.generation = Some(entry.generation);
         auction.status = entry.status.clone();
-        let deleting = entry.deleting;
         let key = format!(
             "{}/{}",
             auction.metadata.namespace.as_deref().unwrap_or("default"),
             auction.metadata.name.as_deref().unwrap_or_default()
         );
-        let started = Instant::now();
-        let result = self.lifecycle.reconcile(&auction, deleting).await;
+        Some(Job {
+            path: path.to_owned(),
+            auction,
+            deleting: entry.deleting,
+            key,
+        })
+    }
+
+    async fn finish(
+        &mut self,
+        job: Job,
+        result: Result<crate::lifecycle::Outcome, crate::lifecycle::LifecycleError>,
+        took: Duration,
+    ) {
+        let Job {
+            path,
+            deleting,
+            key,
+            ..
+        } = job;
+        let path = path.as_path();
+        let Some(entry) = self.entries.get_mut(path) else {
+            return;
+        };
         let kind = match &result {
             Ok(_) => None,
             Err(crate::lifecycle::LifecycleError::Engine(_)) => Some("redis"),
             Err(crate::lifecycle::LifecycleError::Store(_)) => Some("postgres"),
             Err(crate::lifecycle::LifecycleError::Flush(_)) => Some("flush"),
         };
-        self.metrics.reconciled(started.elapsed(), kind);
+        self.metrics.reconciled(took, kind);
         let parse_error = entry.parse_error.clone();
         match result {
             Ok(outcome) if outcome.released => {

@@ -576,3 +576,86 @@ async fn postgres_down_at_the_end_closes_on_time_and_records_on_recovery() {
     op.stop().await;
     drop(pg);
 }
+
+fn reconciles(op: &Operator) -> u64 {
+    op.metrics.reconciles.with_label_values(&["ok"]).get()
+        + op.metrics.reconciles.with_label_values(&["error"]).get()
+}
+
+/// An open auction nobody bids on is not looked at again until its end (no Redis or
+/// PostgreSQL work per auction at rest), yet everything that happens to it in Redis is
+/// noticed: a bid reaches the status, a halt and a flushed Redis are restored from
+/// PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_open_auction_costs_nothing_and_changes_in_redis_still_wake_it() {
+    let redis = TestRedis::start();
+    let s = Servers {
+        redis: redis.url(),
+        database: database_url().await,
+        _redis: Some(redis),
+    };
+    let dir = temp_dir("operator-idle");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let id = AuctionId::new("shop", "quiet").unwrap();
+    let file = dir.join("quiet.yaml");
+    std::fs::write(&file, manifest("quiet", None, local_now() + 3_600_000, "")).unwrap();
+    let op = Operator::start(&dir, &s, "operator-idle").await;
+    wait_status(&file, Duration::from_secs(10), "Open", phase(Phase::Open)).await;
+
+    // At rest: six status-refresh intervals (500ms here) without a single reconcile.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before = reconciles(&op);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        reconciles(&op),
+        before,
+        "an idle open auction was reconciled again with nothing changed"
+    );
+
+    // A bid wakes it: the status follows.
+    bid(&engine, &id, "Ann", None, Some(12_000)).await;
+    wait_status(&file, Duration::from_secs(10), "showing the bid", |st| {
+        st.bid_count == Some(1) && st.leader.as_deref() == Some("Ann")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.event_count(&id).await.unwrap() < 1 {
+        assert!(Instant::now() < deadline, "the bid never reached PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A halt (what a flusher does on a conflict) is restored at once, not at the next
+    // slow look.
+    let epoch = engine.snapshot(&id, None).await.unwrap().epoch;
+    assert!(engine.halt(&id, epoch, "test: contradicts the record").await.unwrap());
+    wait_status(&file, Duration::from_secs(10), "Restored", |st| {
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Restored" && c.status == "True")
+    })
+    .await;
+    let restored = engine.snapshot(&id, None).await.unwrap();
+    assert_eq!((restored.epoch, restored.halted), (epoch + 1, None));
+
+    // Redis loses everything (no restart, so no reconnect): noticed and restored.
+    let flushed = std::process::Command::new("redis-cli")
+        .args(["-u", &s.redis, "FLUSHALL"])
+        .output()
+        .unwrap();
+    assert!(flushed.status.success(), "{flushed:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let back = loop {
+        match engine.snapshot(&id, None).await {
+            Ok(snapshot) => break snapshot,
+            Err(EngineError::UnknownAuction(_)) => {
+                assert!(Instant::now() < deadline, "a flushed Redis was never noticed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!((back.bid_count, back.seq), (1, 1));
+    assert!(back.epoch > restored.epoch);
+    op.stop().await;
+}
