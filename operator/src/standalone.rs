@@ -4,7 +4,8 @@
 //!
 //! - Every `*.yaml` / `*.yml` file of the directory (not hidden, not `*.status.yaml`)
 //!   holds one Auction. Its namespace defaults to `default`.
-//! - The directory is polled; a changed file is reconciled at once, and every auction
+//! - The directory is polled (a file whose modification time and length did not change is
+//!   not read again; a status write is not a change); a changed file is reconciled at once, and every auction
 //!   again when its plan asks (start, effective end) or when it changed in Redis (bids, a
 //!   halt, lost data: [`gavel_engine::changes`]), at most once per `--status-refresh`.
 //!   An open auction nobody bids on costs nothing until its end.
@@ -22,11 +23,11 @@
 //! Several standalone operators on the same directory are safe (the close is atomic and
 //! idempotent in Redis); they are not coordinated otherwise.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use gavel_crds::{Auction, AuctionStatus, Phase};
 use tokio::io::AsyncWriteExt;
@@ -42,6 +43,9 @@ use crate::status::{self, CONDITION_READY, Severity};
 /// Suffix of the status files.
 pub const STATUS_SUFFIX: &str = ".status.yaml";
 
+/// Files modified this recently are read on every scan, whatever their modification time.
+const RECENT: Duration = Duration::from_secs(1);
+
 /// Retry delay after a failed reconcile.
 const ERROR_RETRY: Duration = Duration::from_secs(1);
 
@@ -50,6 +54,8 @@ const ERROR_RETRY: Duration = Duration::from_secs(1);
 struct Entry {
     /// The file's text as last read.
     text: String,
+    /// Modification time and length when last read: an unchanged file is not read again.
+    stamp: Option<(SystemTime, u64)>,
     /// The last Auction that parsed.
     auction: Option<Auction>,
     /// Why the current text does not parse.
@@ -173,12 +179,10 @@ impl Standalone {
         match ChangeFeed::start(self.lifecycle.engine(), every).await {
             Ok(feed) => {
                 self.feed = Some(feed);
-                if self.feed_tried.is_some() {
-                    self.apply_changes(&Changed {
-                        all: true,
-                        ..Changed::default()
-                    });
-                }
+                self.apply_changes(&Changed {
+                    all: true,
+                    ..Changed::default()
+                });
             }
             Err(e) => warn!(error = %e, "cannot follow changes in Redis yet; retrying"),
         }
@@ -281,7 +285,7 @@ impl Standalone {
     }
 
     async fn scan(&mut self) -> anyhow::Result<()> {
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         let mut dir = tokio::fs::read_dir(&self.dir)
             .await
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.dir.display()))?;
@@ -290,10 +294,24 @@ impl Standalone {
             if !is_manifest(&path) {
                 continue;
             }
+            let Ok(meta) = tokio::fs::metadata(&path).await else {
+                continue; // removed right now; the next scan decides
+            };
+            let stamp = meta.modified().ok().map(|m| (m, meta.len()));
+            if let (Some(entry), Some((modified, _))) = (self.entries.get(&path), stamp)
+                && !entry.deleting
+                && entry.stamp == stamp
+                // A write within the clock's granularity could leave the same time: files
+                // modified in the last second are read again.
+                && modified.elapsed().is_ok_and(|age| age > RECENT)
+            {
+                seen.insert(path);
+                continue;
+            }
             let Ok(text) = tokio::fs::read_to_string(&path).await else {
                 continue; // removed or unreadable right now; the next scan decides
             };
-            seen.push(path.clone());
+            seen.insert(path.clone());
             let is_new = !self.entries.contains_key(&path);
             let entry = self.entries.entry(path.clone()).or_default();
             if is_new {
@@ -307,7 +325,9 @@ impl Standalone {
                     .and_then(|s| s.observed_generation)
                     .unwrap_or(0);
             }
-            if !is_new && entry.text == text && !entry.deleting {
+            let unchanged = !is_new && entry.text == text && !entry.deleting;
+            entry.stamp = stamp;
+            if unchanged {
                 continue;
             }
             entry.deleting = false;

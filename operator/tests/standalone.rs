@@ -659,3 +659,58 @@ async fn an_idle_open_auction_costs_nothing_and_changes_in_redis_still_wake_it()
     assert!(back.epoch > restored.epoch);
     op.stop().await;
 }
+
+/// A close storm: a few hundred auctions with the same end, two operators on the same
+/// directory. Each is closed exactly once, with the right winner in its status and in
+/// PostgreSQL (correctness only; how late they close is measured by `make bench`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_hundred_auctions_ending_together_each_close_once_with_their_winner() {
+    const N: usize = 300;
+    let s = servers().await;
+    let dir = temp_dir("operator-storm");
+    let engine = Engine::connect(&s.redis, 2).await.unwrap();
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let end = local_now() + 20_000;
+    let files: Vec<PathBuf> = (0..N)
+        .map(|i| {
+            let name = format!("lot-{i:03}");
+            let file = dir.join(format!("{name}.yaml"));
+            std::fs::write(&file, manifest(&name, None, end, "")).unwrap();
+            file
+        })
+        .collect();
+    let (a, b) = tokio::join!(
+        Operator::start(&dir, &s, "storm-a"),
+        Operator::start(&dir, &s, "storm-b")
+    );
+    for file in &files {
+        wait_status(file, Duration::from_secs(60), "Open", phase(Phase::Open)).await;
+    }
+    // Two bidders on each lot; the winner differs from lot to lot.
+    let names = ["Ann", "Bob", "Cy", "Dee", "Eve"];
+    let mut expected = Vec::new();
+    for i in 0..N {
+        let id = AuctionId::new("shop", &format!("lot-{i:03}")).unwrap();
+        let (first, second) = (names[i % 5], names[(i + 1) % 5]);
+        bid(&engine, &id, first, None, Some(11_000)).await;
+        let top = bid(&engine, &id, second, None, Some(12_000 + i as i64)).await;
+        assert_eq!(top.leader_name, second);
+        expected.push((id, second, top.price));
+    }
+    assert!(local_now() < end, "the bids took longer than the lead time");
+    for (file, (id, winner, price)) in files.iter().zip(&expected) {
+        let closed = wait_status(file, Duration::from_secs(180), "Closed", phase(Phase::Closed)).await;
+        assert_eq!(closed.winner.as_deref(), Some(*winner), "{id}");
+        assert_eq!(closed.final_price, Some(*price), "{id}");
+        let result = store.result(id).await.unwrap().expect("result in PostgreSQL");
+        let winner_id = format!("{}-id", winner.to_lowercase());
+        assert_eq!(result.winner.as_deref(), Some(winner_id.as_str()), "{id}");
+        assert_eq!(result.final_price, Some(*price), "{id}");
+        assert!(result.closed_at >= end, "{id} closed before its end");
+        assert_eq!(store.bid_count(id).await.unwrap(), 2, "{id}");
+        let events = engine.events_since(id, 0, 1_000).await.unwrap();
+        assert_eq!(closes(&events), 1, "{id} closed more than once: {events:?}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
