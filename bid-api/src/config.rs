@@ -196,7 +196,7 @@ pub struct Config {
     /// Longest time an event stays in its auction's Redis stream for `since` replay
     /// (trimmed as events are appended; 0s: no age limit); older ones are replayed from
     /// PostgreSQL.
-    #[arg(long, env = "GAVEL_REPLAY_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "GAVEL_REPLAY_MAX_AGE", default_value = "60m", value_parser = parse_duration)]
     pub replay_max_age: Duration,
 
     /// Auctions one connection may subscribe to at once.

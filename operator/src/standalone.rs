@@ -286,18 +286,14 @@ impl Standalone {
 
     async fn scan(&mut self) -> anyhow::Result<()> {
         let mut seen = HashSet::new();
-        let mut dir = tokio::fs::read_dir(&self.dir)
+        // One blocking task lists the directory and stats every manifest (thousands of
+        // files cost a few system calls each, not a task each).
+        let dir = self.dir.clone();
+        let listing = tokio::task::spawn_blocking(move || list_manifests(&dir))
             .await
+            .map_err(|e| anyhow::anyhow!("directory scan failed: {e}"))?
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.dir.display()))?;
-        while let Some(item) = dir.next_entry().await? {
-            let path = item.path();
-            if !is_manifest(&path) {
-                continue;
-            }
-            let Ok(meta) = tokio::fs::metadata(&path).await else {
-                continue; // removed right now; the next scan decides
-            };
-            let stamp = meta.modified().ok().map(|m| (m, meta.len()));
+        for (path, stamp) in listing {
             if let (Some(entry), Some((modified, _))) = (self.entries.get(&path), stamp)
                 && !entry.deleting
                 && entry.stamp == stamp
@@ -499,6 +495,22 @@ impl Standalone {
             warn!(file = %path.display(), error = %e, "cannot write the status file");
         }
     }
+}
+
+/// Every manifest of `dir` with its modification time and length (`None` when unknown).
+fn list_manifests(dir: &Path) -> std::io::Result<Vec<(PathBuf, Option<(SystemTime, u64)>)>> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let path = item?.path();
+        if !is_manifest(&path) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // removed right now; the next scan decides
+        };
+        out.push((path, meta.modified().ok().map(|m| (m, meta.len()))));
+    }
+    Ok(out)
 }
 
 fn status_file_exists(path: &Path) -> bool {
