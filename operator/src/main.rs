@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use gavel_engine::Engine;
 use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
+use gavel_engine::redis_stats::{self, RedisStats};
 use gavel_engine::store::Store;
 use gavel_operator::config::Args;
 use gavel_operator::controller::{self, Context};
@@ -96,6 +97,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         FlusherConfig::new(format!("operator-{identity}")),
         FlushMetrics::new(&metrics.registry)?,
     )));
+    // Redis memory and out-of-memory refusals (README, Operations).
+    RedisStats::new(&metrics.registry)?.spawn(engine.clone(), redis_stats::DEFAULT_SAMPLE_EVERY);
     let timing = Timing {
         refresh: args.status_refresh,
         retention: args.retention,
