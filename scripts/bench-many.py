@@ -92,13 +92,23 @@ def parse_ms(text):
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def manifest(name, ends_at_ms):
+def manifest(name, ends_at_ms, retention=None):
     return (
         "apiVersion: gavel.dev/v1alpha1\nkind: Auction\n"
         f"metadata:\n  name: {name}\n  namespace: bench\n"
         f"spec:\n  title: \"{name}\"\n  currency: EUR\n  startingPrice: 100\n"
         f"  increments:\n  - from: 0\n    step: 10\n  endsAt: \"{iso(ends_at_ms)}\"\n"
+        + (f"  retention: {retention}\n" if retention else "")
     )
+
+
+def redis_keys(url):
+    out = subprocess.run(["redis-cli", "-u", url, "dbsize"], capture_output=True, text=True).stdout
+    return int(out.strip() or 0)
+
+
+def used_memory(url):
+    return int(redis_info(url, "used_memory") or 0)
 
 
 def write(dir_, name, text):
@@ -161,6 +171,8 @@ def main():
     ap.add_argument("--sample", type=float, default=20.0)
     ap.add_argument("--out", default="target/bench")
     ap.add_argument("--label", default="")
+    ap.add_argument("--load", help="gavel-load binary: also measure Redis memory per bid in the window")
+    ap.add_argument("--bids", type=int, default=800, help="bids for the per-bid memory figure (below the replay window)")
     args = ap.parse_args()
     env = read_env(args.env)
     manifests = env["GAVEL_MANIFESTS"]
@@ -170,7 +182,10 @@ def main():
     procs["redis"] = pid_on(port_of(env["GAVEL_REDIS_URL"]))
     procs["postgres"] = pid_on(port_of(env["GAVEL_DATABASE_URL"]))
     redis_url = env["GAVEL_REDIS_URL"]
-    result = {"label": args.label, "cores": os.cpu_count(), "idle": [], "storm": []}
+    result = {"label": args.label, "cores": os.cpu_count(), "idle": [], "storm": [], "memory": {}}
+    memory = result["memory"]
+    memory["baseline_bytes"] = used_memory(redis_url)
+    memory["baseline_keys"] = redis_keys(redis_url)
 
     idle_paths = []
     for n in [int(x) for x in args.idle.split(",") if x]:
@@ -197,12 +212,29 @@ def main():
         }
         result["idle"].append(row)
         print(json.dumps(row), flush=True)
+        if n:
+            memory["per_open_auction_bytes"] = (row["redis_used_memory"] - memory["baseline_bytes"]) / n
     remove(idle_paths)
+
+    if args.load:
+        # One auction, `--bids` accepted bids (fewer than the replay window), flushed.
+        before = used_memory(redis_url)
+        out = os.path.join(args.out, "many-bids")
+        subprocess.run([args.load, "--out-dir", out, "--redis-url", redis_url, "--scenario", "memory",
+                        "--ws-urls", env["GAVEL_WS_URLS"], "--provision", "--auctions", "bench/memory",
+                        "--bidders", "20", "--rate", "200", "--duration", f"{args.bids / 200:.0f}s"],
+                       check=True, stdout=subprocess.DEVNULL)
+        accepted = json.load(open(os.path.join(out, "memory.json")))["accepted"]
+        time.sleep(2)  # flushed entries leave the flush streams
+        memory["bids_in_window"] = accepted
+        memory["per_bid_in_window_bytes"] = (used_memory(redis_url) - before) / max(1, accepted)
+        print(json.dumps(memory), flush=True)
 
     for m in [int(x) for x in args.storm.split(",") if x]:
         lead_ms = int((10 + m / 50) * 1000)
         ends = int(time.time() * 1000) + lead_ms
-        paths = [write(manifests, f"storm-{m}-{i:05d}", manifest(f"storm-{m}-{i:05d}", ends)) for i in range(m)]
+        before_storm = used_memory(redis_url), redis_keys(redis_url)
+        paths = [write(manifests, f"storm-{m}-{i:05d}", manifest(f"storm-{m}-{i:05d}", ends, "1s")) for i in range(m)]
         wait_for(paths, {"Closed"}, lead_ms / 1000 + 300)
         close_lag, recorded_lag = [], []
         for p in paths:
@@ -214,6 +246,13 @@ def main():
             "close_lag_ms": {"p50": pct(close_lag, .5), "p99": pct(close_lag, .99), "max": max(close_lag)},
             "recorded_lag_ms": {"p50": pct(recorded_lag, .5), "p99": pct(recorded_lag, .99), "max": max(recorded_lag)},
         }
+        # Retention 1s: the closed auctions leave Redis; memory goes back to where it was.
+        deadline = time.time() + 120
+        while redis_keys(redis_url) > before_storm[1] and time.time() < deadline:
+            time.sleep(0.5)
+        row["redis_memory_before_bytes"] = before_storm[0]
+        row["redis_memory_after_retention_bytes"] = used_memory(redis_url)
+        row["redis_keys_before_after"] = [before_storm[1], redis_keys(redis_url)]
         result["storm"].append(row)
         print(json.dumps(row), flush=True)
         remove(paths)
@@ -235,6 +274,18 @@ def main():
             c, d = r["close_lag_ms"], r["recorded_lag_ms"]
             lines.append(f"| {r['auctions']:,} | {c['p50']/1000:.2f} / {c['p99']/1000:.2f} / {c['max']/1000:.2f} | "
                          f"{d['p50']/1000:.2f} / {d['p99']/1000:.2f} / {d['max']/1000:.2f} |")
+    if result["storm"]:
+        lines += ["", "| closes (retention 1s) | Redis memory before / after they left (KiB) | Redis keys before / after |", "|---|---|---|"]
+        for r in result["storm"]:
+            lines.append(f"| {r['auctions']:,} | {r['redis_memory_before_bytes']/1024:,.0f} / {r['redis_memory_after_retention_bytes']/1024:,.0f} | "
+                         f"{r['redis_keys_before_after'][0]} / {r['redis_keys_before_after'][1]} |")
+    if "per_open_auction_bytes" in memory or "per_bid_in_window_bytes" in memory:
+        lines += [""]
+        if "per_open_auction_bytes" in memory:
+            lines.append(f"- Redis memory per open auction (no bids): {memory['per_open_auction_bytes']/1024:.2f} KiB")
+        if "per_bid_in_window_bytes" in memory:
+            lines.append(f"- Redis memory per bid in the replay window: {memory['per_bid_in_window_bytes']:.0f} bytes "
+                         f"({memory['bids_in_window']} bids on one auction)")
     text = "\n".join(lines) + "\n"
     open(os.path.join(args.out, "many.md"), "w").write(text)
     print(text)
