@@ -158,7 +158,8 @@ pub async fn run(
     let flush_metrics = FlushMetrics::new(&metrics.registry)?;
     // Redis memory and out-of-memory refusals (README, Operations); stops with the process.
     let _redis_stats = AbortOnDrop(
-        RedisStats::new(&metrics.registry)?.spawn(engine.clone(), redis_stats::DEFAULT_SAMPLE_EVERY),
+        RedisStats::new(&metrics.registry)?
+            .spawn(engine.clone(), redis_stats::DEFAULT_SAMPLE_EVERY),
     );
     let (flush_stop_tx, flush_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let flusher = Flusher::new(

@@ -66,7 +66,10 @@ impl Shared {
     }
 
     fn all(&self, why: &str) {
-        info!(why, "Redis may have lost state: every auction is looked at again");
+        info!(
+            why,
+            "Redis may have lost state: every auction is looked at again"
+        );
         self.lock().all = true;
         self.notify.notify_one();
     }
@@ -175,10 +178,15 @@ async fn listen(
     }
 }
 
-async fn watch_reconnects(mut reconnects: tokio::sync::broadcast::Receiver<Server>, shared: Arc<Shared>) {
+async fn watch_reconnects(
+    mut reconnects: tokio::sync::broadcast::Receiver<Server>,
+    shared: Arc<Shared>,
+) {
     loop {
         match reconnects.recv().await {
-            Ok(server) => shared.all(&format!("the pub/sub connection to {server} was re-established")),
+            Ok(server) => shared.all(&format!(
+                "the pub/sub connection to {server} was re-established"
+            )),
             Err(RecvError::Lagged(_)) => shared.all("the pub/sub connection was re-established"),
             Err(RecvError::Closed) => return,
         }

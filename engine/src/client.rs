@@ -293,11 +293,7 @@ impl Engine {
 
     /// The replay window as the scripts take it: `count:age_ms`.
     fn window_arg(&self) -> String {
-        format!(
-            "{}:{}",
-            self.replay_window,
-            self.replay_max_age.as_millis()
-        )
+        format!("{}:{}", self.replay_window, self.replay_max_age.as_millis())
     }
 
     /// The Redis connection settings, for clients of other kinds (pub/sub).

@@ -193,7 +193,11 @@ mod tests {
     fn parses_valid_ids_and_shares_one_hash_tag() {
         let id: AuctionId = "shop/strat-1962.v2".parse().unwrap();
         assert_eq!((id.namespace(), id.name()), ("shop", "strat-1962.v2"));
-        for key in id.all_keys().iter().chain([&id.channel(), &id.notice_channel()]) {
+        for key in id
+            .all_keys()
+            .iter()
+            .chain([&id.channel(), &id.notice_channel()])
+        {
             assert!(key.contains("{shop/strat-1962.v2}"), "{key}");
             assert_eq!(AuctionId::from_key(key).as_ref(), Some(&id));
         }

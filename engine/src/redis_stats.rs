@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(field(memory, "used_memory"), Some(1234));
         assert_eq!(field(memory, "maxmemory"), Some(0));
         assert_eq!(field(memory, "missing"), None);
-        assert_eq!(oom_count("# Errorstats\r\nerrorstat_ERR:count=2\r\nerrorstat_OOM:count=7\r\n"), 7);
+        assert_eq!(
+            oom_count("# Errorstats\r\nerrorstat_ERR:count=2\r\nerrorstat_OOM:count=7\r\n"),
+            7
+        );
         assert_eq!(oom_count("# Errorstats\r\n"), 0);
     }
 }

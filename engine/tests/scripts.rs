@@ -537,16 +537,28 @@ async fn the_replay_stream_is_trimmed_by_age_as_events_are_appended() {
     };
     assert_eq!(len(engine.clone(), id.clone()).await, 5, "all young");
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
-    let r = engine.place_bid(&id, &bidder("late"), amount(100)).await.unwrap();
+    let r = engine
+        .place_bid(&id, &bidder("late"), amount(100))
+        .await
+        .unwrap();
     assert_eq!(r.seq, 6);
-    assert_eq!(len(engine.clone(), id.clone()).await, 1, "only the new bid is young");
+    assert_eq!(
+        len(engine.clone(), id.clone()).await,
+        1,
+        "only the new bid is young"
+    );
     let left = engine.events_since(&id, 0, 100).await.unwrap();
     assert_eq!(left.len(), 1);
     assert!(matches!(&left[0], AuctionEvent::Bid(b) if b.seq == 6));
     // With no age limit only the count bounds it.
-    let unbounded = engine.clone().with_replay_max_age(std::time::Duration::ZERO);
+    let unbounded = engine
+        .clone()
+        .with_replay_max_age(std::time::Duration::ZERO);
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
-    unbounded.place_bid(&id, &bidder("b9"), amount(200)).await.unwrap();
+    unbounded
+        .place_bid(&id, &bidder("b9"), amount(200))
+        .await
+        .unwrap();
     assert_eq!(len(engine.clone(), id.clone()).await, 2);
     // The close is an append too: it trims what aged.
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use gavel_crds::{Auction, AuctionStatus, FINALIZER};
-use kube::api::{Patch, PatchParams};
 use gavel_engine::changes::ChangeFeed;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -277,7 +277,9 @@ pub async fn run_with(
 }
 
 fn receive<T>(rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// Turns the change feed into reconcile requests (started again if Redis was unreachable).

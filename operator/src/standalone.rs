@@ -49,13 +49,16 @@ const RECENT: Duration = Duration::from_secs(1);
 /// Retry delay after a failed reconcile.
 const ERROR_RETRY: Duration = Duration::from_secs(1);
 
+/// A file's modification time and length.
+type Stamp = (SystemTime, u64);
+
 /// One manifest file and what the operator knows of it.
 #[derive(Default)]
 struct Entry {
     /// The file's text as last read.
     text: String,
     /// Modification time and length when last read: an unchanged file is not read again.
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<Stamp>,
     /// The last Auction that parsed.
     auction: Option<Auction>,
     /// Why the current text does not parse.
@@ -498,7 +501,7 @@ impl Standalone {
 }
 
 /// Every manifest of `dir` with its modification time and length (`None` when unknown).
-fn list_manifests(dir: &Path) -> std::io::Result<Vec<(PathBuf, Option<(SystemTime, u64)>)>> {
+fn list_manifests(dir: &Path) -> std::io::Result<Vec<(PathBuf, Option<Stamp>)>> {
     let mut out = Vec::new();
     for item in std::fs::read_dir(dir)? {
         let path = item?.path();

@@ -621,14 +621,22 @@ async fn an_idle_open_auction_costs_nothing_and_changes_in_redis_still_wake_it()
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while store.event_count(&id).await.unwrap() < 1 {
-        assert!(Instant::now() < deadline, "the bid never reached PostgreSQL");
+        assert!(
+            Instant::now() < deadline,
+            "the bid never reached PostgreSQL"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // A halt (what a flusher does on a conflict) is restored at once, not at the next
     // slow look.
     let epoch = engine.snapshot(&id, None).await.unwrap().epoch;
-    assert!(engine.halt(&id, epoch, "test: contradicts the record").await.unwrap());
+    assert!(
+        engine
+            .halt(&id, epoch, "test: contradicts the record")
+            .await
+            .unwrap()
+    );
     wait_status(&file, Duration::from_secs(10), "Restored", |st| {
         st.conditions
             .iter()
@@ -649,7 +657,10 @@ async fn an_idle_open_auction_costs_nothing_and_changes_in_redis_still_wake_it()
         match engine.snapshot(&id, None).await {
             Ok(snapshot) => break snapshot,
             Err(EngineError::UnknownAuction(_)) => {
-                assert!(Instant::now() < deadline, "a flushed Redis was never noticed");
+                assert!(
+                    Instant::now() < deadline,
+                    "a flushed Redis was never noticed"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("{e}"),
@@ -699,10 +710,20 @@ async fn a_few_hundred_auctions_ending_together_each_close_once_with_their_winne
     }
     assert!(local_now() < end, "the bids took longer than the lead time");
     for (file, (id, winner, price)) in files.iter().zip(&expected) {
-        let closed = wait_status(file, Duration::from_secs(180), "Closed", phase(Phase::Closed)).await;
+        let closed = wait_status(
+            file,
+            Duration::from_secs(180),
+            "Closed",
+            phase(Phase::Closed),
+        )
+        .await;
         assert_eq!(closed.winner.as_deref(), Some(*winner), "{id}");
         assert_eq!(closed.final_price, Some(*price), "{id}");
-        let result = store.result(id).await.unwrap().expect("result in PostgreSQL");
+        let result = store
+            .result(id)
+            .await
+            .unwrap()
+            .expect("result in PostgreSQL");
         let winner_id = format!("{}-id", winner.to_lowercase());
         assert_eq!(result.winner.as_deref(), Some(winner_id.as_str()), "{id}");
         assert_eq!(result.final_price, Some(*price), "{id}");
