@@ -212,7 +212,9 @@ def main():
         }
         result["idle"].append(row)
         print(json.dumps(row), flush=True)
-        if n:
+        if n == 0:
+            memory["baseline_bytes"] = row["redis_used_memory"]
+        else:
             memory["per_open_auction_bytes"] = (row["redis_used_memory"] - memory["baseline_bytes"]) / n
     remove(idle_paths)
 
