@@ -31,9 +31,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use gavel_crds::{Auction, AuctionStatus, Phase};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use futures::StreamExt;
 use gavel_engine::changes::{ChangeFeed, Changed};
 
 use crate::lifecycle::{Lifecycle, auction_id, local_now, recorded_in};
@@ -271,19 +272,26 @@ impl Standalone {
                 jobs.push(job);
             }
         }
-        let lifecycle = self.lifecycle.clone();
-        let mut running = futures::stream::iter(jobs)
-            .map(|job| {
-                let lifecycle = lifecycle.clone();
-                async move {
-                    let started = Instant::now();
-                    let result = lifecycle.reconcile(&job.auction, job.deleting).await;
-                    (job, result, started.elapsed())
-                }
-            })
-            .buffer_unordered(self.concurrency);
-        while let Some((job, result, took)) = running.next().await {
-            self.finish(job, result, took).await;
+        // Each reconcile runs as a task of its own (at most `concurrency` at once), so they
+        // go on while the results of others are written.
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut running = JoinSet::new();
+        for job in jobs {
+            let lifecycle = self.lifecycle.clone();
+            let permits = permits.clone();
+            running.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let started = Instant::now();
+                let result = lifecycle.reconcile(&job.auction, job.deleting).await;
+                (job, result, started.elapsed())
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            match done {
+                Ok((job, result, took)) => self.finish(job, result, took).await,
+                // Its entry is due again after ERROR_RETRY (set by `prepare`).
+                Err(e) => warn!(error = %e, "a reconcile task failed; retrying"),
+            }
         }
     }
 
@@ -363,10 +371,11 @@ impl Standalone {
     /// (a file that never parsed: its status is written here).
     async fn prepare(&mut self, path: &Path) -> Option<Job> {
         let entry = self.entries.get_mut(path)?;
-        // Not due again until the reconcile says when.
-        entry.due = None;
+        // Due again when the reconcile says (or after ERROR_RETRY if it never finishes).
+        entry.due = Some(Instant::now() + ERROR_RETRY);
         let Some(mut auction) = entry.auction.clone() else {
             // Never parsed: nothing was provisioned.
+            entry.due = None;
             if entry.deleting {
                 self.forget(path).await;
             } else if let Some(error) = entry.parse_error.clone() {
