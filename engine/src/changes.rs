@@ -106,8 +106,9 @@ impl ChangeFeed {
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build_subscriber_client()?;
         let messages = subscriber.message_rx();
-        let reconnects = subscriber.reconnect_rx();
         subscriber.init().await?;
+        // Taken after the first connection: only a reconnection means changes were missed.
+        let reconnects = subscriber.reconnect_rx();
         subscriber.psubscribe(ALL_CHANNELS_PATTERN).await?;
         let resubscriber = subscriber.manage_subscriptions();
         let shared = Arc::new(Shared::default());
