@@ -12,7 +12,12 @@
 #                 from two load processes of 10,000 (one per bid-api: the per-process
 #                 open-file limit here is 20,000)
 # Results: target/bench/*.json and *.svg, and target/bench/summary.md.
-# Knobs: BENCH_SECONDS (20), BENCH_BIDDERS (1000), BENCH_WATCHERS (10000), BENCH_IDLE (20000).
+#      many       scripts/bench-many.py: CPU per process and Redis commands/s with 0 and
+#                 1,000 open auctions nobody bids on, close lag of 100 and 500 auctions
+#                 with the same endsAt, Redis memory per open auction, per bid in the
+#                 replay window, and after closed auctions left Redis (retention 1s)
+# Knobs: BENCH_SECONDS (20), BENCH_BIDDERS (1000), BENCH_WATCHERS (10000), BENCH_IDLE (20000),
+#        BENCH_MANY_IDLE (0,1000), BENCH_MANY_STORM (100,500), BENCH_MANY_SAMPLE (20 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +83,10 @@ load --scenario watchers --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provi
   --auctions bench/watched --bidders 20 --rate 100 --watchers "$WATCHERS" \
   --duration "${SECONDS_PER_RUN}s"
 
+echo "== many auctions: idle cost at ${BENCH_MANY_IDLE:-0,1000} open auctions, close storms of ${BENCH_MANY_STORM:-100,500}, Redis memory"
+python3 scripts/bench-many.py --env "$DIR/env" --out "$OUT" --load target/release/gavel-load \
+  --idle "${BENCH_MANY_IDLE:-0,1000}" --storm "${BENCH_MANY_STORM:-100,500}" --sample "${BENCH_MANY_SAMPLE:-20}"
+
 echo "== idle: $IDLE subscribed connections"
 per=$((IDLE / ${#WS[@]}))
 for i in "${!WS[@]}"; do
@@ -127,6 +136,8 @@ if idle:
     per = [r["server_bytes_per_connection"] for r in idle if r["server_bytes_per_connection"]]
     lines += ["", f"Idle connections held: {held}; bid-api memory per idle connection: "
               + ", ".join(f"{p/1024:.1f} KiB" for p in per)]
+if os.path.exists(os.path.join(out, "many.md")):
+    lines += ["", open(os.path.join(out, "many.md")).read().rstrip()]
 text = "\n".join(lines) + "\n"
 open(os.path.join(out, "summary.md"), "w").write(text)
 print(text)

@@ -209,6 +209,12 @@ pub struct Config {
     #[arg(long, env = "GAVEL_REPLAY_WINDOW", default_value_t = gavel_engine::client::DEFAULT_REPLAY_WINDOW)]
     pub replay_window: u64,
 
+    /// Longest time an event stays in its auction's Redis stream for `since` replay
+    /// (trimmed as events are appended; 0s: no age limit); older ones are replayed from
+    /// PostgreSQL.
+    #[arg(long, env = "GAVEL_REPLAY_MAX_AGE", default_value = "60m", value_parser = parse_duration)]
+    pub replay_max_age: Duration,
+
     /// Auctions one connection may subscribe to at once.
     #[arg(long, env = "GAVEL_MAX_SUBSCRIPTIONS", default_value_t = 64)]
     pub max_subscriptions: usize,

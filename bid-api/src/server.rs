@@ -19,6 +19,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use gavel_engine::Engine;
 use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
+use gavel_engine::redis_stats::{self, RedisStats};
 use gavel_engine::store::Store;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -155,6 +156,11 @@ pub async fn run(
     let _ = starting.await;
 
     let flush_metrics = FlushMetrics::new(&metrics.registry)?;
+    // Redis memory and out-of-memory refusals (README, Operations); stops with the process.
+    let _redis_stats = AbortOnDrop(
+        RedisStats::new(&metrics.registry)?
+            .spawn(engine.clone(), redis_stats::DEFAULT_SAMPLE_EVERY),
+    );
     let (flush_stop_tx, flush_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let flusher = Flusher::new(
         &engine,
@@ -330,5 +336,14 @@ async fn serve(
                 }
             }
         });
+    }
+}
+
+/// Aborts a background task when dropped (when `run` returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

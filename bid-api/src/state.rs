@@ -83,7 +83,9 @@ impl AppState {
             .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
             .filter(|o| !o.is_empty())
             .collect();
-        let engine = engine.with_replay_window(config.replay_window);
+        let engine = engine
+            .with_replay_window(config.replay_window)
+            .with_replay_max_age(config.replay_max_age);
         Arc::new(Self {
             config,
             engine,

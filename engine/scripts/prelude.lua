@@ -28,11 +28,43 @@ local function step_at(tiers, p)
   return step
 end
 
--- Appends an event to the auction's stream (entry id <seq>-0, trimmed to about `window`
--- entries: older history is served from PostgreSQL) and queues it on its flush stream.
+-- The Redis time of a stream entry (field t), nil for entries written without one.
+local function entry_time(entry)
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' then return tonumber(fields[i + 1]) end
+  end
+  return nil
+end
+
+-- Appends an event to the auction's stream (entry id <seq>-0, field t its Redis time) and
+-- queues it on its flush stream. The stream is the replay window, `window` = "count:age"
+-- (or just count): about `count` entries, none older than `age` ms (0: no age limit).
+-- Older history is served from PostgreSQL (the flush stream, not this one, is what
+-- PostgreSQL is fed from, so trimming loses nothing). Age trimming happens on appends,
+-- at most 100 entries each: the oldest entry is checked, and only when it is too old is a
+-- batch read.
 local function append_event(stream, flush, seq, event, auction, window)
-  redis.call('XADD', stream, 'MAXLEN', '~', window, int(seq) .. '-0', 'e', event)
+  local count, age = string.match(window, '^(%d+):(%d+)$')
+  if count == nil then count, age = window, '0' end
+  local now = now_ms(nil)
+  redis.call('XADD', stream, 'MAXLEN', '~', count, int(seq) .. '-0', 'e', event, 't', int(now))
   redis.call('XADD', flush, '*', 'a', auction, 'e', event)
+  age = tonumber(age)
+  if age == nil or age <= 0 then return end
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  local t = oldest and entry_time(oldest)
+  if t == nil or t >= now - age then return end
+  local cut = nil
+  for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', 100)) do
+    local at = entry_time(entry)
+    if at == nil or at >= now - age then break end
+    cut = entry[1]
+  end
+  if cut then
+    local last = tonumber(string.match(cut, '^(%d+)-'))
+    redis.call('XTRIM', stream, 'MINID', int(last + 1) .. '-0')
+  end
 end
 
 local function effective_end(ends_at, ext_end)

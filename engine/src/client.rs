@@ -44,6 +44,10 @@ const REMOVE_LUA: &str = script!("#!lua", "remove.lua");
 /// are replayed from PostgreSQL.
 pub const DEFAULT_REPLAY_WINDOW: u64 = 1_000;
 
+/// Longest time an event stays in an auction's Redis stream for `since` replay by default
+/// (besides the count, [`DEFAULT_REPLAY_WINDOW`]); older ones are replayed from PostgreSQL.
+pub const DEFAULT_REPLAY_MAX_AGE: Duration = Duration::from_secs(3_600);
+
 /// Longest accepted bidder id, in bytes.
 pub const MAX_BIDDER_ID_BYTES: usize = 128;
 
@@ -237,6 +241,7 @@ pub struct Engine {
     config: Config,
     scripts: Arc<Scripts>,
     replay_window: u64,
+    replay_max_age: Duration,
 }
 
 impl Engine {
@@ -269,6 +274,7 @@ impl Engine {
                 remove: Script::from_lua(REMOVE_LUA),
             }),
             replay_window: DEFAULT_REPLAY_WINDOW,
+            replay_max_age: DEFAULT_REPLAY_MAX_AGE,
         })
     }
 
@@ -276,6 +282,23 @@ impl Engine {
     pub fn with_replay_window(mut self, events: u64) -> Self {
         self.replay_window = events.max(1);
         self
+    }
+
+    /// Keeps no entry older than `age` in each auction's Redis stream (trimmed as events
+    /// are appended; zero: no age limit, the count alone bounds it).
+    pub fn with_replay_max_age(mut self, age: Duration) -> Self {
+        self.replay_max_age = age;
+        self
+    }
+
+    /// The replay window as the scripts take it: `count:age_ms`.
+    fn window_arg(&self) -> String {
+        format!("{}:{}", self.replay_window, self.replay_max_age.as_millis())
+    }
+
+    /// The Redis connection settings, for clients of other kinds (pub/sub).
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// A client of the pool, for commands outside the scripts (readiness, replay).
@@ -429,7 +452,7 @@ impl Engine {
             .evalsha_with_reload(
                 self.pool.next(),
                 vec![id.state_key()],
-                vec![epoch.to_string(), reason.to_owned()],
+                vec![epoch.to_string(), reason.to_owned(), id.notice_channel()],
             )
             .await?;
         Ok(reply == 1)
@@ -471,7 +494,7 @@ impl Engine {
             id.channel(),
             opt(now),
             id.to_string(),
-            self.replay_window.to_string(),
+            self.window_arg(),
         ];
         let reply = self.run(&self.scripts.place_bid, keys, args).await?;
         match reply.as_slice() {
@@ -517,7 +540,7 @@ impl Engine {
             id.channel(),
             now.map(|n| n.to_string()).unwrap_or_default(),
             id.to_string(),
-            self.replay_window.to_string(),
+            self.window_arg(),
         ];
         let reply = self
             .run(

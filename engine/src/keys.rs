@@ -18,6 +18,14 @@ pub const DEAD_LETTER_MAX: u64 = 10_000;
 /// Consumer group of the PostgreSQL flushers on the flush streams.
 pub const FLUSH_GROUP: &str = "gavel-flusher";
 
+/// Key whose value changes when Redis lost its data (see [`crate::changes`]): a process
+/// that watches many auctions sets it once and reads it back periodically.
+pub const MARKER_KEY: &str = "gavel:marker";
+
+/// Pattern of every auction's channels (`live` events and `notice`s), for a process that
+/// follows changes of all auctions.
+pub const ALL_CHANNELS_PATTERN: &str = "gavel:{*}:*";
+
 /// Number of flush streams: every event is appended to its auction's stream (replay) and
 /// to one flush stream (the flushers' work queue), chosen by the auction's hash. The
 /// flushers block on all of them in one call, so their cost follows events, not auctions.
@@ -115,6 +123,12 @@ impl AuctionId {
         self.key("live")
     }
 
+    /// Pub/sub channel of notices for the operator (the auction was halted), never read by
+    /// watchers.
+    pub fn notice_channel(&self) -> String {
+        self.key("notice")
+    }
+
     /// The flush stream this auction's events are queued on for PostgreSQL.
     pub fn flush_key(&self) -> String {
         // FNV-1a: stable across processes and versions, unlike the std hasher.
@@ -179,7 +193,11 @@ mod tests {
     fn parses_valid_ids_and_shares_one_hash_tag() {
         let id: AuctionId = "shop/strat-1962.v2".parse().unwrap();
         assert_eq!((id.namespace(), id.name()), ("shop", "strat-1962.v2"));
-        for key in id.all_keys().iter().chain([&id.channel()]) {
+        for key in id
+            .all_keys()
+            .iter()
+            .chain([&id.channel(), &id.notice_channel()])
+        {
             assert!(key.contains("{shop/strat-1962.v2}"), "{key}");
             assert_eq!(AuctionId::from_key(key).as_ref(), Some(&id));
         }

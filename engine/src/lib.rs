@@ -4,21 +4,25 @@
 //!   reference model (README § Bidding rules), no I/O.
 //! - [`client`]: the Redis Lua scripts that apply the same rules atomically, one
 //!   `EVALSHA` per bid, and their typed client [`Engine`].
+//! - [`changes`]: which auctions changed in Redis, for the operator (no per-auction polling).
 //! - [`event`]: the JSON events the scripts append to each auction's stream and publish.
 //! - [`store`]: the PostgreSQL schema (sqlx migrations) and its queries.
 //! - [`flusher`]: moves accepted bids and results from the Redis flush streams to
 //!   PostgreSQL, exactly once per `(auction, seq)`, and detects conflicts with the record.
 //! - [`restore`]: rebuilds an auction's live state from PostgreSQL when Redis lost it.
+//! - [`redis_stats`]: Redis memory use and out-of-memory refusals as metrics.
 //! - [`redact`]: connection URLs with their password hidden, for logs and errors.
 //! - [`startup`]: waiting for a dependency with a capped backoff at start-up, instead of
 //!   exiting (the bid-api and the operator).
 //! - `testing` (feature `testing`): throw-away Redis and PostgreSQL servers for tests.
 
+pub mod changes;
 pub mod client;
 pub mod event;
 pub mod flusher;
 pub mod keys;
 pub mod redact;
+pub mod redis_stats;
 pub mod restore;
 pub mod rules;
 pub mod settings;

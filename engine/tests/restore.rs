@@ -342,6 +342,12 @@ async fn a_full_redis_refuses_bids_before_running_the_script_and_recovers() {
         .await
         .unwrap();
     let before = engine.snapshot(&id, Some("ann")).await.unwrap();
+    // The exported gauges say how close Redis is to refusing.
+    let stats = gavel_engine::redis_stats::RedisStats::unregistered().unwrap();
+    stats.sample(&engine).await.unwrap();
+    assert_eq!(stats.maxmemory.get(), 64 * 1024 * 1024);
+    assert!(stats.used_memory.get() > 0);
+    assert_eq!(stats.oom_refusals.get(), 0);
     // Redis over its memory limit (a cap below what it uses).
     set_maxmemory(redis.port(), "1");
     for who in ["bo", "cy"] {
@@ -353,6 +359,10 @@ async fn a_full_redis_refuses_bids_before_running_the_script_and_recovers() {
             other => panic!("a full Redis accepted or rejected a bid: {other:?}"),
         }
     }
+    // Both refusals are counted.
+    stats.sample(&engine).await.unwrap();
+    assert_eq!(stats.oom_refusals.get(), 2);
+    assert_eq!(stats.maxmemory.get(), 1);
     // Reads still work, and nothing was half-applied.
     let during = engine.snapshot(&id, Some("ann")).await.unwrap();
     assert_eq!(facts(&during), facts(&before));

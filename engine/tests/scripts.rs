@@ -516,3 +516,52 @@ async fn remove_deletes_live_state_only_once_postgres_holds_every_event() {
     // Removing what is gone is harmless.
     engine.remove(&id, 0).await.unwrap();
 }
+
+/// The replay stream is bounded by age as well as by count: events older than the
+/// maximum age leave it as new ones are appended (the close too), the newest stay.
+#[tokio::test]
+async fn the_replay_stream_is_trimmed_by_age_as_events_are_appended() {
+    let (engine, _redis) = engine().await;
+    let engine = engine.with_replay_max_age(std::time::Duration::from_millis(2_000));
+    let id = auction_id();
+    engine.provision(&id, &open_now(1)).await.unwrap();
+    for i in 0..5 {
+        engine
+            .place_bid(&id, &bidder(&format!("b{i}")), amount(10 + i))
+            .await
+            .unwrap();
+    }
+    let len = |engine: gavel_engine::Engine, id: gavel_engine::AuctionId| async move {
+        let n: u64 = engine.redis().xlen(id.events_key()).await.unwrap();
+        n
+    };
+    assert_eq!(len(engine.clone(), id.clone()).await, 5, "all young");
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let r = engine
+        .place_bid(&id, &bidder("late"), amount(100))
+        .await
+        .unwrap();
+    assert_eq!(r.seq, 6);
+    assert_eq!(
+        len(engine.clone(), id.clone()).await,
+        1,
+        "only the new bid is young"
+    );
+    let left = engine.events_since(&id, 0, 100).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(matches!(&left[0], AuctionEvent::Bid(b) if b.seq == 6));
+    // With no age limit only the count bounds it.
+    let unbounded = engine
+        .clone()
+        .with_replay_max_age(std::time::Duration::ZERO);
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    unbounded
+        .place_bid(&id, &bidder("b9"), amount(200))
+        .await
+        .unwrap();
+    assert_eq!(len(engine.clone(), id.clone()).await, 2);
+    // The close is an append too: it trims what aged.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    engine.close(&id, CloseMode::Cancel).await.unwrap();
+    assert_eq!(len(engine, id).await, 1, "only the close is young");
+}

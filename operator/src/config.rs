@@ -66,10 +66,16 @@ pub struct Args {
     #[arg(long, env = "GAVEL_STANDALONE_POLL", default_value = "200ms", value_parser = parse_duration)]
     pub poll: Duration,
 
-    /// Longest time between two status refreshes of an open auction (the status is never
-    /// written once per bid).
+    /// How often, at most, an auction that changed in Redis (bids, a halt) is looked at and
+    /// its status written (never once per bid), and how often Redis is checked for lost
+    /// data. An open auction with no bids is not looked at again until its end.
     #[arg(long, env = "GAVEL_STATUS_REFRESH", default_value = "5s", value_parser = parse_duration)]
     pub status_refresh: Duration,
+
+    /// How many auctions are reconciled at the same time (auctions ending together close
+    /// together; one auction is never reconciled twice at once).
+    #[arg(long, env = "GAVEL_RECONCILE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub reconcile_concurrency: u16,
 
     /// How long a closed auction's live state stays in Redis after its result is recorded
     /// (an Auction's spec.retention overrides it); then it leaves Redis and PostgreSQL

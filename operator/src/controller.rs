@@ -7,13 +7,16 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use gavel_crds::{Auction, AuctionStatus, FINALIZER};
+use gavel_engine::changes::ChangeFeed;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::lifecycle::{Lifecycle, LifecycleError, local_now};
@@ -232,10 +235,35 @@ pub async fn check_crd(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the controller until `shutdown` completes.
+/// Default number of Auctions reconciled at the same time.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// How often starting the change feed is retried while Redis cannot be reached.
+const FEED_RETRY: Duration = Duration::from_secs(2);
+
+/// Runs the controller until `shutdown` completes, with [`DEFAULT_CONCURRENCY`].
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    run_with(ctx, DEFAULT_CONCURRENCY, shutdown).await;
+}
+
+/// Runs the controller until `shutdown` completes, reconciling up to `concurrency`
+/// Auctions at the same time (each one never twice at once). Besides changes of the
+/// objects and the requeues the plan asks for (start, end), an Auction is reconciled when
+/// it changed in Redis (bids, a halt), and every Auction when Redis may have lost data
+/// ([`ChangeFeed`]): an open auction nobody bids on costs nothing until its end.
+pub async fn run_with(
+    ctx: Arc<Context>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let api: Api<Auction> = Api::all(ctx.client.clone());
+    let (one_tx, one_rx) = mpsc::unbounded_channel::<ObjectRef<Auction>>();
+    let (all_tx, all_rx) = mpsc::unbounded_channel::<()>();
+    let forward = tokio::spawn(forward_changes(ctx.lifecycle.clone(), one_tx, all_tx));
     Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .reconcile_on(receive(one_rx))
+        .reconcile_all_on(receive(all_rx))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -245,6 +273,48 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+    forward.abort();
+}
+
+fn receive<T>(rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// Turns the change feed into reconcile requests (started again if Redis was unreachable).
+async fn forward_changes(
+    lifecycle: Lifecycle,
+    one: mpsc::UnboundedSender<ObjectRef<Auction>>,
+    all: mpsc::UnboundedSender<()>,
+) {
+    let every = lifecycle.timing().refresh;
+    let feed = loop {
+        match ChangeFeed::start(lifecycle.engine(), every).await {
+            Ok(feed) => break feed,
+            Err(e) => {
+                warn!(error = %e, "cannot follow changes in Redis yet; retrying");
+                tokio::time::sleep(FEED_RETRY).await;
+            }
+        }
+    };
+    loop {
+        let changed = feed.changed().await;
+        if changed.all {
+            if all.send(()).is_err() {
+                return;
+            }
+            continue;
+        }
+        for id in changed.auctions {
+            if one
+                .send(ObjectRef::new(id.name()).within(id.namespace()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -115,6 +115,11 @@ impl Lifecycle {
         }
     }
 
+    /// The tuning of the plan.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
     /// The engine handle.
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -204,10 +209,17 @@ impl Lifecycle {
                     }
                 },
                 Step::Record(result) => {
-                    self.drain().await?;
-                    let left = result
+                    // Usually a flusher has the last events already; else flush them here
+                    // (the shared flusher: closes of many auctions wait for it in turn).
+                    let mut left = result
                         .seq
                         .saturating_sub(self.store.event_count(&id).await?);
+                    if left > 0 {
+                        self.drain().await?;
+                        left = result
+                            .seq
+                            .saturating_sub(self.store.event_count(&id).await?);
+                    }
                     obs.unflushed = Some(left);
                     if left == 0 {
                         self.store.record_result(&id, &result).await?;

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use gavel_engine::Engine;
 use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
+use gavel_engine::redis_stats::{self, RedisStats};
 use gavel_engine::store::Store;
 use gavel_operator::config::Args;
 use gavel_operator::controller::{self, Context};
@@ -96,6 +97,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         FlusherConfig::new(format!("operator-{identity}")),
         FlushMetrics::new(&metrics.registry)?,
     )));
+    // Redis memory and out-of-memory refusals (README, Operations).
+    RedisStats::new(&metrics.registry)?.spawn(engine.clone(), redis_stats::DEFAULT_SAMPLE_EVERY);
     let timing = Timing {
         refresh: args.status_refresh,
         retention: args.retention,
@@ -109,7 +112,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     if let Some(dir) = args.standalone.clone() {
         startup.finish();
-        let op = Standalone::new(dir, lifecycle, metrics, args.poll, args.status_stdout);
+        let op = Standalone::new(dir, lifecycle, metrics, args.poll, args.status_stdout)
+            .with_concurrency(usize::from(args.reconcile_concurrency));
         return op.run_until(shutdown_signal()).await;
     }
 
@@ -144,7 +148,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     metrics.leader.set(1);
     let ctx = Arc::new(Context::new(client, lifecycle, metrics.clone(), &identity));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(controller::run(ctx, async move {
+    let concurrency = args.reconcile_concurrency;
+    let controller = tokio::spawn(controller::run_with(ctx, concurrency, async move {
         let _ = stop_rx.await;
     }));
     let lost = tokio::select! {

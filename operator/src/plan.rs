@@ -172,11 +172,12 @@ pub enum Step {
 /// Tuning of the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
-    /// Longest time between two status refreshes while the auction is open: the bound on
-    /// how often the status is written, whatever the bid rate.
+    /// How often an auction that changed in Redis (bids, halt) is looked at, at most, and
+    /// how often Redis is checked for lost data: the bound on how often the status is
+    /// written, whatever the bid rate, and on how late a change reaches the status.
     pub refresh: Duration,
-    /// Longest sleep while nothing is due (scheduled far ahead, waiting on spec errors with
-    /// a live auction), so a lost wake-up heals.
+    /// Longest sleep while nothing is due and nothing changed (open with no bids, scheduled
+    /// far ahead, waiting on spec errors with a live auction), so a lost wake-up heals.
     pub idle: Duration,
     /// Retry delay while the last bids are being flushed to PostgreSQL.
     pub flush_retry: Duration,
@@ -278,10 +279,13 @@ pub fn plan(o: &Observed, timing: &Timing) -> Step {
     if now >= live.ends_at {
         return Step::Close(gavel_engine::CloseMode::AtEnd);
     }
+    // Open: bids, halts and lost Redis data wake the auction up (the change feed); the
+    // slow look every `idle` only heals a change nobody announced.
     let next = match live.starts_at {
-        Some(start) if now < start => until(now, start).min(timing.idle),
-        _ => until(now, live.ends_at).min(timing.refresh),
+        Some(start) if now < start => until(now, start),
+        _ => until(now, live.ends_at),
     };
+    let next = next.min(timing.idle);
     Step::Wait {
         requeue: Some(next),
     }

@@ -4,8 +4,13 @@
 //!
 //! - Every `*.yaml` / `*.yml` file of the directory (not hidden, not `*.status.yaml`)
 //!   holds one Auction. Its namespace defaults to `default`.
-//! - The directory is polled; a changed file is reconciled at once, and every auction
-//!   again when its plan asks (start, effective end, status refresh).
+//! - The directory is polled (a file whose modification time and length did not change is
+//!   not read again; a status write is not a change); a changed file is reconciled at once, and every auction
+//!   again when its plan asks (start, effective end) or when it changed in Redis (bids, a
+//!   halt, lost data: [`gavel_engine::changes`]), at most once per `--status-refresh`.
+//!   An open auction nobody bids on costs nothing until its end.
+//! - Up to `--reconcile-concurrency` auctions are reconciled at the same time (auctions
+//!   ending together close together).
 //! - The status is written beside each file as `<file>.status.yaml` (atomically: a
 //!   temporary file renamed over it), and with `--status-stdout` also printed to stdout.
 //! - Removing a file deletes the auction: it is cancelled if still open, its last bids
@@ -18,31 +23,43 @@
 //! Several standalone operators on the same directory are safe (the close is atomic and
 //! idempotent in Redis); they are not coordinated otherwise.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use gavel_crds::{Auction, AuctionStatus, Phase};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::lifecycle::{Lifecycle, local_now};
+use gavel_engine::changes::{ChangeFeed, Changed};
+
+use crate::lifecycle::{Lifecycle, auction_id, local_now, recorded_in};
 use crate::metrics::Metrics;
 use crate::status::{self, CONDITION_READY, Severity};
 
 /// Suffix of the status files.
 pub const STATUS_SUFFIX: &str = ".status.yaml";
 
+/// Files modified this recently are read on every scan, whatever their modification time.
+const RECENT: Duration = Duration::from_secs(1);
+
 /// Retry delay after a failed reconcile.
 const ERROR_RETRY: Duration = Duration::from_secs(1);
+
+/// A file's modification time and length.
+type Stamp = (SystemTime, u64);
 
 /// One manifest file and what the operator knows of it.
 #[derive(Default)]
 struct Entry {
     /// The file's text as last read.
     text: String,
+    /// Modification time and length when last read: an unchanged file is not read again.
+    stamp: Option<Stamp>,
     /// The last Auction that parsed.
     auction: Option<Auction>,
     /// Why the current text does not parse.
@@ -65,6 +82,23 @@ pub struct Standalone {
     poll: Duration,
     stdout: bool,
     entries: HashMap<PathBuf, Entry>,
+    concurrency: usize,
+    feed: Option<ChangeFeed>,
+    feed_tried: Option<Instant>,
+}
+
+/// Default number of auctions reconciled at the same time.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// How often starting the change feed is retried while Redis cannot be reached.
+const FEED_RETRY: Duration = Duration::from_secs(2);
+
+/// One reconcile to run: what it needs, taken from its entry.
+struct Job {
+    path: PathBuf,
+    auction: Auction,
+    deleting: bool,
+    key: String,
 }
 
 /// The path of the status file of manifest `path`.
@@ -125,6 +159,53 @@ impl Standalone {
             poll,
             stdout,
             entries: HashMap::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            feed: None,
+            feed_tried: None,
+        }
+    }
+
+    /// Reconciles up to `n` auctions at the same time (at least 1), so that many auctions
+    /// ending together close together.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Starts the change feed if it is not running (retried every [`FEED_RETRY`]); once it
+    /// runs, every auction is looked at again, since changes may have been missed.
+    async fn ensure_feed(&mut self) {
+        if self.feed.is_some() || self.feed_tried.is_some_and(|t| t.elapsed() < FEED_RETRY) {
+            return;
+        }
+        self.feed_tried = Some(Instant::now());
+        let every = self.lifecycle.timing().refresh;
+        match ChangeFeed::start(self.lifecycle.engine(), every).await {
+            Ok(feed) => {
+                self.feed = Some(feed);
+                self.apply_changes(&Changed {
+                    all: true,
+                    ..Changed::default()
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot follow changes in Redis yet; retrying"),
+        }
+    }
+
+    /// Makes the auctions that changed in Redis due now (open ones: a closed and recorded
+    /// auction has nothing left to learn from Redis).
+    fn apply_changes(&mut self, changed: &Changed) {
+        let now = Instant::now();
+        for entry in self.entries.values_mut() {
+            if entry.deleting || recorded_in(entry.status.as_ref()) {
+                continue;
+            }
+            let Some(auction) = &entry.auction else {
+                continue;
+            };
+            if changed.all || auction_id(auction).is_ok_and(|id| changed.auctions.contains(&id)) {
+                entry.due = Some(entry.due.map_or(now, |d| d.min(now)));
+            }
         }
     }
 
@@ -134,8 +215,10 @@ impl Standalone {
         tokio::pin!(shutdown);
         // A directory that cannot be read at start is a configuration error; later the
         // operator keeps going (and keeps closing what it knows) until it is back.
+        self.ensure_feed().await;
         self.tick().await?;
         loop {
+            self.ensure_feed().await;
             let now = Instant::now();
             let next = self
                 .entries
@@ -144,9 +227,22 @@ impl Standalone {
                 .min()
                 .map_or(self.poll, |due| due.saturating_duration_since(now))
                 .min(self.poll);
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                _ = tokio::time::sleep(next) => {}
+            let changed = {
+                let feed = self.feed.as_ref();
+                let changes = async move {
+                    match feed {
+                        Some(feed) => feed.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(next) => None,
+                    changed = changes => Some(changed),
+                }
+            };
+            if let Some(changed) = changed {
+                self.apply_changes(&changed);
             }
             if let Err(e) = self.tick().await {
                 warn!(error = %e, "cannot scan the directory; retrying");
@@ -170,25 +266,59 @@ impl Standalone {
             .filter(|(_, e)| e.due.is_some_and(|d| d <= now))
             .map(|(p, _)| p.clone())
             .collect();
+        let mut jobs = Vec::new();
         for path in due {
-            self.reconcile(&path).await;
+            if let Some(job) = self.prepare(&path).await {
+                jobs.push(job);
+            }
+        }
+        // Each reconcile runs as a task of its own (at most `concurrency` at once), so they
+        // go on while the results of others are written.
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut running = JoinSet::new();
+        for job in jobs {
+            let lifecycle = self.lifecycle.clone();
+            let permits = permits.clone();
+            running.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let started = Instant::now();
+                let result = lifecycle.reconcile(&job.auction, job.deleting).await;
+                (job, result, started.elapsed())
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            match done {
+                Ok((job, result, took)) => self.finish(job, result, took).await,
+                // Its entry is due again after ERROR_RETRY (set by `prepare`).
+                Err(e) => warn!(error = %e, "a reconcile task failed; retrying"),
+            }
         }
     }
 
     async fn scan(&mut self) -> anyhow::Result<()> {
-        let mut seen = Vec::new();
-        let mut dir = tokio::fs::read_dir(&self.dir)
+        let mut seen = HashSet::new();
+        // One blocking task lists the directory and stats every manifest (thousands of
+        // files cost a few system calls each, not a task each).
+        let dir = self.dir.clone();
+        let listing = tokio::task::spawn_blocking(move || list_manifests(&dir))
             .await
+            .map_err(|e| anyhow::anyhow!("directory scan failed: {e}"))?
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.dir.display()))?;
-        while let Some(item) = dir.next_entry().await? {
-            let path = item.path();
-            if !is_manifest(&path) {
+        for (path, stamp) in listing {
+            if let (Some(entry), Some((modified, _))) = (self.entries.get(&path), stamp)
+                && !entry.deleting
+                && entry.stamp == stamp
+                // A write within the clock's granularity could leave the same time: files
+                // modified in the last second are read again.
+                && modified.elapsed().is_ok_and(|age| age > RECENT)
+            {
+                seen.insert(path);
                 continue;
             }
             let Ok(text) = tokio::fs::read_to_string(&path).await else {
                 continue; // removed or unreadable right now; the next scan decides
             };
-            seen.push(path.clone());
+            seen.insert(path.clone());
             let is_new = !self.entries.contains_key(&path);
             let entry = self.entries.entry(path.clone()).or_default();
             if is_new {
@@ -202,7 +332,9 @@ impl Standalone {
                     .and_then(|s| s.observed_generation)
                     .unwrap_or(0);
             }
-            if !is_new && entry.text == text && !entry.deleting {
+            let unchanged = !is_new && entry.text == text && !entry.deleting;
+            entry.stamp = stamp;
+            if unchanged {
                 continue;
             }
             entry.deleting = false;
@@ -235,38 +367,61 @@ impl Standalone {
         Ok(())
     }
 
-    async fn reconcile(&mut self, path: &Path) {
-        let Some(entry) = self.entries.get_mut(path) else {
-            return;
-        };
+    /// What the reconcile of `path` needs, or `None` when there is nothing to reconcile
+    /// (a file that never parsed: its status is written here).
+    async fn prepare(&mut self, path: &Path) -> Option<Job> {
+        let entry = self.entries.get_mut(path)?;
+        // Due again when the reconcile says (or after ERROR_RETRY if it never finishes).
+        entry.due = Some(Instant::now() + ERROR_RETRY);
         let Some(mut auction) = entry.auction.clone() else {
             // Never parsed: nothing was provisioned.
+            entry.due = None;
             if entry.deleting {
                 self.forget(path).await;
             } else if let Some(error) = entry.parse_error.clone() {
                 let status = failed_status(entry.status.as_ref(), &error);
-                entry.due = None;
                 self.write_status(path, status).await;
             }
-            return;
+            return None;
         };
         auction.metadata.generation = Some(entry.generation);
         auction.status = entry.status.clone();
-        let deleting = entry.deleting;
         let key = format!(
             "{}/{}",
             auction.metadata.namespace.as_deref().unwrap_or("default"),
             auction.metadata.name.as_deref().unwrap_or_default()
         );
-        let started = Instant::now();
-        let result = self.lifecycle.reconcile(&auction, deleting).await;
+        Some(Job {
+            path: path.to_owned(),
+            auction,
+            deleting: entry.deleting,
+            key,
+        })
+    }
+
+    async fn finish(
+        &mut self,
+        job: Job,
+        result: Result<crate::lifecycle::Outcome, crate::lifecycle::LifecycleError>,
+        took: Duration,
+    ) {
+        let Job {
+            path,
+            deleting,
+            key,
+            ..
+        } = job;
+        let path = path.as_path();
+        let Some(entry) = self.entries.get_mut(path) else {
+            return;
+        };
         let kind = match &result {
             Ok(_) => None,
             Err(crate::lifecycle::LifecycleError::Engine(_)) => Some("redis"),
             Err(crate::lifecycle::LifecycleError::Store(_)) => Some("postgres"),
             Err(crate::lifecycle::LifecycleError::Flush(_)) => Some("flush"),
         };
-        self.metrics.reconciled(started.elapsed(), kind);
+        self.metrics.reconciled(took, kind);
         let parse_error = entry.parse_error.clone();
         match result {
             Ok(outcome) if outcome.released => {
@@ -352,6 +507,22 @@ impl Standalone {
             warn!(file = %path.display(), error = %e, "cannot write the status file");
         }
     }
+}
+
+/// Every manifest of `dir` with its modification time and length (`None` when unknown).
+fn list_manifests(dir: &Path) -> std::io::Result<Vec<(PathBuf, Option<Stamp>)>> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let path = item?.path();
+        if !is_manifest(&path) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // removed right now; the next scan decides
+        };
+        out.push((path, meta.modified().ok().map(|m| (m, meta.len()))));
+    }
+    Ok(out)
 }
 
 fn status_file_exists(path: &Path) -> bool {

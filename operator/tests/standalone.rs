@@ -576,3 +576,162 @@ async fn postgres_down_at_the_end_closes_on_time_and_records_on_recovery() {
     op.stop().await;
     drop(pg);
 }
+
+fn reconciles(op: &Operator) -> u64 {
+    op.metrics.reconciles.with_label_values(&["ok"]).get()
+        + op.metrics.reconciles.with_label_values(&["error"]).get()
+}
+
+/// An open auction nobody bids on is not looked at again until its end (no Redis or
+/// PostgreSQL work per auction at rest), yet everything that happens to it in Redis is
+/// noticed: a bid reaches the status, a halt and a flushed Redis are restored from
+/// PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_open_auction_costs_nothing_and_changes_in_redis_still_wake_it() {
+    let redis = TestRedis::start();
+    let s = Servers {
+        redis: redis.url(),
+        database: database_url().await,
+        _redis: Some(redis),
+    };
+    let dir = temp_dir("operator-idle");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let id = AuctionId::new("shop", "quiet").unwrap();
+    let file = dir.join("quiet.yaml");
+    std::fs::write(&file, manifest("quiet", None, local_now() + 3_600_000, "")).unwrap();
+    let op = Operator::start(&dir, &s, "operator-idle").await;
+    wait_status(&file, Duration::from_secs(10), "Open", phase(Phase::Open)).await;
+
+    // At rest: six status-refresh intervals (500ms here) without a single reconcile.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before = reconciles(&op);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        reconciles(&op),
+        before,
+        "an idle open auction was reconciled again with nothing changed"
+    );
+
+    // A bid wakes it: the status follows.
+    bid(&engine, &id, "Ann", None, Some(12_000)).await;
+    wait_status(&file, Duration::from_secs(10), "showing the bid", |st| {
+        st.bid_count == Some(1) && st.leader.as_deref() == Some("Ann")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.event_count(&id).await.unwrap() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the bid never reached PostgreSQL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A halt (what a flusher does on a conflict) is restored at once, not at the next
+    // slow look.
+    let epoch = engine.snapshot(&id, None).await.unwrap().epoch;
+    assert!(
+        engine
+            .halt(&id, epoch, "test: contradicts the record")
+            .await
+            .unwrap()
+    );
+    wait_status(&file, Duration::from_secs(10), "Restored", |st| {
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Restored" && c.status == "True")
+    })
+    .await;
+    let restored = engine.snapshot(&id, None).await.unwrap();
+    assert_eq!((restored.epoch, restored.halted), (epoch + 1, None));
+
+    // Redis loses everything (no restart, so no reconnect): noticed and restored.
+    let flushed = std::process::Command::new("redis-cli")
+        .args(["-u", &s.redis, "FLUSHALL"])
+        .output()
+        .unwrap();
+    assert!(flushed.status.success(), "{flushed:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let back = loop {
+        match engine.snapshot(&id, None).await {
+            Ok(snapshot) => break snapshot,
+            Err(EngineError::UnknownAuction(_)) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "a flushed Redis was never noticed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!((back.bid_count, back.seq), (1, 1));
+    assert!(back.epoch > restored.epoch);
+    op.stop().await;
+}
+
+/// A close storm: a few hundred auctions with the same end, two operators on the same
+/// directory. Each is closed exactly once, with the right winner in its status and in
+/// PostgreSQL (correctness only; how late they close is measured by `make bench`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_hundred_auctions_ending_together_each_close_once_with_their_winner() {
+    const N: usize = 300;
+    let s = servers().await;
+    let dir = temp_dir("operator-storm");
+    let engine = Engine::connect(&s.redis, 2).await.unwrap();
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let end = local_now() + 20_000;
+    let files: Vec<PathBuf> = (0..N)
+        .map(|i| {
+            let name = format!("lot-{i:03}");
+            let file = dir.join(format!("{name}.yaml"));
+            std::fs::write(&file, manifest(&name, None, end, "")).unwrap();
+            file
+        })
+        .collect();
+    let (a, b) = tokio::join!(
+        Operator::start(&dir, &s, "storm-a"),
+        Operator::start(&dir, &s, "storm-b")
+    );
+    for file in &files {
+        wait_status(file, Duration::from_secs(60), "Open", phase(Phase::Open)).await;
+    }
+    // Two bidders on each lot; the winner differs from lot to lot.
+    let names = ["Ann", "Bob", "Cy", "Dee", "Eve"];
+    let mut expected = Vec::new();
+    for i in 0..N {
+        let id = AuctionId::new("shop", &format!("lot-{i:03}")).unwrap();
+        let (first, second) = (names[i % 5], names[(i + 1) % 5]);
+        bid(&engine, &id, first, None, Some(11_000)).await;
+        let top = bid(&engine, &id, second, None, Some(12_000 + i as i64)).await;
+        assert_eq!(top.leader_name, second);
+        expected.push((id, second, top.price));
+    }
+    assert!(local_now() < end, "the bids took longer than the lead time");
+    for (file, (id, winner, price)) in files.iter().zip(&expected) {
+        let closed = wait_status(
+            file,
+            Duration::from_secs(180),
+            "Closed",
+            phase(Phase::Closed),
+        )
+        .await;
+        assert_eq!(closed.winner.as_deref(), Some(*winner), "{id}");
+        assert_eq!(closed.final_price, Some(*price), "{id}");
+        let result = store
+            .result(id)
+            .await
+            .unwrap()
+            .expect("result in PostgreSQL");
+        let winner_id = format!("{}-id", winner.to_lowercase());
+        assert_eq!(result.winner.as_deref(), Some(winner_id.as_str()), "{id}");
+        assert_eq!(result.final_price, Some(*price), "{id}");
+        assert!(result.closed_at >= end, "{id} closed before its end");
+        assert_eq!(store.bid_count(id).await.unwrap(), 2, "{id}");
+        let events = engine.events_since(id, 0, 1_000).await.unwrap();
+        assert_eq!(closes(&events), 1, "{id} closed more than once: {events:?}");
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -134,7 +134,6 @@ fn case(
 
 fn table() -> Vec<Case> {
     let t = Timing::default();
-    let refresh = t.refresh.as_millis() as u64;
     let idle = t.idle.as_millis() as u64;
     let flush_retry = t.flush_retry.as_millis() as u64;
     let start = NOW + 60 * SEC;
@@ -285,12 +284,12 @@ fn table() -> Vec<Case> {
         ),
         // --- Open.
         case(
-            "start passed: open, refresh at a bounded rate",
+            "start passed: open; changes wake it, else a slow look",
             |o| {
                 o.status = Some(status(Phase::Scheduled, 1));
                 o.live = Some(live(LivePhase::Open, Some(NOW - SEC), end));
             },
-            wait(refresh),
+            wait(idle),
             Some(Phase::Open),
         ),
         case(
@@ -299,7 +298,7 @@ fn table() -> Vec<Case> {
                 o.status = Some(status(Phase::Open, 1));
                 o.live = Some(live(LivePhase::Open, None, end));
             },
-            wait(refresh),
+            wait(idle),
             Some(Phase::Open),
         ),
         case(
@@ -350,7 +349,7 @@ fn table() -> Vec<Case> {
                 o.status = Some(status(Phase::Open, 1));
                 o.live = Some(live(LivePhase::Open, None, end));
             },
-            wait(refresh),
+            wait(idle),
             Some(Phase::Open),
         ),
         case(
@@ -364,7 +363,7 @@ fn table() -> Vec<Case> {
                 o.status = Some(status(Phase::Open, 1));
                 o.live = Some(live(LivePhase::Open, None, end));
             },
-            wait(refresh),
+            wait(idle),
             Some(Phase::Open),
         ),
         // --- Closing.
