@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/cluster/versions.sh
+. scripts/cluster/lib.sh
 S=$CLUSTER_DIR
 BIN=$KUBE_CACHE/bin
 NS=$CLUSTER_NETNS
@@ -42,39 +43,15 @@ wait_until() {  # <what> <seconds> <command...>
 
 certs() {
   local d=$S/pki
-  mkdir -p "$d"; cd "$d"
-  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=gavel-cluster-ca 2>/dev/null
-  issue() {  # name subject [sans]
-    openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-    local ext=$1.ext
-    printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n' >"$ext"
-    [[ -n ${3:-} ]] && echo "subjectAltName=$3" >>"$ext"
-    openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 2 -extfile "$ext" 2>/dev/null
-  }
-  issue apiserver /CN=kube-apiserver "IP:$NODE_IP,IP:$API_SERVICE_IP,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-  issue admin "/O=system:masters/CN=gavel-admin"
-  issue controller-manager /CN=system:kube-controller-manager
-  issue scheduler /CN=system:kube-scheduler
-  issue kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "IP:$NODE_IP,DNS:$NODE_NAME"
-  issue kube-proxy /CN=system:kube-proxy
-  openssl genrsa -out sa.key 2048 2>/dev/null
-  openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-  cd - >/dev/null
+  pki_ca "$d"
+  pki_issue "$d" apiserver /CN=kube-apiserver "IP:$NODE_IP,IP:$API_SERVICE_IP,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  pki_issue "$d" admin "/O=system:masters/CN=gavel-admin"
+  pki_issue "$d" controller-manager /CN=system:kube-controller-manager
+  pki_issue "$d" scheduler /CN=system:kube-scheduler
+  pki_issue "$d" kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "IP:$NODE_IP,DNS:$NODE_NAME"
+  pki_issue "$d" kube-proxy /CN=system:kube-proxy
   for who in admin controller-manager scheduler kubelet kube-proxy; do
-    cat >"$S/$who.kubeconfig" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: gavel
-  cluster: {server: "https://$NODE_IP:6443", certificate-authority: "$d/ca.crt"}
-users:
-- name: $who
-  user: {client-certificate: "$d/$who.crt", client-key: "$d/$who.key"}
-contexts:
-- name: gavel
-  context: {cluster: gavel, user: $who}
-current-context: gavel
-KC
+    write_kubeconfig "$S/$who.kubeconfig" "https://$NODE_IP:6443" "$d" "$who"
   done
 }
 
@@ -205,23 +182,16 @@ up() {
   kubelet_config
   export PATH="$BIN:$PATH"
 
-  start etcd "$BIN/etcd" --data-dir "$S/etcd" --listen-client-urls http://127.0.0.1:2379 \
-    --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
-    --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster default=http://127.0.0.1:2380 \
-    --unsafe-no-fsync --quota-backend-bytes=1073741824
+  etcd_args "$S/etcd" 2379 2380
+  start etcd "$BIN/etcd" "${ETCD_ARGS[@]}"
   start containerd "$BIN/containerd" --config "$S/containerd/config.toml"
   wait_until etcd 30 in_ns curl -sf --noproxy '*' http://127.0.0.1:2379/health
   local pki=$S/pki
-  start kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
-    --bind-address=0.0.0.0 --secure-port=6443 --advertise-address="$NODE_IP" \
-    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-    --client-ca-file="$pki/ca.crt" --authorization-mode=Node,RBAC \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true \
+  apiserver_args "$pki" http://127.0.0.1:2379 0.0.0.0 6443 "$NODE_IP" "$SERVICE_CIDR"
+  start kube-apiserver "$BIN/kube-apiserver" "${APISERVER_ARGS[@]}" --authorization-mode=Node,RBAC \
+    --allow-privileged=true \
     --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key" \
-    --kubelet-preferred-address-types=InternalIP --enable-admission-plugins=NodeRestriction \
-    --profiling=false
+    --kubelet-preferred-address-types=InternalIP --enable-admission-plugins=NodeRestriction
   wait_until kube-apiserver 90 "$BIN/kubectl" --kubeconfig "$S/admin.kubeconfig" get --raw /readyz
   start kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig="$S/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$S/controller-manager.kubeconfig" --authorization-kubeconfig="$S/controller-manager.kubeconfig" \

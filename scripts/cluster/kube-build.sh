@@ -11,11 +11,25 @@
 #
 # Output: $GAVEL_KUBE_CACHE/bin/* (default ~/.cache/gavel/kube-<version>), keyed by version.
 # Prints the bin directory on stdout. Re-running with the cache present does nothing.
+#
+#   kube-build.sh                               everything (make e2e-cluster, make kube-build)
+#   kube-build.sh kube-apiserver etcd kubectl   only these, if missing (make test: the bare
+#                                               control plane of control-plane.sh)
 set -euo pipefail
 . "$(dirname "$0")/versions.sh"
 
 BIN="$KUBE_CACHE/bin"
-want=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns containerd containerd-shim-runc-v2 ctr)
+all=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns containerd containerd-shim-runc-v2 ctr)
+if (($#)); then
+  for b in "$@"; do
+    [[ " ${all[*]} " == *" $b "* ]] || { echo "kube-build: unknown binary $b (one of: ${all[*]})" >&2; exit 2; }
+  done
+  want=("$@")
+else
+  want=("${all[@]}")
+fi
+# Whether <binary> is wanted and not built yet.
+needed() { [[ " ${want[*]} " == *" $1 "* && ! -x "$BIN/$1" ]]; }
 missing=()
 for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
 if ((${#missing[@]} == 0)); then echo "$BIN"; exit 0; fi
@@ -61,7 +75,7 @@ done
 cd "$W"
 kcmds=()
 for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
-  [[ -x "$BIN/$b" ]] || kcmds+=("k8s.io/kubernetes/cmd/$b")
+  if needed "$b"; then kcmds+=("k8s.io/kubernetes/cmd/$b"); fi
 done
 if ((${#kcmds[@]})); then
   log "resolving modules for Kubernetes $ver"
@@ -73,7 +87,7 @@ if ((${#kcmds[@]})); then
 fi
 
 # --- etcd: the server version Kubernetes' own go.mod pins ----------------------------------
-if [[ ! -x "$BIN/etcd" ]]; then
+if needed etcd; then
   ev=$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
   E="$KUBE_CACHE/src/etcd"; mkdir -p "$E"; cd "$E"
   printf 'module gavel.dev/etcd-build\n\ngo 1.26.0\n' > go.mod
@@ -85,7 +99,7 @@ fi
 # --- CoreDNS: the cluster DNS (runs on the node, serves the cluster DNS address) ------------
 # Built with only the plugins cluster.sh's Corefile uses (about half the packages of the full
 # server, which also carries every cloud provider's SDK).
-if [[ ! -x "$BIN/coredns" ]]; then
+if needed coredns; then
   C="$KUBE_CACHE/src/coredns"; mkdir -p "$C"; cd "$C"
   printf 'module gavel.dev/coredns-build\n\ngo 1.26.0\n' > go.mod
   cat > main.go <<'GO'
@@ -111,7 +125,7 @@ GO
   go build -trimpath -ldflags "-s -w" -o "$BIN/coredns" .
 fi
 # --- containerd 2 (its module has no replace lines: go install works as is) -----------------
-if [[ ! -x "$BIN/containerd" || ! -x "$BIN/containerd-shim-runc-v2" || ! -x "$BIN/ctr" ]]; then
+if needed containerd || needed containerd-shim-runc-v2 || needed ctr; then
   log "building containerd $CONTAINERD_VERSION"
   (cd /tmp && GOFLAGS= GOBIN="$BIN" go install -trimpath -tags "no_btrfs no_devmapper no_zfs no_aufs" \
     -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
