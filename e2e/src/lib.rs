@@ -9,6 +9,9 @@
 //!   variables, a manifests folder or `kubectl`) and the [`LocalPlatform`] launcher that
 //!   starts Redis, PostgreSQL, two bid-api processes and a standalone operator on this
 //!   machine; it backs both the tests and `make up`.
+//! - [`kube`]: a real kube-apiserver and etcd on loopback ports ([`kube::ControlPlane`]) and
+//!   the Helm chart applied to it, for the operator's tests against a real API server and
+//!   `make k8s-up`.
 //! - [`envfile`]: `.gavel/env`, written by `make up`, read by the CLI.
 //! - [`feed`]: readable one-line renderings of server messages, for the CLI and the demo.
 //!
@@ -32,9 +35,12 @@ pub fn exit_quietly_on_closed_pipe() {
 pub mod envfile;
 pub mod feed;
 pub mod http;
+pub mod kube;
 pub mod platform;
 pub mod protocol;
 
 pub use client::{Auth, BidReply, ClientError, WsClient};
-pub use platform::{AuctionSpec, LocalOptions, LocalPlatform, Platform, PlatformError};
+pub use platform::{
+    AuctionSpec, LocalOptions, LocalPlatform, OperatorMode, Platform, PlatformError,
+};
 pub use protocol::{ClientMessage, Code, Outcome, ServerMessage};

@@ -668,12 +668,27 @@ async fn kubectl(
     args: &[&str],
     stdin: Option<String>,
 ) -> Result<String, PlatformError> {
+    kubectl_with(Path::new(program), None, args, stdin).await
+}
+
+/// Runs `program` (a kubectl) with `args`, with `--kubeconfig` when given, `stdin` piped
+/// in; its standard output, or its error output as the error.
+pub(crate) async fn kubectl_with(
+    program: &Path,
+    kubeconfig: Option<&Path>,
+    args: &[&str],
+    stdin: Option<String>,
+) -> Result<String, PlatformError> {
     use tokio::io::AsyncWriteExt;
     let err = |message: String| PlatformError::Kubectl {
         args: args.join(" "),
         message,
     };
-    let mut child = tokio::process::Command::new(program)
+    let mut cmd = tokio::process::Command::new(program);
+    if let Some(k) = kubeconfig {
+        cmd.arg("--kubeconfig").arg(k);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -683,7 +698,7 @@ async fn kubectl(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| err(format!("cannot run {program}: {e}")))?;
+        .map_err(|e| err(format!("cannot run {}: {e}", program.display())))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes())
             .await
@@ -789,6 +804,27 @@ pub struct LocalOptions {
     /// `GAVEL_LOCAL_BID_API_ARGS` (whitespace-separated), e.g. the benchmark's
     /// `--messages-per-second 1000000`.
     pub bid_api_args: Vec<String>,
+    /// How the operator runs.
+    pub operator: OperatorMode,
+}
+
+/// How [`LocalPlatform`] runs the operator.
+#[derive(Clone, Debug, Default)]
+pub enum OperatorMode {
+    /// One process, `--standalone <work_dir>/manifests` (process name `operator`).
+    #[default]
+    Standalone,
+    /// Replicas against a Kubernetes API server (process names `operator-1`, …), each with
+    /// this kubeconfig and environment and its own `GAVEL_OPERATOR_ID` (its process name,
+    /// as a pod's name would be).
+    Kube {
+        /// The kubeconfig the replicas authenticate with.
+        kubeconfig: PathBuf,
+        /// Environment of every replica (e.g. the chart's: Lease name and namespace).
+        env: Vec<(String, String)>,
+        /// How many replicas.
+        replicas: usize,
+    },
 }
 
 impl LocalOptions {
@@ -802,6 +838,7 @@ impl LocalOptions {
             bid_api_args: env("GAVEL_LOCAL_BID_API_ARGS")
                 .map(|a| a.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
+            operator: OperatorMode::Standalone,
         }
     }
 }
@@ -951,19 +988,49 @@ impl LocalPlatform {
             platform.http_urls.push(http.clone());
             ready_urls.push((format!("bid-api-{i}"), http));
         }
-        let port = free_port();
-        platform.operator_url = format!("http://127.0.0.1:{port}");
-        let (bin, manifests) = (operator.clone(), platform.manifests.clone());
-        let recipe: Recipe = Box::new(move || {
-            let mut cmd = Command::new(&bin);
-            cmd.arg("--standalone")
-                .arg(&manifests)
-                .env("GAVEL_OPERATOR_LISTEN", format!("127.0.0.1:{port}"));
-            cmd
-        });
-        let operator_url = platform.operator_url.clone();
-        platform.spawn("operator", recipe, &operator_url)?;
-        ready_urls.push(("operator".into(), platform.operator_url.clone()));
+        match &opts.operator {
+            OperatorMode::Standalone => {
+                let port = free_port();
+                let url = format!("http://127.0.0.1:{port}");
+                let (bin, manifests) = (operator.clone(), platform.manifests.clone());
+                let recipe: Recipe = Box::new(move || {
+                    let mut cmd = Command::new(&bin);
+                    cmd.arg("--standalone")
+                        .arg(&manifests)
+                        .env("GAVEL_OPERATOR_LISTEN", format!("127.0.0.1:{port}"));
+                    cmd
+                });
+                platform.spawn("operator", recipe, &url)?;
+                ready_urls.push(("operator".into(), url));
+            }
+            OperatorMode::Kube {
+                kubeconfig,
+                env,
+                replicas,
+            } => {
+                for i in 1..=*replicas {
+                    let port = free_port();
+                    let url = format!("http://127.0.0.1:{port}");
+                    let name = format!("operator-{i}");
+                    let (bin, kubeconfig, env, id) =
+                        (operator.clone(), kubeconfig.clone(), env.clone(), name.clone());
+                    let recipe: Recipe = Box::new(move || {
+                        let mut cmd = Command::new(&bin);
+                        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+                            .env("KUBECONFIG", &kubeconfig)
+                            .env("GAVEL_OPERATOR_ID", &id)
+                            .env("GAVEL_OPERATOR_LISTEN", format!("127.0.0.1:{port}"));
+                        cmd
+                    });
+                    platform.spawn(&name, recipe, &url)?;
+                    ready_urls.push((name, url));
+                }
+            }
+        }
+        platform.operator_url = ready_urls
+            .get(opts.bid_apis)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_default();
         for (i, (name, url)) in ready_urls.iter().enumerate() {
             platform.wait_ready(i, name, url).await?;
         }
@@ -1025,6 +1092,14 @@ impl LocalPlatform {
         let _ = p.child.kill();
         let _ = p.child.wait();
         running
+    }
+
+    /// Whether process `name` is running (it may have exited by itself).
+    pub fn is_running(&mut self, name: &str) -> bool {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
     }
 
     /// Starts process `name` again with its first settings (same port) after

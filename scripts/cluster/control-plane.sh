@@ -14,9 +14,14 @@
 # cluster.sh (lib.sh).
 #
 # <dir> holds: admin.kubeconfig (client certificate in system:masters), pki/, ports (sourceable:
-# ETCD_PORT, ETCD_PEER_PORT, APISERVER_PORT), pids/, logs/, and audit.log: every request of a
-# ServiceAccount (metadata level), so tests can prove that none was refused.
+# ETCD_PORT, ETCD_PEER_PORT, APISERVER_PORT, and BIN, the folder of kubectl), pids/, logs/,
+# and audit.log: every request of a ServiceAccount (metadata level), so tests can prove that
+# none was refused.
 set -euo pipefail
+cmd=${1:-}
+D=${2:-}
+[[ -n $D ]] || { echo "usage: $0 up|down|stop-apiserver|start-apiserver <dir>" >&2; exit 2; }
+[[ $D == /* ]] || D=$PWD/$D
 cd "$(dirname "$0")/../.."
 . scripts/cluster/versions.sh
 . scripts/cluster/lib.sh
@@ -73,8 +78,7 @@ up() {
   done
   [[ ! -f $D/pids/kube-apiserver && ! -f $D/pids/etcd ]] || { log "$D is in use: control-plane.sh down $D first"; exit 1; }
   rm -rf "$D"; mkdir -p "$D"/{logs,pids,etcd}
-  D=$(cd "$D" && pwd)
-  printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPISERVER_PORT=%s\n' "$(free_port)" "$(free_port)" "$(free_port)" >"$D/ports"
+  printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPISERVER_PORT=%s\nBIN=%s\n' "$(free_port)" "$(free_port)" "$(free_port)" "$BIN" >"$D/ports"
   # shellcheck disable=SC1091
   . "$D/ports"
   pki_ca "$D/pki"
@@ -104,9 +108,6 @@ down() {
   rm -rf "$D"
 }
 
-cmd=${1:-}
-D=${2:-}
-[[ -n $D ]] || { echo "usage: $0 up|down|stop-apiserver|start-apiserver <dir>" >&2; exit 2; }
 case $cmd in
   up) up ;;
   down) down ;;
