@@ -8,7 +8,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help test test-deps fuzz fuzz-smoke lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps check-browser-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind e2e-cluster kube-build cluster-up cluster-down
+.PHONY: help test test-deps kube-test-deps k8s-up k8s-down fuzz fuzz-smoke lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps check-browser-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind e2e-cluster kube-build cluster-up cluster-down
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,7 +43,10 @@ bench-engine: check-system-deps ## Only the engine: place-bid via the engine cli
 	$(CARGO) bench -p gavel-engine --bench place_bid --locked
 
 OIDC_TEST_DIR := bid-api/tests/oidc
-test-deps: $(OIDC_TEST_DIR)/node_modules/.package-lock.json ## The OpenID provider the identity tests run (npm ci of bid-api/tests/oidc)
+test-deps: $(OIDC_TEST_DIR)/node_modules/.package-lock.json kube-test-deps tools ## What the tests run besides Redis and PostgreSQL: the OpenID provider (npm ci of bid-api/tests/oidc), kube-apiserver, etcd and kubectl, helm
+
+kube-test-deps: ## kube-apiserver, etcd and kubectl for the operator's tests against a real API server (built once from the Go module proxy, cached)
+	@./scripts/cluster/kube-build.sh kube-apiserver etcd kubectl >/dev/null
 
 $(OIDC_TEST_DIR)/node_modules/.package-lock.json: $(OIDC_TEST_DIR)/package.json $(OIDC_TEST_DIR)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm not found: the identity tests need Node.js (20 or later) and npm" >&2; exit 1; }
@@ -125,6 +128,11 @@ up: check-system-deps local-build ## Start Redis, PostgreSQL, 2 bid-api and the 
 down: ## Stop everything `make up` started
 	@if [ -x $(GAVEL_LOCAL) ]; then $(GAVEL_LOCAL) down; \
 	elif [ -f .gavel/local.pid ]; then kill "$$(cat .gavel/local.pid)" 2>/dev/null; rm -f .gavel/env .gavel/local.pid; fi
+
+k8s-up: check-system-deps local-build kube-test-deps tools ## Like `up`, with the operator on a local kube-apiserver (the chart applied); writes .gavel/kubeconfig
+	@$(GAVEL_LOCAL) up --kube
+
+k8s-down: down ## Stop everything `make k8s-up` started
 
 demo: check-system-deps local-build ## Start here: local platform, scripted bidders with a live feed, results from PostgreSQL, then stop
 	@started=; $(GAVEL_LOCAL) status >/dev/null 2>&1 || started=1; \

@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use gavel_e2e::platform::binary_dir;
-use gavel_e2e::{LocalOptions, LocalPlatform, envfile};
+use gavel_e2e::kube::ControlPlane;
+use gavel_e2e::{LocalOptions, LocalPlatform, OperatorMode, envfile};
+
+/// Namespace of the chart's objects (and the operator's Lease) with `--kube`.
+const KUBE_NAMESPACE: &str = "gavel-system";
 
 /// Starts and stops a complete local Gavel platform: throw-away Redis and PostgreSQL,
 /// two bid-api processes (development auth: `?bidder=<name>`), and the operator in
@@ -41,6 +45,11 @@ enum Cmd {
         /// How many bid-api processes.
         #[arg(long, default_value_t = 2)]
         bid_apis: usize,
+        /// Run the operator against a local Kubernetes control plane (etcd and
+        /// kube-apiserver, the chart applied) instead of a manifests folder; writes
+        /// `<dir>/kubeconfig`.
+        #[arg(long)]
+        kube: bool,
     },
     /// Stop everything `up` started.
     Down,
@@ -51,6 +60,9 @@ enum Cmd {
         /// How many bid-api processes.
         #[arg(long, default_value_t = 2)]
         bid_apis: usize,
+        /// See `up --kube`.
+        #[arg(long)]
+        kube: bool,
     },
 }
 
@@ -109,7 +121,7 @@ fn print_env(dir: &Path) {
     }
 }
 
-fn up(dir: &Path, timeout: Duration, bid_apis: usize) -> Result<()> {
+fn up(dir: &Path, timeout: Duration, bid_apis: usize, kube: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if let Some(pid) = running_pid(dir)
         && env_file(dir).is_file()
@@ -131,6 +143,7 @@ fn up(dir: &Path, timeout: Duration, bid_apis: usize) -> Result<()> {
             .arg("run")
             .arg("--bid-apis")
             .arg(bid_apis.to_string())
+            .args(kube.then_some("--kube"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -140,7 +153,12 @@ fn up(dir: &Path, timeout: Duration, bid_apis: usize) -> Result<()> {
             .context("cannot start `gavel-local run`")?
     };
     println!(
-        "Starting Gavel locally (Redis, PostgreSQL, {bid_apis} bid-api, operator); log: {}",
+        "Starting Gavel locally (Redis, PostgreSQL, {bid_apis} bid-api, operator{}); log: {}",
+        if kube {
+            ", etcd and kube-apiserver"
+        } else {
+            ""
+        },
         log_path.display()
     );
     let deadline = Instant::now() + timeout;
@@ -194,7 +212,7 @@ fn down(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn run(dir: &Path, bid_apis: usize) -> Result<()> {
+async fn run(dir: &Path, bid_apis: usize, kube: bool) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -209,13 +227,43 @@ async fn run(dir: &Path, bid_apis: usize) -> Result<()> {
     }
     let mut opts = LocalOptions::new(binary_dir()?, dir.to_owned());
     opts.bid_apis = bid_apis;
-    let platform = tokio::select! {
-        started = LocalPlatform::start(opts) => started?,
+    let kubeconfig = dir.join("kubeconfig");
+    let _ = std::fs::remove_file(&kubeconfig);
+    let started = async {
+        // Declared first, dropped last: the control plane outlives the operator.
+        let control_plane = if kube {
+            let cp = tokio::task::block_in_place(|| ControlPlane::start(&dir.join("k8s")))?;
+            let chart = cp.install_chart(KUBE_NAMESPACE, &[]).await?;
+            cp.kubectl(&["create", "namespace", "shop"], None).await?;
+            std::fs::copy(cp.kubeconfig(), &kubeconfig)?;
+            opts.operator = OperatorMode::Kube {
+                kubeconfig: chart.operator_kubeconfig,
+                env: chart.operator_env,
+                replicas: 1,
+            };
+            Some(cp)
+        } else {
+            None
+        };
+        let platform = LocalPlatform::start(opts).await?;
+        anyhow::Ok((control_plane, platform))
+    };
+    let (control_plane, platform) = tokio::select! {
+        started = started => started?,
         _ = term.recv() => bail!("stopped while starting"),
         _ = int.recv() => bail!("stopped while starting"),
     };
+    let mut vars = platform.env_vars();
+    if let Some(cp) = &control_plane {
+        vars.retain(|(k, _)| *k != "GAVEL_MANIFESTS");
+        vars.push(("KUBECONFIG", kubeconfig.display().to_string()));
+        vars.push((
+            "GAVEL_KUBECTL",
+            cp.kubectl_program().display().to_string(),
+        ));
+    }
     let tmp = dir.join(".env.tmp");
-    std::fs::write(&tmp, envfile::render(&platform.env_vars()))?;
+    std::fs::write(&tmp, envfile::render(&vars))?;
     std::fs::rename(&tmp, env_file(dir))?;
     let vars: Vec<String> = platform
         .env_vars()
@@ -231,6 +279,8 @@ async fn run(dir: &Path, bid_apis: usize) -> Result<()> {
     tracing::info!("stopping");
     let _ = std::fs::remove_file(env_file(dir));
     drop(platform);
+    drop(control_plane);
+    let _ = std::fs::remove_file(&kubeconfig);
     let _ = std::fs::remove_file(pid_file(dir));
     Ok(())
 }
@@ -263,7 +313,11 @@ fn run_cli() -> Result<()> {
         std::env::current_dir()?.join(cli.dir)
     };
     match cli.command {
-        Cmd::Up { timeout, bid_apis } => up(&dir, Duration::from_secs(timeout), bid_apis),
+        Cmd::Up {
+            timeout,
+            bid_apis,
+            kube,
+        } => up(&dir, Duration::from_secs(timeout), bid_apis, kube),
         Cmd::Down => down(&dir),
         Cmd::Status => match running_pid(&dir) {
             Some(pid) if env_file(&dir).is_file() => {
@@ -273,6 +327,8 @@ fn run_cli() -> Result<()> {
             }
             _ => bail!("Gavel is not running (`make up` starts it)"),
         },
-        Cmd::Run { bid_apis } => tokio::runtime::Runtime::new()?.block_on(run(&dir, bid_apis)),
+        Cmd::Run { bid_apis, kube } => {
+            tokio::runtime::Runtime::new()?.block_on(run(&dir, bid_apis, kube))
+        }
     }
 }
