@@ -191,7 +191,10 @@ impl ControlPlane {
         let raw = self.kubectl(&["get", "--raw", "/version"], None).await?;
         let version: Value =
             serde_json::from_str(&raw).map_err(|e| start_error("/version", e.to_string()))?;
-        let git_version = version["gitVersion"].as_str().unwrap_or("v1.37.0").to_owned();
+        let git_version = version["gitVersion"]
+            .as_str()
+            .unwrap_or("v1.37.0")
+            .to_owned();
         let mut args: Vec<String> = vec![
             "template".into(),
             RELEASE.into(),
@@ -214,7 +217,10 @@ impl ControlPlane {
             .map_err(|e| {
                 start_error(
                     "helm",
-                    format!("cannot run {}: {e} (make tools installs it)", helm.display()),
+                    format!(
+                        "cannot run {}: {e} (make tools installs it)",
+                        helm.display()
+                    ),
                 )
             })?;
         if !out.status.success() {
@@ -328,7 +334,10 @@ mod tests {
     #[test]
     fn finds_the_operator_deployment() {
         let rendered = "---\nkind: Deployment\nmetadata: {name: a, labels: {app.kubernetes.io/component: bid-api}}\n---\n# comment only\n---\nkind: Deployment\nmetadata: {name: b, labels: {app.kubernetes.io/component: operator}}\n";
-        assert_eq!(operator_deployment(rendered).unwrap()["metadata"]["name"], "b");
+        assert_eq!(
+            operator_deployment(rendered).unwrap()["metadata"]["name"],
+            "b"
+        );
         assert!(operator_deployment("kind: Service\n").is_none());
     }
 }

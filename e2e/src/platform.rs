@@ -1012,8 +1012,12 @@ impl LocalPlatform {
                     let port = free_port();
                     let url = format!("http://127.0.0.1:{port}");
                     let name = format!("operator-{i}");
-                    let (bin, kubeconfig, env, id) =
-                        (operator.clone(), kubeconfig.clone(), env.clone(), name.clone());
+                    let (bin, kubeconfig, env, id) = (
+                        operator.clone(),
+                        kubeconfig.clone(),
+                        env.clone(),
+                        name.clone(),
+                    );
                     let recipe: Recipe = Box::new(move || {
                         let mut cmd = Command::new(&bin);
                         cmd.envs(env.iter().map(|(k, v)| (k, v)))

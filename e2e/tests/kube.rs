@@ -108,7 +108,10 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -131,7 +134,9 @@ async fn auction(name: &str) -> Option<Value> {
 /// Waits until the auction's status phase is `phase`; the whole object.
 async fn wait_phase(name: &str, phase: &str, timeout: Duration) -> Value {
     eventually(&format!("{name} to be {phase}"), timeout, || async {
-        auction(name).await.filter(|a| a["status"]["phase"] == phase)
+        auction(name)
+            .await
+            .filter(|a| a["status"]["phase"] == phase)
     })
     .await
 }
@@ -158,7 +163,10 @@ async fn events(uid: &str) -> Vec<(String, String)> {
             assert!(e["series"].is_null(), "an Event repeated: {e}");
             (
                 e["reason"].as_str().unwrap_or_default().to_owned(),
-                e["reportingInstance"].as_str().unwrap_or_default().to_owned(),
+                e["reportingInstance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             )
         })
         .collect()
@@ -170,7 +178,9 @@ fn reasons(events: &[(String, String)]) -> Vec<&str> {
 
 /// The `results` rows of `<NS>/<name>`: (winner_id, final_price, cancelled).
 async fn results(name: &str) -> Vec<(Option<String>, Option<i64>, bool)> {
-    let pool = sqlx::PgPool::connect(&shared().database_url).await.expect("PostgreSQL");
+    let pool = sqlx::PgPool::connect(&shared().database_url)
+        .await
+        .expect("PostgreSQL");
     let rows = sqlx::query_as(
         "SELECT winner_id, final_price, cancelled FROM results WHERE auction_id = $1",
     )
@@ -214,7 +224,9 @@ async fn until(at: Millis) {
 }
 
 fn ms(rfc3339: &Value) -> Millis {
-    let text = rfc3339.as_str().unwrap_or_else(|| panic!("not a time: {rfc3339}"));
+    let text = rfc3339
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {rfc3339}"));
     let t: jiff::Timestamp = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
     t.as_millisecond()
 }
@@ -323,7 +335,10 @@ async fn the_charts_rbac_is_least_privilege() {
         ["update", "leases/gavel-operator", "-n=gavel-system"],
         ["create", "leases", "-n=gavel-system"],
     ] {
-        assert!(operator_can(&allowed).await, "the operator may not {allowed:?}");
+        assert!(
+            operator_can(&allowed).await,
+            "the operator may not {allowed:?}"
+        );
     }
     for refused in [
         ["get", "auctions.gavel.dev", "-n=shop"],
@@ -339,7 +354,10 @@ async fn the_charts_rbac_is_least_privilege() {
         ["update", "leases/gavel-operator", "-n=shop"],
         ["create", "customresourcedefinitions", "-A"],
     ] {
-        assert!(!operator_can(&refused).await, "the operator may {refused:?}");
+        assert!(
+            !operator_can(&refused).await,
+            "the operator may {refused:?}"
+        );
     }
 }
 
@@ -386,10 +404,16 @@ async fn cel_rules_edits_cancel_and_delete() {
     for (i, (spec, message)) in bad.iter().enumerate() {
         let name = format!("{}-{i}", unique_name("cel"));
         let refused = cp()
-            .kubectl(&["apply", "-f", "-"], Some(with(&name, spec.clone()).to_string()))
+            .kubectl(
+                &["apply", "-f", "-"],
+                Some(with(&name, spec.clone()).to_string()),
+            )
             .await
             .expect_err(&format!("accepted, wanted '{message}'"));
-        assert!(refused.to_string().contains(message), "{message}: {refused}");
+        assert!(
+            refused.to_string().contains(message),
+            "{message}: {refused}"
+        );
     }
 
     let name = unique_name("edit");
@@ -404,7 +428,16 @@ async fn cel_rules_edits_cancel_and_delete() {
         let name = name.clone();
         async move {
             cp().kubectl(
-                &["patch", "auction", &name, "-n", NS, "--type=merge", "-p", &p.to_string()],
+                &[
+                    "patch",
+                    "auction",
+                    &name,
+                    "-n",
+                    NS,
+                    "--type=merge",
+                    "-p",
+                    &p.to_string(),
+                ],
                 None,
             )
             .await
@@ -423,11 +456,16 @@ async fn cel_rules_edits_cancel_and_delete() {
     patch(json!({"spec": {"title": "Renamed"}}))
         .await
         .expect("title of an open auction");
-    patch(json!({"spec": {"cancel": true}})).await.expect("cancel");
+    patch(json!({"spec": {"cancel": true}}))
+        .await
+        .expect("cancel");
     let refused = patch(json!({"spec": {"cancel": false}}))
         .await
         .expect_err("cancel undone");
-    assert!(refused.to_string().contains("cancel cannot be undone"), "{refused}");
+    assert!(
+        refused.to_string().contains("cancel cannot be undone"),
+        "{refused}"
+    );
     let cancelled = wait_phase(&name, "Cancelled", T).await;
     assert!(cancelled["status"]["winner"].is_null(), "{cancelled}");
     let refused = patch(json!({"spec": {"title": "changed"}}))
@@ -440,13 +478,20 @@ async fn cel_rules_edits_cancel_and_delete() {
         "{refused}"
     );
     let rows = results(&name).await;
-    assert_eq!(rows, vec![(None, None, true)], "results of a cancelled auction");
+    assert_eq!(
+        rows,
+        vec![(None, None, true)],
+        "results of a cancelled auction"
+    );
 
     // Deleting waits for the operator to release its finalizer.
     let uid = cancelled["metadata"]["uid"].as_str().unwrap().to_owned();
-    cp().kubectl(&["delete", "auction", &name, "-n", NS, "--timeout=60s"], None)
-        .await
-        .expect("delete");
+    cp().kubectl(
+        &["delete", "auction", &name, "-n", NS, "--timeout=60s"],
+        None,
+    )
+    .await
+    .expect("delete");
     assert!(auction(&name).await.is_none());
     let ev = eventually("the Removed event", T, || async {
         let ev = events(&uid).await;
@@ -473,7 +518,10 @@ async fn lifecycle_through_kubectl() {
     apply(&m).await;
 
     let scheduled = wait_phase(&name, "Scheduled", T).await;
-    assert_eq!(scheduled["metadata"]["finalizers"], json!(["gavel.dev/cleanup"]));
+    assert_eq!(
+        scheduled["metadata"]["finalizers"],
+        json!(["gavel.dev/cleanup"])
+    );
     let open = wait_phase(&name, "Open", T).await;
     assert!(now_ms() >= starts, "opened before startsAt");
     let uid = open["metadata"]["uid"].as_str().unwrap().to_owned();
@@ -494,7 +542,10 @@ async fn lifecycle_through_kubectl() {
     assert_eq!(s["bidCount"], 2, "{s}");
     let effective = ms(&s["effectiveEndsAt"]);
     assert!(effective >= sent + 3_000 && effective > ends, "{s}");
-    assert!(ms(&s["closedAt"]) >= effective, "closed before its effective end: {s}");
+    assert!(
+        ms(&s["closedAt"]) >= effective,
+        "closed before its effective end: {s}"
+    );
     assert_eq!(s["observedGeneration"], closed["metadata"]["generation"]);
     let recorded = s["conditions"]
         .as_array()
@@ -513,8 +564,16 @@ async fn lifecycle_through_kubectl() {
         .await
         .expect("kubectl get auc");
     let mut lines = columns.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-    let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     for (column, want) in [
         ("PHASE", "Closed"),
         ("PRICE", "2500"),
@@ -529,7 +588,10 @@ async fn lifecycle_through_kubectl() {
             "{column} in\n{columns}"
         );
     }
-    assert!(header.contains(&"ENDS") && header.contains(&"AGE"), "{columns}");
+    assert!(
+        header.contains(&"ENDS") && header.contains(&"AGE"),
+        "{columns}"
+    );
 
     let ev = events(&uid).await;
     assert_eq!(reasons(&ev), ["Scheduled", "Opened", "Closed"], "{ev:?}");
@@ -566,11 +628,17 @@ async fn deletion_while_the_operator_is_down() {
     let uid = open["metadata"]["uid"].as_str().unwrap().to_owned();
     p.kill("operator-1");
     p.kill("operator-2");
-    cp().kubectl(&["delete", "auction", &name, "-n", NS, "--wait=false"], None)
-        .await
-        .expect("delete");
+    cp().kubectl(
+        &["delete", "auction", &name, "-n", NS, "--wait=false"],
+        None,
+    )
+    .await
+    .expect("delete");
     let pending = auction(&name).await.expect("deleted without its finalizer");
-    assert!(!pending["metadata"]["deletionTimestamp"].is_null(), "{pending}");
+    assert!(
+        !pending["metadata"]["deletionTimestamp"].is_null(),
+        "{pending}"
+    );
     restart_stopped_operators(&mut p).await;
     eventually(&format!("{name} to be released"), LONG, || async {
         auction(&name).await.is_none().then_some(())

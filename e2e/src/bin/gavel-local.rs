@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use gavel_e2e::platform::binary_dir;
 use gavel_e2e::kube::ControlPlane;
+use gavel_e2e::platform::binary_dir;
 use gavel_e2e::{LocalOptions, LocalPlatform, OperatorMode, envfile};
 
 /// Namespace of the chart's objects (and the operator's Lease) with `--kube`.
@@ -257,10 +257,7 @@ async fn run(dir: &Path, bid_apis: usize, kube: bool) -> Result<()> {
     if let Some(cp) = &control_plane {
         vars.retain(|(k, _)| *k != "GAVEL_MANIFESTS");
         vars.push(("KUBECONFIG", kubeconfig.display().to_string()));
-        vars.push((
-            "GAVEL_KUBECTL",
-            cp.kubectl_program().display().to_string(),
-        ));
+        vars.push(("GAVEL_KUBECTL", cp.kubectl_program().display().to_string()));
     }
     let tmp = dir.join(".env.tmp");
     std::fs::write(&tmp, envfile::render(&vars))?;
