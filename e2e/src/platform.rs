@@ -770,8 +770,12 @@ pub fn build_platform_binaries() -> Result<(), PlatformError> {
                 "e2e: building {BID_API_BIN} and {OPERATOR_BIN} (cargo {})",
                 args.join(" ")
             );
+            // Cargo gives a test process CARGO_MANIFEST_DIR; some build scripts (ring's)
+            // rerun when it changes, which would rebuild half the dependency tree here and
+            // again in the next `cargo test`.
             let status = Command::new(&cargo)
                 .args(&args)
+                .env_remove("CARGO_MANIFEST_DIR")
                 .current_dir(&workspace)
                 .stdin(Stdio::null())
                 .status()
