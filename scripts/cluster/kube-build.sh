@@ -33,6 +33,14 @@ needed() { [[ " ${want[*]} " == *" $1 "* && ! -x "$BIN/$1" ]]; }
 missing=()
 for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
 if ((${#missing[@]} == 0)); then echo "$BIN"; exit 0; fi
+# One build at a time per cache (CI builds everything in the background while `make test`
+# builds its subset): wait for the other, then build only what is still missing.
+mkdir -p "$KUBE_CACHE"
+exec 9>"$KUBE_CACHE/.build.lock"
+flock 9
+missing=()
+for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
+if ((${#missing[@]} == 0)); then echo "$BIN"; exit 0; fi
 
 command -v go >/dev/null || { echo "kube-build: Go is needed (go version >= 1.26)" >&2; exit 1; }
 log() { echo "kube-build: $*" >&2; }
