@@ -770,12 +770,29 @@ pub fn build_platform_binaries() -> Result<(), PlatformError> {
                 "e2e: building {BID_API_BIN} and {OPERATOR_BIN} (cargo {})",
                 args.join(" ")
             );
-            // Cargo gives a test process CARGO_MANIFEST_DIR; some build scripts (ring's)
-            // rerun when it changes, which would rebuild half the dependency tree here and
-            // again in the next `cargo test`.
-            let status = Command::new(&cargo)
+            // Cargo gives a test process the variables of its package (CARGO_MANIFEST_DIR,
+            // CARGO_PKG_NAME, …); some build scripts (ring's) rerun when one changes, which
+            // would rebuild half the dependency tree here and again in the next `cargo test`.
+            let mut cmd = Command::new(&cargo);
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if key.starts_with("CARGO_PKG_")
+                    || [
+                        "CARGO_MANIFEST_DIR",
+                        "CARGO_MANIFEST_PATH",
+                        "CARGO_CRATE_NAME",
+                        "CARGO_BIN_NAME",
+                        "CARGO_PRIMARY_PACKAGE",
+                        "CARGO_TARGET_TMPDIR",
+                        "CARGO_RUSTC_CURRENT_DIR",
+                    ]
+                    .contains(&key.as_ref())
+                {
+                    cmd.env_remove(key.as_ref());
+                }
+            }
+            let status = cmd
                 .args(&args)
-                .env_remove("CARGO_MANIFEST_DIR")
                 .current_dir(&workspace)
                 .stdin(Stdio::null())
                 .status()
