@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use gavel_crds::{Auction, AuctionStatus, FINALIZER};
 use gavel_engine::changes::ChangeFeed;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
@@ -117,7 +117,7 @@ pub async fn reconcile(auction: Arc<Auction>, ctx: Arc<Context>) -> Result<Actio
     let result = finalizer::finalizer(&api, FINALIZER, auction, |event| async {
         match event {
             FinalizerEvent::Apply(a) => apply(&a, &ctx, &api).await,
-            FinalizerEvent::Cleanup(a) => cleanup(&a, &ctx).await,
+            FinalizerEvent::Cleanup(a) => cleanup(&a, &ctx, &api).await,
         }
     })
     .await
@@ -155,7 +155,13 @@ async fn apply(auction: &Auction, ctx: &Context, api: &Api<Auction>) -> Result<A
         .map_or_else(Action::await_change, Action::requeue))
 }
 
-async fn cleanup(auction: &Auction, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(auction: &Auction, ctx: &Context, api: &Api<Auction>) -> Result<Action, Error> {
+    // The watch cache can lag behind an earlier cleanup that has already released the
+    // object: ask the API server, so that the release (and its Event) happens once.
+    if !still_held(api, auction).await? {
+        debug!(auction = %key(auction), "already released");
+        return Ok(Action::await_change());
+    }
     let outcome = ctx.lifecycle.reconcile(auction, true).await?;
     if !outcome.released {
         return Err(Error::Pending(
@@ -165,6 +171,16 @@ async fn cleanup(auction: &Auction, ctx: &Context) -> Result<Action, Error> {
     publish(ctx, auction, &outcome.events).await;
     ctx.metrics.set_phase(&key(auction), None);
     Ok(Action::await_change())
+}
+
+/// Whether the API server still has this very object (same uid) with our finalizer. A
+/// list by name, not a get: the chart's RBAC grants the operator list and watch only.
+async fn still_held(api: &Api<Auction>, auction: &Auction) -> Result<bool, kube::Error> {
+    let by_name = ListParams::default().fields(&format!("metadata.name={}", auction.name_any()));
+    Ok(api.list(&by_name).await?.items.iter().any(|current| {
+        current.metadata.uid == auction.metadata.uid
+            && current.finalizers().iter().any(|f| f == FINALIZER)
+    }))
 }
 
 /// Writes `status` with server-side apply on the status subresource.
@@ -224,7 +240,7 @@ pub fn error_policy(auction: Arc<Auction>, error: &Error, _ctx: Arc<Context>) ->
 /// Checks that the Auction CRD is installed, with an actionable message if not.
 pub async fn check_crd(client: &Client) -> anyhow::Result<()> {
     let api: Api<Auction> = Api::all(client.clone());
-    api.list(&kube::api::ListParams::default().limit(1))
+    api.list(&ListParams::default().limit(1))
         .await
         .map_err(|e| {
             anyhow::anyhow!(
