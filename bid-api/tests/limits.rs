@@ -155,9 +155,17 @@ async fn connection_caps_refuse_with_retry_after() {
             held.push(connect_from(port, from).await);
         }
     }
-    // 11 held: the twelfth slot is the probe's; then the process is full.
-    let (status, _) = server.get("/healthz").await;
-    assert_eq!(status, 200);
+    // 11 held: the twelfth slot is the probe's (once the refused sixth connection's task
+    // has ended: it holds a slot until then); then the process is full.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.get("/healthz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     held.push(connect_from(port, "127.0.0.5").await);
     let mut over = connect_from(port, "127.0.0.6").await;
     let answer = read_until_closed(&mut over).await;

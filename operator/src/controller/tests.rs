@@ -347,6 +347,7 @@ async fn deleting_removes_live_state_keeps_postgres_and_drops_the_finalizer() {
     a.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
 
     let task = tokio::spawn(reconcile(Arc::new(a.clone()), f.ctx.clone()));
+    answer_list_by_name(&mut f.server, std::slice::from_ref(&a)).await;
     expect_event(&mut f.server, "Removed").await;
     let (patch, send) = expect(&mut f.server, Method::PATCH, &format!("{BASE}?")).await;
     assert_eq!(
@@ -372,6 +373,64 @@ async fn deleting_removes_live_state_keeps_postgres_and_drops_the_finalizer() {
     assert!(result.cancelled);
     assert_eq!(a.object_ref(&()).name.as_deref(), Some("strat"));
     assert_eq!(a.name_any(), "strat");
+}
+
+/// Answers the operator's list of the Auction by name (before a cleanup) with `items`.
+async fn answer_list_by_name(
+    server: &mut Handle<Request<Body>, Response<Body>>,
+    items: &[Auction],
+) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(20), server.next_request())
+        .await
+        .expect("no list request")
+        .expect("client dropped");
+    assert_eq!(request.method(), Method::GET);
+    let uri = request.uri().to_string();
+    assert!(
+        uri.starts_with("/apis/gavel.dev/v1alpha1/namespaces/shop/auctions?")
+            && uri.contains("fieldSelector=metadata.name%3Dstrat"),
+        "{uri}"
+    );
+    respond(
+        send,
+        &json!({
+            "apiVersion": "gavel.dev/v1alpha1",
+            "kind": "AuctionList",
+            "metadata": { "resourceVersion": "7" },
+            "items": items,
+        }),
+    );
+}
+
+/// A cleanup on a stale copy of an Auction an earlier cleanup has already released (the
+/// API server no longer has it): nothing is removed twice and no second Event is sent.
+#[tokio::test]
+async fn a_cleanup_of_an_already_released_auction_does_nothing() {
+    let mut f = fixture().await;
+    let id = AuctionId::new("shop", "strat").unwrap();
+    let mut a = finalized(auction(-1_000, 60_000));
+    let settings = a.spec.to_settings().unwrap();
+    f.engine.provision(&id, &settings).await.unwrap();
+    a.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+
+    let task = tokio::spawn(reconcile(Arc::new(a.clone()), f.ctx.clone()));
+    answer_list_by_name(&mut f.server, &[]).await;
+    // Then only the finalizer helper's own patch, which the gone object refuses.
+    let (_, send) = expect(&mut f.server, Method::PATCH, &format!("{BASE}?")).await;
+    send.send_response(
+        Response::builder()
+            .status(404)
+            .body(Body::from(
+                json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404})
+                    .to_string()
+                    .into_bytes(),
+            ))
+            .unwrap(),
+    );
+    let _ = task.await.unwrap();
+    no_more_requests(&mut f.server).await;
+    // Nothing was done to it: no Removed Event, its (stale) live state untouched.
+    assert!(f.engine.snapshot(&id, None).await.is_ok());
 }
 
 /// The whole `Controller` (list, watch, scheduler, reconcile) against the mock API server:
