@@ -6,8 +6,8 @@ usage: bid-load.py WS_URL NAMESPACE/NAME SECONDS BIDDERS OUT.json
 BIDDERS threads each hold a connection to WS_URL (a Service address: a pod that goes away is
 replaced by another behind it) with development auth (?bidder=load-<i>) and bid the auction's
 minimum next amount, one bid in flight at a time, for SECONDS. A connection that breaks is
-re-opened after 100 ms (counted as a reconnect). Every acknowledged bid (`bid_result`) is
-written to OUT.json as {"seq", "bidder", "amount"} so the caller can check that each is in
+re-opened after 100 ms (counted as a reconnect). Every acknowledged public bid (`bid_result`;
+a leader's re-bid, `ceiling_raised`, is a private raise without a bid of its own) is written to OUT.json as {"seq", "bidder", "amount"} so the caller can check that each is in
 PostgreSQL exactly once. Sends only to WS_URL; stops by itself.
 """
 import json
@@ -48,7 +48,7 @@ def main():
     url, auction, seconds, bidders, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     deadline = time.monotonic() + seconds
     lock = threading.Lock()
-    state = {"next": 1, "acks": [], "reconnects": 0, "rejected": 0}
+    state = {"next": 1, "acks": [], "reconnects": 0, "rejected": 0, "raises": 0}
 
     def run(i):
         bidder = f"load-{i}"
@@ -80,7 +80,11 @@ def main():
                         with lock:
                             if msg.get("min_next"):
                                 state["next"] = max(state["next"], msg["min_next"])
-                            if msg["type"] == "bid_result":
+                            if msg["type"] == "bid_result" and msg.get("outcome") == "ceiling_raised":
+                                # The leader's own re-bid: a private raise of its ceiling,
+                                # no public bid of its own (its seq is the last public one).
+                                state["raises"] += 1
+                            elif msg["type"] == "bid_result":
                                 state["acks"].append({"seq": msg["seq"], "bidder": bidder, "amount": amount})
                             else:
                                 state["rejected"] += 1
@@ -101,7 +105,7 @@ def main():
         t.join()
     with open(out, "w") as fh:
         json.dump(state, fh)
-    print(f"bid-load: {len(state['acks'])} acknowledged, {state['rejected']} refused, {state['reconnects']} reconnects")
+    print(f"bid-load: {len(state['acks'])} acknowledged, {state['rejected']} refused, {state['raises']} private ceiling raises, {state['reconnects']} reconnects")
 
 
 if __name__ == "__main__":
