@@ -827,6 +827,13 @@ async fn signs_in_with_the_identity_provider(p: &Platform, page: &Browser) -> Re
     )
     .await?;
     let field = |name: &str| format!("input[name=\"{name}\"]");
+    let submit = || async {
+        page.client
+            .find(Locator::Css("button[type=submit]"))
+            .await?
+            .click()
+            .await
+    };
     for (input, text) in [("login", "zoe"), ("password", "any")] {
         page.client
             .find(Locator::Css(&field(input)))
@@ -835,11 +842,7 @@ async fn signs_in_with_the_identity_provider(p: &Platform, page: &Browser) -> Re
             .send_keys(text)
             .await?;
     }
-    page.client
-        .find(Locator::Css("button[type=submit]"))
-        .await?
-        .click()
-        .await?;
+    submit().await?;
     page.wait_js(
         "return document.querySelector('button[type=submit]')?.textContent ?? location.pathname",
         "the consent page",
@@ -847,11 +850,7 @@ async fn signs_in_with_the_identity_provider(p: &Platform, page: &Browser) -> Re
         |v| v.as_str() == Some("Continue"),
     )
     .await?;
-    page.client
-        .find(Locator::Css("button[type=submit]"))
-        .await?
-        .click()
-        .await?;
+    submit().await?;
     // Back on the auction, signed in as the provider's bidder.
     page.wait_js("return location.href", "the auction page again", T, |v| {
         v.as_str() == Some(&format!("{}/auctions/{id}", own.url()))
