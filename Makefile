@@ -8,12 +8,12 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help test test-deps kube-test-deps k8s-up k8s-down fuzz fuzz-smoke lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps check-browser-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind e2e-cluster kube-build cluster-up cluster-down
+.PHONY: help test e2e-kube test-deps kube-test-deps k8s-up k8s-down fuzz fuzz-smoke lint fmt fmt-check clippy test-rust bench bench-engine build release check-system-deps check-browser-deps tools chart-check clean chart-sync chart-env-check manifests security images e2e-kind e2e-cluster kube-build cluster-up cluster-down
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-test: check-system-deps check-browser-deps lint test-rust chart-check chart-env-check ## Everything CI runs: format, clippy, all tests, chart checks
+test: check-system-deps check-browser-deps lint test-rust e2e-kube chart-check chart-env-check ## Everything CI runs: format, clippy, all tests, chart checks
 	@echo "make test: all checks passed"
 
 lint: fmt-check clippy ## Formatting and clippy (warnings are errors)
@@ -29,6 +29,10 @@ clippy:
 
 test-rust: test-deps ## Unit, integration and local end-to-end tests (real Redis and PostgreSQL)
 	GAVEL_E2E_BINARIES_BUILT=1 $(CARGO) test --workspace --all-features --locked --no-fail-fast
+
+e2e-kube: test-deps ## The e2e scenarios through kubectl, against a local kube-apiserver (operator as the chart's ServiceAccount)
+	$(CARGO) build --workspace --all-features --locked --bins
+	./scripts/e2e-kube.sh
 
 build: ## Debug build of every binary
 	$(CARGO) build --workspace --locked

@@ -184,6 +184,8 @@ def main():
     redis_url = env["GAVEL_REDIS_URL"]
     result = {"label": args.label, "cores": os.cpu_count(), "idle": [], "storm": [], "memory": {}}
     memory = result["memory"]
+    # Names of this run only: a name used before has its record in PostgreSQL already.
+    run = f"{int(time.time()) % 100000:05d}"
     memory["baseline_bytes"] = used_memory(redis_url)
     memory["baseline_keys"] = redis_keys(redis_url)
 
@@ -192,7 +194,8 @@ def main():
         ends = int(time.time() * 1000) + 2 * 3600 * 1000
         started = time.time()
         while len(idle_paths) < n:
-            idle_paths.append(write(manifests, f"idle-{len(idle_paths):05d}", manifest(f"idle-{len(idle_paths):05d}", ends)))
+            name = f"idle-{run}-{len(idle_paths):05d}"
+            idle_paths.append(write(manifests, name, manifest(name, ends)))
         wait_for(idle_paths, {"Open"}, 120 + n / 10)
         provisioned_in = time.time() - started
         time.sleep(8)  # past one status refresh after provisioning
@@ -236,7 +239,8 @@ def main():
         lead_ms = int((10 + m / 50) * 1000)
         ends = int(time.time() * 1000) + lead_ms
         before_storm = used_memory(redis_url), redis_keys(redis_url)
-        paths = [write(manifests, f"storm-{m}-{i:05d}", manifest(f"storm-{m}-{i:05d}", ends, "1s")) for i in range(m)]
+        paths = [write(manifests, f"storm-{run}-{m}-{i:05d}", manifest(f"storm-{run}-{m}-{i:05d}", ends, "1s"))
+                 for i in range(m)]
         wait_for(paths, {"Closed"}, lead_ms / 1000 + 300)
         close_lag, recorded_lag = [], []
         for p in paths:
