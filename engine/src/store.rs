@@ -118,12 +118,21 @@ pub struct Store {
     pool: PgPool,
 }
 
+/// Connections of a [`Store`]'s pool unless the process asks for another size.
+pub const DEFAULT_POOL_SIZE: u32 = 8;
+
 impl Store {
     /// Connects lazily: the pool opens connections when first used, so a process can start
     /// (and keep bidding) while PostgreSQL is down.
     pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+        Self::connect_lazy_with(url, DEFAULT_POOL_SIZE)
+    }
+
+    /// Like [`Store::connect_lazy`], with at most `connections` connections (the operator
+    /// sizes its pool to the reconciles it runs at once).
+    pub fn connect_lazy_with(url: &str, connections: u32) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(connections.max(1))
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(url)?;
         Ok(Self { pool })

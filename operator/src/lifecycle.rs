@@ -172,14 +172,14 @@ impl Lifecycle {
                 return Ok(self.finish(auction, &obs, None, deleting));
             }
         };
+        // PostgreSQL first: what it holds came from Redis, so a later snapshot is never
+        // behind it unless Redis lost state. Read once per reconcile: PostgreSQL's record
+        // only grows by what Redis already holds, so the steps below cannot make it newer
+        // than Redis, and a close storm costs one read per auction, not one per step.
+        if !obs.recorded {
+            obs.durable = self.observe_durable(&id).await;
+        }
         for _ in 0..MAX_STEPS {
-            // PostgreSQL first: what it holds came from Redis, so a later snapshot is never
-            // behind it unless Redis lost state.
-            obs.durable = if obs.recorded {
-                None
-            } else {
-                self.observe_durable(&id).await
-            };
             obs.live = self.observe(&id).await?;
             obs.now = local_now();
             let step = plan::plan(&obs, &self.timing);
@@ -210,12 +210,14 @@ impl Lifecycle {
                 },
                 Step::Record(result) => {
                     // Usually a flusher has the last events already; else flush them here
-                    // (the shared flusher: closes of many auctions wait for it in turn).
+                    // if the shared flusher is free. When it is busy (its background loop,
+                    // or another auction's drain) it is flushing already: the plan comes
+                    // back shortly instead of queueing, so the closes of a storm are not
+                    // recorded one drain at a time.
                     let mut left = result
                         .seq
                         .saturating_sub(self.store.event_count(&id).await?);
-                    if left > 0 {
-                        self.drain().await?;
+                    if left > 0 && self.try_drain().await? {
                         left = result
                             .seq
                             .saturating_sub(self.store.event_count(&id).await?);
@@ -347,9 +349,13 @@ impl Lifecycle {
         Ok(())
     }
 
-    async fn drain(&self) -> Result<(), LifecycleError> {
-        self.flusher.lock().await.drain(DRAIN_TIMEOUT).await?;
-        Ok(())
+    /// Drains the shared flusher if no one holds it; whether it did.
+    async fn try_drain(&self) -> Result<bool, LifecycleError> {
+        let Ok(mut flusher) = self.flusher.try_lock() else {
+            return Ok(false);
+        };
+        flusher.drain(DRAIN_TIMEOUT).await?;
+        Ok(true)
     }
 
     fn finish(

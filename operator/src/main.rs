@@ -70,7 +70,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
-    let store = Store::connect_lazy(&args.database_url).context("invalid GAVEL_DATABASE_URL")?;
+    // One connection per reconcile under way, and two for the flusher and the HTTP reads.
+    let pool_size = u32::from(args.reconcile_concurrency) + 2;
+    let store = Store::connect_lazy_with(&args.database_url, pool_size)
+        .context("invalid GAVEL_DATABASE_URL")?;
     let connected = async {
         let engine = startup
             .retry("Redis", || async {

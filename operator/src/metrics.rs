@@ -99,19 +99,18 @@ impl Metrics {
         let Ok(mut phases) = self.phases.lock() else {
             return;
         };
-        match phase {
-            Some(p) => {
-                phases.insert(key.to_owned(), Some(p));
+        let old = match phase {
+            Some(p) => phases.insert(key.to_owned(), Some(p)).flatten(),
+            None => phases.remove(key).flatten(),
+        };
+        // Only the two phases involved change: no walk over every auction.
+        if old != phase {
+            if let Some(p) = old {
+                self.auctions.with_label_values(&[p.as_str()]).dec();
             }
-            None => {
-                phases.remove(key);
+            if let Some(p) = phase {
+                self.auctions.with_label_values(&[p.as_str()]).inc();
             }
-        }
-        for p in Phase::ALL {
-            let n = phases.values().filter(|v| **v == Some(p)).count();
-            self.auctions
-                .with_label_values(&[p.as_str()])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

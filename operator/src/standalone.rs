@@ -50,6 +50,16 @@ const RECENT: Duration = Duration::from_secs(1);
 /// Retry delay after a failed reconcile.
 const ERROR_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a stopping operator waits for the reconciles under way.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// What woke the loop up.
+enum Woke {
+    Timer,
+    Changed(Changed),
+    Done(Box<Result<(tokio::task::Id, Done), tokio::task::JoinError>>),
+}
+
 /// A file's modification time and length.
 type Stamp = (SystemTime, u64);
 
@@ -72,6 +82,8 @@ struct Entry {
     due: Option<Instant>,
     /// The file is gone: deletion under way.
     deleting: bool,
+    /// A reconcile of it is under way.
+    running: bool,
 }
 
 /// The directory-driven operator.
@@ -82,9 +94,23 @@ pub struct Standalone {
     poll: Duration,
     stdout: bool,
     entries: HashMap<PathBuf, Entry>,
-    concurrency: usize,
+    /// Limits the reconciles running at the same time to `--reconcile-concurrency`.
+    permits: Arc<Semaphore>,
+    /// The reconciles under way, each in a task of its own, writing its status file.
+    running: JoinSet<Done>,
+    /// The manifest of each reconcile under way: never two at a time for one auction.
+    in_flight: HashMap<tokio::task::Id, PathBuf>,
     feed: Option<ChangeFeed>,
     feed_tried: Option<Instant>,
+}
+
+/// A finished reconcile, back from its task.
+struct Done {
+    job: Job,
+    result: Result<crate::lifecycle::Outcome, crate::lifecycle::LifecycleError>,
+    took: Duration,
+    /// The status the task wrote (or found already written).
+    written: Option<AuctionStatus>,
 }
 
 /// Default number of auctions reconciled at the same time.
@@ -99,6 +125,12 @@ struct Job {
     auction: Auction,
     deleting: bool,
     key: String,
+    /// Why the current text of the file does not parse (the last valid one is used).
+    parse_error: Option<String>,
+    generation: i64,
+    /// The entry's `due` while the reconcile runs: anything earlier at its end means the
+    /// auction changed meanwhile and is due again at once.
+    watchdog: Instant,
 }
 
 /// The path of the status file of manifest `path`.
@@ -159,7 +191,9 @@ impl Standalone {
             poll,
             stdout,
             entries: HashMap::new(),
-            concurrency: DEFAULT_CONCURRENCY,
+            permits: Arc::new(Semaphore::new(DEFAULT_CONCURRENCY)),
+            running: JoinSet::new(),
+            in_flight: HashMap::new(),
             feed: None,
             feed_tried: None,
         }
@@ -168,7 +202,7 @@ impl Standalone {
     /// Reconciles up to `n` auctions at the same time (at least 1), so that many auctions
     /// ending together close together.
     pub fn with_concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.permits = Arc::new(Semaphore::new(n.max(1)));
         self
     }
 
@@ -217,17 +251,19 @@ impl Standalone {
         // operator keeps going (and keeps closing what it knows) until it is back.
         self.ensure_feed().await;
         self.tick().await?;
+        let mut scanned = Instant::now();
         loop {
             self.ensure_feed().await;
             let now = Instant::now();
             let next = self
                 .entries
                 .values()
+                .filter(|e| !e.running)
                 .filter_map(|e| e.due)
                 .min()
                 .map_or(self.poll, |due| due.saturating_duration_since(now))
-                .min(self.poll);
-            let changed = {
+                .min(self.poll.saturating_sub(scanned.elapsed()));
+            let woke = {
                 let feed = self.feed.as_ref();
                 let changes = async move {
                     match feed {
@@ -236,62 +272,122 @@ impl Standalone {
                     }
                 };
                 tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(next) => None,
-                    changed = changes => Some(changed),
+                    _ = &mut shutdown => {
+                        self.stop().await;
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(next) => Woke::Timer,
+                    changed = changes => Woke::Changed(changed),
+                    Some(done) = self.running.join_next_with_id(), if !self.running.is_empty() => Woke::Done(Box::new(done)),
                 }
             };
-            if let Some(changed) = changed {
-                self.apply_changes(&changed);
+            match woke {
+                Woke::Timer => {}
+                Woke::Changed(changed) => self.apply_changes(&changed),
+                Woke::Done(done) => {
+                    self.done(*done).await;
+                    // Collect the others that finished too before scanning again.
+                    while let Some(done) = self.running.try_join_next_with_id() {
+                        self.done(done).await;
+                    }
+                }
             }
-            if let Err(e) = self.tick().await {
-                warn!(error = %e, "cannot scan the directory; retrying");
-                self.reconcile_due().await;
+            // The directory is scanned every `poll`, not on every finished reconcile.
+            if scanned.elapsed() >= self.poll {
+                scanned = Instant::now();
+                if let Err(e) = self.scan().await {
+                    warn!(error = %e, "cannot scan the directory; retrying");
+                }
             }
+            self.reconcile_due().await;
         }
     }
 
-    /// One pass: scan the directory, then reconcile every entry that changed or is due.
+    /// One pass: scan the directory, then start a reconcile of every entry that changed or
+    /// is due.
     pub async fn tick(&mut self) -> anyhow::Result<()> {
         self.scan().await?;
         self.reconcile_due().await;
         Ok(())
     }
 
+    /// Starts a reconcile for every entry that is due and not under way; each runs in a
+    /// task of its own (at most `--reconcile-concurrency` at once) and writes its own
+    /// status file, so the auctions ending together close together and the loop goes on
+    /// scanning and starting others meanwhile.
     async fn reconcile_due(&mut self) {
         let now = Instant::now();
         let due: Vec<PathBuf> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.due.is_some_and(|d| d <= now))
+            .filter(|(_, e)| !e.running && e.due.is_some_and(|d| d <= now))
             .map(|(p, _)| p.clone())
             .collect();
-        let mut jobs = Vec::new();
         for path in due {
-            if let Some(job) = self.prepare(&path).await {
-                jobs.push(job);
-            }
-        }
-        // Each reconcile runs as a task of its own (at most `concurrency` at once), so they
-        // go on while the results of others are written.
-        let permits = Arc::new(Semaphore::new(self.concurrency));
-        let mut running = JoinSet::new();
-        for job in jobs {
+            let Some(job) = self.prepare(&path).await else {
+                continue;
+            };
             let lifecycle = self.lifecycle.clone();
-            let permits = permits.clone();
-            running.spawn(async move {
+            let permits = self.permits.clone();
+            let metrics = self.metrics.clone();
+            let stdout = self.stdout;
+            let task = self.running.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let started = Instant::now();
                 let result = lifecycle.reconcile(&job.auction, job.deleting).await;
-                (job, result, started.elapsed())
+                let took = started.elapsed();
+                let written = match &result {
+                    Ok(outcome) if !outcome.released && !job.deleting => {
+                        let status = with_parse_error(outcome.status.clone(), &job);
+                        metrics.set_phase(&job.key, status.phase);
+                        write_status(&job.path, job.auction.status.as_ref(), status, stdout).await
+                    }
+                    _ => None,
+                };
+                Done {
+                    job,
+                    result,
+                    took,
+                    written,
+                }
             });
-        }
-        while let Some(done) = running.join_next().await {
-            match done {
-                Ok((job, result, took)) => self.finish(job, result, took).await,
-                // Its entry is due again after ERROR_RETRY (set by `prepare`).
-                Err(e) => warn!(error = %e, "a reconcile task failed; retrying"),
+            if let Some(entry) = self.entries.get_mut(&path) {
+                entry.running = true;
             }
+            self.in_flight.insert(task.id(), path);
+        }
+    }
+
+    /// Waits (a few seconds at most) for the reconciles under way, so their statuses are
+    /// written before the process exits.
+    async fn stop(&mut self) {
+        let all = async { while self.running.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_WAIT, all).await.is_err() {
+            warn!("stopping with reconciles still under way; they are retried on the next start");
+        }
+    }
+
+    /// Takes back a finished reconcile task.
+    async fn done(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        match done {
+            Ok((id, done)) => {
+                self.settled(id);
+                self.finish(done).await;
+            }
+            // A panicked task: its entry is due again after ERROR_RETRY (set by `prepare`).
+            Err(e) => {
+                warn!(error = %e, "a reconcile task failed; retrying");
+                self.settled(e.id());
+            }
+        }
+    }
+
+    /// Marks the entry of task `id` as no longer under way.
+    fn settled(&mut self, id: tokio::task::Id) {
+        if let Some(path) = self.in_flight.remove(&id)
+            && let Some(entry) = self.entries.get_mut(&path)
+        {
+            entry.running = false;
         }
     }
 
@@ -372,7 +468,8 @@ impl Standalone {
     async fn prepare(&mut self, path: &Path) -> Option<Job> {
         let entry = self.entries.get_mut(path)?;
         // Due again when the reconcile says (or after ERROR_RETRY if it never finishes).
-        entry.due = Some(Instant::now() + ERROR_RETRY);
+        let watchdog = Instant::now() + ERROR_RETRY;
+        entry.due = Some(watchdog);
         let Some(mut auction) = entry.auction.clone() else {
             // Never parsed: nothing was provisioned.
             entry.due = None;
@@ -396,22 +493,22 @@ impl Standalone {
             auction,
             deleting: entry.deleting,
             key,
+            parse_error: entry.parse_error.clone(),
+            generation: entry.generation,
+            watchdog,
         })
     }
 
-    async fn finish(
-        &mut self,
-        job: Job,
-        result: Result<crate::lifecycle::Outcome, crate::lifecycle::LifecycleError>,
-        took: Duration,
-    ) {
-        let Job {
-            path,
-            deleting,
-            key,
-            ..
-        } = job;
-        let path = path.as_path();
+    /// Applies a finished reconcile to its entry: when to come back, events, and (for a
+    /// failure) the status saying why.
+    async fn finish(&mut self, done: Done) {
+        let Done {
+            job,
+            result,
+            took,
+            written,
+        } = done;
+        let path = job.path.as_path();
         let Some(entry) = self.entries.get_mut(path) else {
             return;
         };
@@ -422,50 +519,54 @@ impl Standalone {
             Err(crate::lifecycle::LifecycleError::Flush(_)) => Some("flush"),
         };
         self.metrics.reconciled(took, kind);
-        let parse_error = entry.parse_error.clone();
+        if written.is_some() {
+            entry.status = written;
+        }
+        // Changed while the reconcile ran (file edited or removed, or news from Redis):
+        // due again at once, whatever the reconcile asked.
+        let changed = entry.due.is_some_and(|d| d < job.watchdog);
+        let now = Instant::now();
         match result {
             Ok(outcome) if outcome.released => {
                 for note in &outcome.events {
-                    log_event(&key, note);
+                    log_event(&job.key, note);
                 }
-                self.forget(path).await;
+                if changed && !entry.deleting {
+                    // Re-created while its deletion finished: a new auction.
+                    entry.status = None;
+                    entry.due = Some(now);
+                } else {
+                    self.forget(path).await;
+                }
             }
             Ok(outcome) => {
-                entry.due = outcome.requeue.map(|d| Instant::now() + d);
-                if deleting && entry.due.is_none() {
-                    entry.due = Some(Instant::now() + ERROR_RETRY);
+                entry.due = outcome.requeue.map(|d| now + d);
+                if job.deleting && entry.due.is_none() {
+                    entry.due = Some(now + ERROR_RETRY);
+                }
+                if changed {
+                    entry.due = Some(now);
                 }
                 for note in &outcome.events {
-                    log_event(&key, note);
-                }
-                let mut status = outcome.status;
-                if let Some(error) = parse_error {
-                    status::set_condition(
-                        &mut status.conditions,
-                        CONDITION_READY,
-                        false,
-                        "InvalidManifest",
-                        &format!("{error}; the auction keeps its last valid settings"),
-                        local_now(),
-                        Some(entry.generation),
-                    );
-                }
-                self.metrics.set_phase(&key, status.phase);
-                if !deleting {
-                    self.write_status(path, status).await;
+                    log_event(&job.key, note);
                 }
             }
             Err(e) => {
-                warn!(auction = %key, error = %e, "reconcile failed; retrying");
-                entry.due = Some(Instant::now() + ERROR_RETRY);
+                warn!(auction = %job.key, error = %e, "reconcile failed; retrying");
+                entry.due = Some(if changed { now } else { now + ERROR_RETRY });
                 let status = status::unavailable(
                     entry.status.as_ref(),
                     &e.to_string(),
                     local_now(),
                     Some(entry.generation),
                 );
-                if !deleting {
-                    self.write_status(path, status).await;
+                if !job.deleting {
+                    let old = entry.status.clone();
+                    if let Some(status) =
+                        write_status(path, old.as_ref(), status, self.stdout).await
+                    {
+                        entry.status = Some(status);
+                    }
                 }
             }
         }
@@ -485,28 +586,58 @@ impl Standalone {
         let _ = tokio::fs::remove_file(status_path(path)).await;
     }
 
+    /// Writes the status of the entry of `path` (no reconcile of it under way).
     async fn write_status(&mut self, path: &Path, status: AuctionStatus) {
         let Some(entry) = self.entries.get_mut(path) else {
             return;
         };
-        if !status::differs(entry.status.as_ref(), &status) && status_file_exists(path) {
-            return;
-        }
-        entry.status = Some(status.clone());
-        let yaml = match serde_yaml::to_string(&status) {
-            Ok(y) => y,
-            Err(e) => {
-                warn!(error = %e, "cannot serialise a status");
-                return;
-            }
-        };
-        if self.stdout {
-            println!("---\n# {}\n{yaml}", path.display());
-        }
-        if let Err(e) = write_atomically(&status_path(path), &yaml).await {
-            warn!(file = %path.display(), error = %e, "cannot write the status file");
+        if let Some(status) = write_status(path, entry.status.as_ref(), status, self.stdout).await {
+            entry.status = Some(status);
         }
     }
+}
+
+/// `status` with the manifest's parse error, if its current text does not parse.
+fn with_parse_error(mut status: AuctionStatus, job: &Job) -> AuctionStatus {
+    if let Some(error) = &job.parse_error {
+        status::set_condition(
+            &mut status.conditions,
+            CONDITION_READY,
+            false,
+            "InvalidManifest",
+            &format!("{error}; the auction keeps its last valid settings"),
+            local_now(),
+            Some(job.generation),
+        );
+    }
+    status
+}
+
+/// Writes `status` beside manifest `path` unless it says what `old` said and the file is
+/// there; returns the status now on disk when it wrote it.
+async fn write_status(
+    path: &Path,
+    old: Option<&AuctionStatus>,
+    status: AuctionStatus,
+    stdout: bool,
+) -> Option<AuctionStatus> {
+    if !status::differs(old, &status) && status_file_exists(path) {
+        return None;
+    }
+    let yaml = match serde_yaml::to_string(&status) {
+        Ok(y) => y,
+        Err(e) => {
+            warn!(error = %e, "cannot serialise a status");
+            return None;
+        }
+    };
+    if stdout {
+        println!("---\n# {}\n{yaml}", path.display());
+    }
+    if let Err(e) = write_atomically(&status_path(path), &yaml).await {
+        warn!(file = %path.display(), error = %e, "cannot write the status file");
+    }
+    Some(status)
 }
 
 /// Every manifest of `dir` with its modification time and length (`None` when unknown).
