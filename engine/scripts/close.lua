@@ -1,7 +1,7 @@
 -- Close an auction: at or after its effective end, or at once when cancelling.
 -- Idempotent: a closed auction returns its stored result.
 -- KEYS: state hash, event stream, flush stream.
--- ARGV: 'end' | 'cancel', channel, clock override, auction id, replay window.
+-- ARGV: 'end' | 'cancel', channel, clock override, auction id, replay window, changes channel.
 -- Returns {'closed', result-json}, {'not_ended', effective_end}, {'halted'} or {'unknown'}.
 local f = redis.call('HMGET', KEYS[1], 'closed', 'result', 'ends_at', 'ext_end', 'price',
   'leader', 'leader_name', 'reserve_met', 'bid_count', 'seq', 'epoch', 'halted')
@@ -30,5 +30,5 @@ local result = '{"kind":"closed","seq":' .. int(seq) .. ',"epoch":' .. int(tonum
   .. ',"closed_at":' .. int(now) .. ',"cancelled":' .. json_bool(cancel) .. '}'
 append_event(KEYS[2], KEYS[3], seq, result, ARGV[4], ARGV[5])
 redis.call('HSET', KEYS[1], 'closed', '1', 'result', result, 'seq', int(seq))
-redis.call('PUBLISH', ARGV[2], result)
+announce(ARGV[2], ARGV[6], ARGV[4], result)
 return {'closed', result}

@@ -1,10 +1,10 @@
 -- Place one bid: validation, open-by-time check, per-bidder token bucket, proxy
--- resolution (README § Bidding rules), seq increment, stream append and live PUBLISH, atomically.
+-- resolution (README § Bidding rules), seq increment, stream append and live SPUBLISH, atomically.
 -- A leader's raise of its own ceiling that changes no public fact is private: no seq, no
--- stream entry, no PUBLISH, only a 'ceiling_raised' entry on the flush stream.
+-- stream entry, no SPUBLISH, only a 'ceiling_raised' entry on the flush stream.
 -- KEYS: state hash, ceilings hash, rate-limit hash, event stream, flush stream.
 -- ARGV: bidder id, display name, amount, max ('' when absent), channel, clock override,
---       auction id, replay window (entries kept in the event stream).
+--       auction id, replay window (entries kept in the event stream), changes channel.
 -- Returns {'accepted', event-json} or {'rejected', code, min_next, retry_after_ms}.
 local bidder, name = ARGV[1], ARGV[2]
 
@@ -102,7 +102,7 @@ if has_leader and leader == bidder then
     local event = bid_event('ceiling_raised', before, false)
     redis.call('HSET', KEYS[1], 'ceiling', int(ceiling))
     redis.call('HSET', KEYS[2], bidder, int(ceiling))
-    redis.call('XADD', KEYS[5], '*', 'a', ARGV[7], 'e', event)
+    queue_flush(KEYS[5], ARGV[7], event)
     return {'accepted', event}
   end
 else
@@ -147,5 +147,5 @@ local own = m
 if leader == bidder then own = ceiling end
 redis.call('HSET', KEYS[2], bidder, int(own))
 
-redis.call('PUBLISH', ARGV[5], event)
+announce(ARGV[5], ARGV[9], ARGV[7], event)
 return {'accepted', event}

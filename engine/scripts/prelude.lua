@@ -37,6 +37,23 @@ local function entry_time(entry)
   return nil
 end
 
+-- Queues an event (or a leader's private raise) for PostgreSQL on the shard's flush stream,
+-- in the auction's slot. Queuing on an empty stream wakes idle flushers on the shard channel
+-- named like the stream (edge-triggered: a stream that has entries has a busy flusher, or
+-- one that polls it within a second).
+local function queue_flush(flush, auction, event)
+  if redis.call('XLEN', flush) == 0 then redis.call('SPUBLISH', flush, '1') end
+  redis.call('XADD', flush, '*', 'a', auction, 'e', event)
+end
+
+-- Sends a message live to the auction's watchers (its shard channel) and the auction's id
+-- to the operator (its shard's changes channel): sharded pub/sub, so on a cluster only the
+-- auction's node carries them.
+local function announce(channel, changes, auction, message)
+  redis.call('SPUBLISH', channel, message)
+  redis.call('SPUBLISH', changes, auction)
+end
+
 -- Appends an event to the auction's stream (entry id <seq>-0, field t its Redis time) and
 -- queues it on its flush stream. The stream is the replay window, `window` = "count:age"
 -- (or just count): about `count` entries, none older than `age` ms (0: no age limit).
@@ -49,7 +66,7 @@ local function append_event(stream, flush, seq, event, auction, window)
   if count == nil then count, age = window, '0' end
   local now = now_ms(nil)
   redis.call('XADD', stream, 'MAXLEN', '~', count, int(seq) .. '-0', 'e', event, 't', int(now))
-  redis.call('XADD', flush, '*', 'a', auction, 'e', event)
+  queue_flush(flush, auction, event)
   age = tonumber(age)
   if age == nil or age <= 0 then return end
   local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]

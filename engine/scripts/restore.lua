@@ -3,7 +3,8 @@
 -- from the moment this returns.
 -- KEYS: state hash, ceilings hash, event stream, rate-limit hash.
 -- ARGV: mode ('missing': only when no state exists; 'replace': only while the state's
---       epoch is still the given one), that epoch, channel, notice json, n (number of
+--       epoch is still the given one), that epoch, channel, notice json, changes channel,
+--       auction id, n (number of
 --       state field/value arguments that follow), the n state arguments, then bidder/ceiling
 --       pairs.
 -- Returns {'restored'}, {'exists'} (missing mode, state found) or {'changed'} (replace mode,
@@ -16,13 +17,13 @@ end
 -- The stream and the rate buckets belong to the lost history: replay now comes from
 -- PostgreSQL, and buckets start full.
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-local n = tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + n))
-local i = 6 + n
+local n = tonumber(ARGV[7])
+redis.call('HSET', KEYS[1], unpack(ARGV, 8, 7 + n))
+local i = 8 + n
 while i <= #ARGV do
   local last = math.min(#ARGV, i + 999)
   redis.call('HSET', KEYS[2], unpack(ARGV, i, last))
   i = last + 1
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+announce(ARGV[3], ARGV[5], ARGV[6], ARGV[4])
 return {'restored'}

@@ -2,14 +2,20 @@
 //! (the operator), so that it looks at an auction when something happened to it instead
 //! of polling every open auction (docs/design.md, "What an idle auction costs").
 //!
-//! - One pub/sub connection, pattern-subscribed to every auction's channels: each accepted
-//!   bid, close and restore is published on the auction's `live` channel, and a halt (the
-//!   live state contradicts PostgreSQL) on its `notice` channel. The auction is reported
-//!   changed.
-//! - Losing Redis's data is noticed for all auctions at once, never per auction: the
-//!   pub/sub connection reconnected (a restart, a failover: messages may have been lost
-//!   too), the server's `run_id` changed, or the marker key [`MARKER_KEY`] that the feed
-//!   sets is gone or different (a flush). Checked every `check` interval, two commands.
+//! - Sharded pub/sub, subscribed to the [`FLUSH_SHARDS`] shards' changes channels
+//!   ([`changes_channels`]): the scripts announce the id of an auction there at each
+//!   accepted bid, close, restore and halt (the live state contradicts PostgreSQL). The
+//!   auction is reported changed. A pattern subscription cannot be used: it hears neither
+//!   sharded messages nor, on a cluster, anything cheaper than every node's traffic; these
+//!   exact shard channels are routed to the node owning each shard, so on a cluster the
+//!   feed holds one connection per node and each message crosses no other node. The
+//!   subscriptions follow failovers and slot moves ([`crate::redis::manage_shard_subscriptions`]).
+//! - Losing Redis's data is noticed for all auctions at once, never per auction: a pub/sub
+//!   connection reconnected or the cluster's slots changed (a restart, a failover:
+//!   messages may have been lost too), a server's `run_id` changed (on a cluster, any
+//!   primary's: a failover), or a shard's marker key ([`marker_key`]) that the feed sets is
+//!   gone or different (a flush, a node that lost its data). Checked every `check`
+//!   interval: one `GET` per shard and one `INFO` per node.
 //! - Changes are coalesced: [`ChangeFeed::changed`] hands them out at most once per
 //!   `check` interval, so a hot auction costs its watcher one look per interval whatever
 //!   the bid rate.
@@ -23,13 +29,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::{InfoKind, Message};
+use fred::types::{ClusterStateChange, InfoKind, Message};
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::keys::{ALL_CHANNELS_PATTERN, AuctionId, MARKER_KEY};
+use crate::keys::{AuctionId, FLUSH_SHARDS, changes_channels, marker_key};
 use crate::{Engine, EngineError};
 
 /// What changed since the last [`ChangeFeed::changed`].
@@ -95,22 +101,17 @@ impl ChangeFeed {
     /// Subscribes to every auction's channels on the engine's Redis and starts the checks
     /// for lost data, every `every` (also the coalescing interval).
     pub async fn start(engine: &Engine, every: Duration) -> Result<Self, EngineError> {
-        let subscriber = Builder::from_config(engine.config().clone())
-            .with_performance_config(|perf| {
-                perf.default_command_timeout = Duration::from_secs(5);
-                perf.broadcast_channel_capacity = 16_384;
-            })
-            .with_connection_config(|conn| {
-                conn.connection_timeout = Duration::from_secs(5);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build_subscriber_client()?;
+        let subscriber = crate::redis::subscriber(engine.config())?;
         let messages = subscriber.message_rx();
         subscriber.init().await?;
         // Taken after the first connection: only a reconnection means changes were missed.
         let reconnects = subscriber.reconnect_rx();
-        subscriber.psubscribe(ALL_CHANNELS_PATTERN).await?;
-        let resubscriber = subscriber.manage_subscriptions();
+        let cluster_changes = subscriber.cluster_change_rx();
+        // One slot per channel: one SSUBSCRIBE each, routed to the channel's node.
+        for channel in changes_channels() {
+            subscriber.ssubscribe(channel).await?;
+        }
+        let resubscriber = crate::redis::manage_shard_subscriptions(&subscriber);
         let shared = Arc::new(Shared::default());
         let mut checker = Checker {
             redis: engine.redis().clone(),
@@ -121,14 +122,18 @@ impl ChangeFeed {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos())
             ),
-            marker: None,
+            markers: None,
             run_id: None,
         };
         // The first check only learns the current marker and server.
         checker.check(&shared).await;
         let tasks = vec![
             tokio::spawn(listen(subscriber, messages, shared.clone())),
-            tokio::spawn(watch_reconnects(reconnects, shared.clone())),
+            tokio::spawn(watch_reconnects(
+                reconnects,
+                cluster_changes,
+                shared.clone(),
+            )),
             tokio::spawn(checker.run(every, shared.clone())),
             tokio::spawn(async move {
                 let _ = resubscriber.await;
@@ -169,9 +174,13 @@ async fn listen(
     let _subscriber = subscriber;
     loop {
         match messages.recv().await {
-            Ok(message) => match AuctionId::from_key(&message.channel) {
+            Ok(message) => match message
+                .value
+                .as_str()
+                .and_then(|id| id.parse::<AuctionId>().ok())
+            {
                 Some(id) => shared.auction(id),
-                None => debug!(channel = %&*message.channel, "message on an unknown channel"),
+                None => debug!(channel = %&*message.channel, "unreadable change notice"),
             },
             Err(RecvError::Lagged(n)) => shared.all(&format!("{n} change notices were missed")),
             Err(RecvError::Closed) => return,
@@ -181,15 +190,22 @@ async fn listen(
 
 async fn watch_reconnects(
     mut reconnects: tokio::sync::broadcast::Receiver<Server>,
+    mut cluster_changes: tokio::sync::broadcast::Receiver<Vec<ClusterStateChange>>,
     shared: Arc<Shared>,
 ) {
     loop {
-        match reconnects.recv().await {
-            Ok(server) => shared.all(&format!(
-                "the pub/sub connection to {server} was re-established"
-            )),
-            Err(RecvError::Lagged(_)) => shared.all("the pub/sub connection was re-established"),
-            Err(RecvError::Closed) => return,
+        tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(server) => shared.all(&format!(
+                    "the pub/sub connection to {server} was re-established"
+                )),
+                Err(RecvError::Lagged(_)) => shared.all("the pub/sub connection was re-established"),
+                Err(RecvError::Closed) => return,
+            },
+            r = cluster_changes.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => shared.all("the Redis Cluster's slots changed"),
+                Err(RecvError::Closed) => return,
+            },
         }
     }
 }
@@ -198,7 +214,7 @@ async fn watch_reconnects(
 struct Checker {
     redis: Client,
     token: String,
-    marker: Option<String>,
+    markers: Option<Vec<String>>,
     run_id: Option<String>,
 }
 
@@ -215,37 +231,59 @@ impl Checker {
 
     async fn check(&mut self, shared: &Shared) {
         match self.read().await {
-            Ok((marker, run_id)) => {
-                let first = self.marker.is_none() && self.run_id.is_none();
+            Ok((markers, run_id)) => {
+                let first = self.markers.is_none() && self.run_id.is_none();
                 if !first && self.run_id.as_ref() != Some(&run_id) {
                     shared.all("the Redis server changed (run_id)");
-                } else if !first && self.marker.as_ref() != Some(&marker) {
-                    shared.all("the Redis marker key changed (data flushed or replaced)");
+                } else if !first && self.markers.as_ref() != Some(&markers) {
+                    shared.all("a Redis marker key changed (data flushed or replaced)");
                 }
-                self.marker = Some(marker);
+                self.markers = Some(markers);
                 self.run_id = Some(run_id);
             }
             Err(e) => warn!(error = %e, "cannot check Redis for lost data; retrying"),
         }
     }
 
-    async fn read(&self) -> Result<(String, String), fred::error::Error> {
-        let mut marker: Option<String> = self.redis.get(MARKER_KEY).await?;
-        if marker.is_none() {
-            // Set only if still absent: several watchers share one marker.
-            let _: Option<String> = self
-                .redis
-                .set(MARKER_KEY, &self.token, None, Some(SetOptions::NX), false)
-                .await?;
-            marker = self.redis.get(MARKER_KEY).await?;
+    /// Every shard's marker (set if absent) and the `run_id`s of the primaries.
+    async fn read(&self) -> Result<(Vec<String>, String), fred::error::Error> {
+        let mut markers = Vec::with_capacity(usize::from(FLUSH_SHARDS));
+        for shard in 0..FLUSH_SHARDS {
+            let key = marker_key(shard);
+            let mut marker: Option<String> = self.redis.get(&key).await?;
+            if marker.is_none() {
+                // Set only if still absent: several watchers share one marker.
+                let _: Option<String> = self
+                    .redis
+                    .set(&key, &self.token, None, Some(SetOptions::NX), false)
+                    .await?;
+                marker = self.redis.get(&key).await?;
+            }
+            markers.push(marker.unwrap_or_default());
         }
-        let info: String = self.redis.info(Some(InfoKind::Server)).await?;
-        let run_id = info
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        Ok((marker.unwrap_or_default(), run_id))
+        let run_id_of = |info: String| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_id:"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let run_id = match self.redis.cached_cluster_state() {
+            Some(state) if self.redis.is_clustered() => {
+                let mut ids = Vec::new();
+                for node in state.unique_primary_nodes() {
+                    let info: String = self
+                        .redis
+                        .with_cluster_node(node)
+                        .info(Some(InfoKind::Server))
+                        .await?;
+                    ids.push(run_id_of(info));
+                }
+                ids.sort();
+                ids.join(",")
+            }
+            _ => run_id_of(self.redis.info(Some(InfoKind::Server)).await?),
+        };
+        Ok((markers, run_id))
     }
 }

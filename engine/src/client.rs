@@ -245,22 +245,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Connects to Redis at `url` (`redis://host:port/db`) with `connections` multiplexed
-    /// connections, retrying the connection forever with backoff once established.
+    /// Connects to Redis at `url` (one server or a cluster, see [`crate::redis`]) with
+    /// `connections` multiplexed connections (per node), retrying the connection forever
+    /// with backoff once established.
     pub async fn connect(url: &str, connections: usize) -> Result<Self, EngineError> {
-        let config = Config::from_url(url)?;
-        let pool = Builder::from_config(config.clone())
-            .with_performance_config(|perf| {
-                perf.default_command_timeout = Duration::from_secs(5);
-            })
-            .with_connection_config(|conn| {
-                conn.connection_timeout = Duration::from_secs(5);
-                // Small requests and replies: never wait for Nagle's algorithm.
-                conn.tcp.nodelay = Some(true);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build_pool(connections.max(1))?;
-        pool.init().await?;
+        let config = crate::redis::config(url)?;
+        let pool = crate::redis::pool(&config, connections).await?;
         Ok(Self {
             pool,
             config,
@@ -308,19 +298,12 @@ impl Engine {
 
     /// A connection of its own, for blocking reads that must not hold up the pool.
     pub async fn dedicated_client(&self) -> Result<Client, EngineError> {
-        let client = Builder::from_config(self.config.clone())
-            .with_performance_config(|perf| {
-                perf.default_command_timeout = Duration::from_secs(10);
-            })
-            .with_connection_config(|conn| {
-                conn.connection_timeout = Duration::from_secs(5);
-                // Small requests and replies: never wait for Nagle's algorithm.
-                conn.tcp.nodelay = Some(true);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build()?;
-        client.init().await?;
-        Ok(client)
+        Ok(crate::redis::dedicated(&self.config).await?)
+    }
+
+    /// Whether Redis is a cluster (then each shard's keys live on the node owning its slot).
+    pub fn is_cluster(&self) -> bool {
+        self.config.server.is_clustered()
     }
 
     /// SHA1 of the place-bid script, as `EVALSHA` needs it.
@@ -414,6 +397,8 @@ impl Engine {
             epoch,
             id.channel(),
             state.notice(),
+            id.changes_channel(),
+            id.to_string(),
             (state.fields.len() * 2).to_string(),
         ];
         for (k, v) in &state.fields {
@@ -452,7 +437,12 @@ impl Engine {
             .evalsha_with_reload(
                 self.pool.next(),
                 vec![id.state_key()],
-                vec![epoch.to_string(), reason.to_owned(), id.notice_channel()],
+                vec![
+                    epoch.to_string(),
+                    reason.to_owned(),
+                    id.changes_channel(),
+                    id.to_string(),
+                ],
             )
             .await?;
         Ok(reply == 1)
@@ -495,6 +485,7 @@ impl Engine {
             opt(now),
             id.to_string(),
             self.window_arg(),
+            id.changes_channel(),
         ];
         let reply = self.run(&self.scripts.place_bid, keys, args).await?;
         match reply.as_slice() {
@@ -541,6 +532,7 @@ impl Engine {
             now.map(|n| n.to_string()).unwrap_or_default(),
             id.to_string(),
             self.window_arg(),
+            id.changes_channel(),
         ];
         let reply = self
             .run(

@@ -1,10 +1,17 @@
 //! The flusher: moves every event from the Redis flush streams to PostgreSQL.
 //!
 //! The scripts append each accepted bid and each close to its auction's stream (for
-//! `since` replay) and to one of [`FLUSH_SHARDS`] flush streams (the flushers' work
-//! queue). Each flusher is one consumer of the `gavel-flusher` group on every flush
-//! stream and blocks on all of them in one `XREADGROUP`, so an idle platform costs a
-//! command per flusher per block period, whatever the number of auctions.
+//! `since` replay) and to its shard's flush stream, one of [`FLUSH_SHARDS`], in the
+//! auction's hash slot (the flushers' work queue). Each flusher is one consumer of the
+//! `gavel-flusher` group on every flush stream. It reads them without blocking — on one
+//! server all in one `XREADGROUP`, on a Redis Cluster one per stream, each sent to the
+//! node that owns the stream's slot (a command may not span slots there) — and, when all
+//! are empty, waits for a wake-up: a script that queues on an empty flush stream
+//! publishes on the shard channel named like the stream, which every flusher subscribes
+//! to (sharded pub/sub, so on a cluster the wake-up stays on the shard's node). Without a
+//! wake-up it reads again after [`FlusherConfig::block`]. An idle platform costs one read
+//! per flusher per block period on one server, and one per shard on a cluster, whatever
+//! the number of auctions; a busy one, one read per batch.
 //!
 //! A batch (events of any auctions) is written in one durable transaction; its entries
 //! are acknowledged and deleted only after the commit, so a crash between the two replays
@@ -20,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use tracing::{debug, error, info, warn};
@@ -42,7 +50,7 @@ pub struct FlusherConfig {
     pub claim_idle: Duration,
     /// Tries before an entry that PostgreSQL refuses is dead-lettered.
     pub max_attempts: u32,
-    /// How long one read waits for new entries when there are none.
+    /// How long a flusher with nothing to do waits for a wake-up before it reads again.
     pub block: Duration,
 }
 
@@ -181,11 +189,60 @@ struct Entry {
     fields: HashMap<String, String>,
 }
 
+/// The wake-up subscription of a flusher: a message on any shard's wake channel wakes it.
+struct Wake {
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _subscriber: SubscriberClient,
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Wake {
+    async fn start(engine: &Engine, keys: &[String]) -> Result<Self, FlushError> {
+        let subscriber = crate::redis::subscriber(engine.config())?;
+        let mut messages = subscriber.message_rx();
+        subscriber.init().await?;
+        // Each flush stream's slot is its own: one SSUBSCRIBE per channel.
+        for key in keys {
+            subscriber.ssubscribe(key.as_str()).await?;
+        }
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        let waker = notify.clone();
+        let listen = tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match messages.recv().await {
+                    Ok(_) | Err(RecvError::Lagged(_)) => waker.notify_one(),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        let resubscribe = crate::redis::manage_shard_subscriptions(&subscriber);
+        Ok(Self {
+            notify,
+            tasks: vec![listen, resubscribe],
+            _subscriber: subscriber,
+        })
+    }
+}
+
 /// One consumer of the flush streams.
 pub struct Flusher {
     engine: Engine,
-    /// A connection of its own: its reads block.
+    /// A connection of its own, so that large batches do not hold up the bids.
     redis: Option<Client>,
+    /// Wakes the flusher when a script queues on an empty flush stream.
+    wake: Option<Wake>,
+    /// The flush streams as they can be read together: all at once on one server, one
+    /// by one on a cluster (one slot per command).
+    batches: Vec<Vec<String>>,
     store: Store,
     config: FlusherConfig,
     metrics: FlushMetrics,
@@ -207,9 +264,16 @@ impl Flusher {
         metrics: FlushMetrics,
     ) -> Self {
         let keys = flush_keys();
+        let batches = if engine.is_cluster() {
+            keys.iter().map(|k| vec![k.clone()]).collect()
+        } else {
+            vec![keys.clone()]
+        };
         Self {
             engine: engine.clone(),
             redis: None,
+            wake: None,
+            batches,
             store,
             config,
             metrics,
@@ -243,6 +307,7 @@ impl Flusher {
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "flush pass failed; entries stay pending in Redis");
                     self.redis = None;
+                    self.wake = None;
                     let pause = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     pause
@@ -277,13 +342,17 @@ impl Flusher {
         if let Some(client) = &self.redis {
             return Ok(client.clone());
         }
+        if self.wake.is_none() {
+            self.wake = Some(Wake::start(&self.engine, &self.keys).await?);
+        }
         let client = self.engine.dedicated_client().await?;
         self.redis = Some(client.clone());
         Ok(client)
     }
 
     /// One pass: claim abandoned entries when due, retry this consumer's own pending
-    /// entries, else read new ones (waiting up to `block` for some), write and acknowledge.
+    /// entries, else read new ones (waiting up to `block` for a wake-up when there are
+    /// none), write and acknowledge.
     pub async fn pass(&mut self, block: Option<Duration>) -> Result<PassStats, FlushError> {
         let redis = self.client().await?;
         if !self.groups_ready {
@@ -308,13 +377,21 @@ impl Flusher {
         let mut entries = Vec::new();
         if !self.own_pending.is_empty() {
             let keys: Vec<String> = self.own_pending.iter().cloned().collect();
-            entries = self.read(&redis, &keys, "0", None).await?;
+            entries = self.read(&redis, &keys, "0").await?;
             let holding: HashSet<&str> = entries.iter().map(|e| e.stream.as_str()).collect();
             self.own_pending.retain(|k| holding.contains(k.as_str()));
         }
         if entries.is_empty() {
             let keys = self.keys.clone();
-            entries = self.read(&redis, &keys, ">", block).await?;
+            entries = self.read(&redis, &keys, ">").await?;
+            if entries.is_empty()
+                && let Some(block) = block
+            {
+                if let Some(wake) = &self.wake {
+                    let _ = tokio::time::timeout(block, wake.notify.notified()).await;
+                }
+                entries = self.read(&redis, &keys, ">").await?;
+            }
         }
         if entries.is_empty() {
             return Ok(PassStats::default());
@@ -378,12 +455,39 @@ impl Flusher {
         Ok(())
     }
 
+    /// Reads `keys` from `from` (`>`: new entries; `0`: this consumer's pending ones),
+    /// one command per batch of streams that may be read together.
     async fn read(
         &mut self,
         redis: &Client,
         keys: &[String],
         from: &str,
-        block: Option<Duration>,
+    ) -> Result<Vec<Entry>, FlushError> {
+        let wanted: HashSet<&String> = keys.iter().collect();
+        let batches: Vec<Vec<String>> = self
+            .batches
+            .iter()
+            .map(|batch| {
+                batch
+                    .iter()
+                    .filter(|k| wanted.contains(k))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .filter(|batch| !batch.is_empty())
+            .collect();
+        let mut entries = Vec::new();
+        for batch in batches {
+            entries.extend(self.read_batch(redis, &batch, from).await?);
+        }
+        Ok(entries)
+    }
+
+    async fn read_batch(
+        &mut self,
+        redis: &Client,
+        keys: &[String],
+        from: &str,
     ) -> Result<Vec<Entry>, FlushError> {
         let ids: Vec<&str> = keys.iter().map(|_| from).collect();
         let mut retried = false;
@@ -393,7 +497,7 @@ impl Flusher {
                     FLUSH_GROUP,
                     &self.config.consumer,
                     Some(self.config.batch),
-                    block.map(|b| b.as_millis() as u64),
+                    None,
                     false,
                     keys.to_vec(),
                     ids.clone(),

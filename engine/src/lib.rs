@@ -10,6 +10,8 @@
 //! - [`flusher`]: moves accepted bids and results from the Redis flush streams to
 //!   PostgreSQL, exactly once per `(auction, seq)`, and detects conflicts with the record.
 //! - [`restore`]: rebuilds an auction's live state from PostgreSQL when Redis lost it.
+//! - [`redis`]: the one Redis client builder of every process, for one server or a Redis
+//!   Cluster (`GAVEL_REDIS_URL`).
 //! - [`redis_stats`]: Redis memory use and out-of-memory refusals as metrics.
 //! - [`redact`]: connection URLs with their password hidden, for logs and errors.
 //! - [`startup`]: waiting for a dependency with a capped backoff at start-up, instead of
@@ -22,6 +24,7 @@ pub mod event;
 pub mod flusher;
 pub mod keys;
 pub mod redact;
+pub mod redis;
 pub mod redis_stats;
 pub mod restore;
 pub mod rules;
