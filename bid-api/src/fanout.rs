@@ -1,6 +1,6 @@
 //! Fan-out of auction events to this process's WebSocket connections.
 //!
-//! The process holds one Redis pub/sub connection and subscribes to an auction's channel
+//! The process holds one Redis pub/sub client and subscribes to an auction's channel
 //! once, while at least one local connection is interested in it (subscribed to it, or
 //! bid on it and may need `outbid`), never once per socket. One dispatcher task reads
 //! every message in order, parses it once, serialises each protocol message once and
@@ -9,6 +9,13 @@
 //! consumer: it is dropped from every topic and told to close with 1013, so it never
 //! slows the others and its memory stays bounded by the queue length.
 //!
+//! Auction channels are shard channels (`SSUBSCRIBE`; the scripts `SPUBLISH`), on one
+//! server as on a Redis Cluster: there each subscription goes to the node owning the
+//! auction's slot, and each event crosses no other node. After a reconnection (a node
+//! restarted, a failover) or a change of the cluster's slots (a slot moved, and its old
+//! node dropped the subscriptions), every subscription is made again on the node that
+//! owns it now ([`gavel_engine::redis::manage_shard_subscriptions`]).
+//!
 //! Pub/sub may lose messages (a Redis reconnect, a lagging dispatcher): each connection
 //! checks `seq` continuity and fills any gap from the auction's stream (see `ws`). A
 //! `restored` notice, or an event of another epoch, makes it resynchronise instead.
@@ -16,7 +23,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use fred::clients::SubscriberClient;
@@ -131,22 +137,12 @@ impl Fanout {
         redis_url: &str,
         metrics: Metrics,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), FanoutError> {
-        let config = fred::types::config::Config::from_url(redis_url)?;
-        let subscriber = Builder::from_config(config)
-            .with_performance_config(|perf| {
-                perf.default_command_timeout = Duration::from_secs(5);
-                perf.broadcast_channel_capacity = 16_384;
-            })
-            .with_connection_config(|conn| {
-                conn.connection_timeout = Duration::from_secs(5);
-                // Small requests and replies: never wait for Nagle's algorithm.
-                conn.tcp.nodelay = Some(true);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build_subscriber_client()?;
+        let config = gavel_engine::redis::config(redis_url)?;
+        let subscriber = gavel_engine::redis::subscriber(&config)?;
         let rx = subscriber.message_rx();
         subscriber.init().await?;
-        let _resubscriber = subscriber.manage_subscriptions();
+        // Runs for as long as the client lives.
+        let _resubscriber = gavel_engine::redis::manage_shard_subscriptions(&subscriber);
         let fanout = Self {
             inner: Arc::new(Inner {
                 subscriber,
@@ -192,7 +188,7 @@ impl Fanout {
             !topic.subscribed
         };
         if need_subscribe {
-            if let Err(e) = self.inner.subscriber.subscribe(auction.channel()).await {
+            if let Err(e) = self.inner.subscriber.ssubscribe(auction.channel()).await {
                 let mut topics = self.topics();
                 if let Some(topic) = topics.get_mut(auction) {
                     topic.members.remove(&handle.id);
@@ -240,7 +236,7 @@ impl Fanout {
             subscribed
         };
         if unsubscribe {
-            if let Err(e) = self.inner.subscriber.unsubscribe(auction.channel()).await {
+            if let Err(e) = self.inner.subscriber.sunsubscribe(auction.channel()).await {
                 warn!(%auction, error = %e, "cannot unsubscribe from auction channel");
             }
             debug!(%auction, "unsubscribed from auction channel");

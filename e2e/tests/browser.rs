@@ -957,7 +957,7 @@ fn lose_live_state(redis_url: &str, id: &str) -> Result<()> {
             redis_url,
             "--scan",
             "--pattern",
-            &format!("gavel:{{{id}}}:*"),
+            &format!("gavel:{{*}}:{id}:*"),
         ])
         .output()
         .context("redis-cli")?;

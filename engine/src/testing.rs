@@ -238,6 +238,263 @@ impl Drop for TestRedis {
     }
 }
 
+/// A Redis Cluster of this test alone on loopback: `redis-server`s with `cluster-enabled
+/// yes` joined by `redis-cli --cluster create`, with `replicas` replicas per master (for
+/// failover tests). Each node runs in a temporary directory, with a watchdog like
+/// [`TestRedis`]; all are stopped when the handle drops. Nodes time out after 1 s
+/// (`cluster-node-timeout`), so a killed master's replica is promoted within a few
+/// seconds, and the cluster keeps serving the slots it still covers
+/// (`cluster-require-full-coverage no`).
+pub struct TestCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+}
+
+/// The arguments of every cluster node besides its port and directory.
+const CLUSTER_ARGS: [&str; 10] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+    "--cluster-require-full-coverage",
+    "no",
+    "--cluster-replica-validity-factor",
+    "0",
+];
+
+impl TestCluster {
+    /// Starts `masters` masters (at least 3) and `replicas` replicas of each, without
+    /// persistence, and waits until every node sees the whole cluster ready.
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_with(masters, replicas, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// [`TestCluster::start`] with Gavel's shipped persistence on every node
+    /// ([`DURABLE_REDIS_ARGS`]).
+    pub fn start_durable(masters: usize, replicas: usize) -> Self {
+        let mut args = vec!["--save", ""];
+        args.extend(DURABLE_REDIS_ARGS);
+        Self::start_with(masters, replicas, &args)
+    }
+
+    /// Starts the cluster with these extra arguments on every node.
+    pub fn start_with(masters: usize, replicas: usize, args: &[&str]) -> Self {
+        let count = masters * (1 + replicas);
+        let mut all: Vec<String> = CLUSTER_ARGS.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let nodes: Vec<ClusterNode> = (0..count)
+            .map(|_| {
+                let dir = temp_dir("redis-cluster");
+                let port = free_port();
+                let child = spawn_redis(port, &dir, &all);
+                watchdog(child.id(), &dir);
+                ClusterNode {
+                    child: Some(child),
+                    dir,
+                    port,
+                }
+            })
+            .collect();
+        let cluster = Self { nodes };
+        let cli = find_binary("redis-cli", &[], "redis-tools");
+        let out = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ready(masters, replicas);
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` with all slots, and
+    /// sees `masters` masters with `replicas` replicas each connected.
+    fn wait_ready(&self, masters: usize, replicas: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self.nodes.iter().all(|n| {
+                let info = cli(n.port, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+            }) && {
+                let nodes = cli(self.nodes[0].port, &["CLUSTER", "NODES"]);
+                let masters_seen = nodes.lines().filter(|l| l.contains("master")).count();
+                let replicas_seen = nodes.lines().filter(|l| l.contains("slave")).count();
+                masters_seen == masters && replicas_seen == masters * replicas
+            } && (replicas == 0
+                || self.masters().iter().all(|&port| {
+                    cli(port, &["INFO", "replication"])
+                        .contains(&format!("connected_slaves:{replicas}"))
+                }));
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test Redis Cluster did not become ready: {}",
+                cli(self.nodes[0].port, &["CLUSTER", "NODES"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis-cluster://127.0.0.1:<port>,…` with every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis-cluster://{}", nodes.join(","))
+    }
+
+    /// Ports of every node, started or not.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Ports of the current masters that serve slots, as a running node sees them.
+    pub fn masters(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .nodes_view()
+            .into_iter()
+            .filter(|(_, master, slots)| *master && !slots.is_empty())
+            .map(|(port, _, _)| port)
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// The port of the master serving `slot`, as a running node sees it.
+    pub fn master_of_slot(&self, slot: u16) -> Option<u16> {
+        self.nodes_view()
+            .into_iter()
+            .find(|(_, master, slots)| {
+                *master && slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            })
+            .map(|(port, _, _)| port)
+    }
+
+    /// `CLUSTER NODES` of a running node: (port, is a master that is not failed, slot ranges).
+    fn nodes_view(&self) -> Vec<(u16, bool, Vec<(u16, u16)>)> {
+        let Some(node) = self.nodes.iter().find(|n| n.child.is_some()) else {
+            return Vec::new();
+        };
+        cli(node.port, &["CLUSTER", "NODES"])
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let port = f.get(1)?.split(['@', ',']).next()?.rsplit(':').next()?;
+                let flags = f.get(2)?;
+                let master = flags.contains("master") && !flags.contains("fail");
+                let slots = f
+                    .iter()
+                    .skip(8)
+                    .filter(|s| !s.starts_with('['))
+                    .filter_map(|s| match s.split_once('-') {
+                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                        None => s.parse().ok().map(|a| (a, a)),
+                    })
+                    .collect();
+                Some((port.parse().ok()?, master, slots))
+            })
+            .collect()
+    }
+
+    /// The `CLUSTER KEYSLOT` of `key`, asked of a running node.
+    pub fn key_slot(&self, key: &str) -> u16 {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a running node");
+        let out = cli(node.port, &["CLUSTER", "KEYSLOT", key]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT {key}: {out}"))
+    }
+
+    /// Runs a command on the node on `port` with `redis-cli`, returning its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli(port, args)
+    }
+
+    /// The process id of the node on `port`, for reading its CPU time.
+    pub fn pid(&self, port: u16) -> Option<u32> {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.child.as_ref())
+            .map(Child::id)
+    }
+
+    /// Kills the node on `port` with SIGKILL (a crash); it stays down.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port)
+            && let Some(mut child) = node.child.take()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until `slot` is served by a master other than `old` (a replica was promoted).
+    pub fn wait_failover(&self, slot: u16, old: u16) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(port) = self.master_of_slot(slot)
+                && port != old
+                && cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            {
+                return port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over slot {slot} from {old}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Runs `redis-cli -p port args…` and returns its standard output.
+fn cli(port: u16, args: &[&str]) -> String {
+    let bin = find_binary("redis-cli", &[], "redis-tools");
+    Command::new(bin)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let _ = std::fs::remove_dir_all(&node.dir);
+        }
+    }
+}
+
 /// A PostgreSQL cluster of this test alone (`initdb` + `postgres` in a temp dir), with
 /// trust authentication for the `postgres` user. It can be stopped and started again
 /// on the same port and data, for fault tests.
