@@ -367,7 +367,7 @@ impl Engine {
         let mut args = settings_args(settings);
         args.push(epoch.max(1).to_string());
         let reply = self
-            .run(&self.scripts.provision, vec![id.state_key()], args)
+            .run(&self.scripts.provision, ScriptKeys::provision(id), args)
             .await?;
         match reply.first().map(String::as_str) {
             Some("created") => Ok(Provisioned::Created),
@@ -409,13 +409,9 @@ impl Engine {
             args.push(bidder.clone());
             args.push(own.to_string());
         }
-        let keys = vec![
-            id.state_key(),
-            id.ceilings_key(),
-            id.events_key(),
-            id.rate_key(),
-        ];
-        let reply = self.run(&self.scripts.restore, keys, args).await?;
+        let reply = self
+            .run(&self.scripts.restore, ScriptKeys::restore(id), args)
+            .await?;
         match reply.first().map(String::as_str) {
             Some("restored") => Ok(Restored::Restored),
             Some("exists" | "changed") => Ok(Restored::Superseded),
@@ -436,7 +432,7 @@ impl Engine {
             .halt
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![id.state_key()],
+                ScriptKeys::halt(id),
                 vec![
                     epoch.to_string(),
                     reason.to_owned(),
@@ -469,13 +465,7 @@ impl Engine {
     ) -> Result<BidAccepted, BidError> {
         request.validate().map_err(BidError::Rejected)?;
         let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
-        let keys = vec![
-            id.state_key(),
-            id.ceilings_key(),
-            id.rate_key(),
-            id.events_key(),
-            id.flush_key(),
-        ];
+        let keys = ScriptKeys::place_bid(id);
         let args = vec![
             bidder.id.clone(),
             bidder.name.clone(),
@@ -537,7 +527,7 @@ impl Engine {
         let reply = self
             .run(
                 &self.scripts.close,
-                vec![id.state_key(), id.events_key(), id.flush_key()],
+                ScriptKeys::close(id),
                 args,
             )
             .await?;
@@ -580,7 +570,7 @@ impl Engine {
         let reply = self
             .run(
                 &self.scripts.snapshot,
-                vec![id.state_key(), id.ceilings_key()],
+                ScriptKeys::snapshot(id),
                 args,
             )
             .await?;
@@ -624,7 +614,7 @@ impl Engine {
     /// Redis holds more, it refuses with [`EngineError::Unflushed`], so that no accepted
     /// bid is ever lost.
     pub async fn remove(&self, id: &AuctionId, flushed: u64) -> Result<(), EngineError> {
-        let keys = id.all_keys().to_vec();
+        let keys = ScriptKeys::remove(id);
         let reply = self
             .run(&self.scripts.remove, keys, vec![flushed.to_string()])
             .await?;
@@ -636,6 +626,79 @@ impl Engine {
             )),
             _ => Err(EngineError::Protocol(format!("remove: {reply:?}"))),
         }
+    }
+}
+
+/// The keys (`KEYS`) each script is called with, in order, for one auction. On a Redis
+/// Cluster each call must stay in one hash slot; so must the shard channels the scripts
+/// publish on ([`ScriptKeys::channels`]). `engine/tests/cluster.rs` checks every set with
+/// `CLUSTER KEYSLOT` on a real cluster.
+pub struct ScriptKeys;
+
+impl ScriptKeys {
+    /// `provision.lua`.
+    pub fn provision(id: &AuctionId) -> Vec<String> {
+        vec![id.state_key()]
+    }
+
+    /// `place_bid.lua`.
+    pub fn place_bid(id: &AuctionId) -> Vec<String> {
+        vec![
+            id.state_key(),
+            id.ceilings_key(),
+            id.rate_key(),
+            id.events_key(),
+            id.flush_key(),
+        ]
+    }
+
+    /// `close.lua`.
+    pub fn close(id: &AuctionId) -> Vec<String> {
+        vec![id.state_key(), id.events_key(), id.flush_key()]
+    }
+
+    /// `snapshot.lua`.
+    pub fn snapshot(id: &AuctionId) -> Vec<String> {
+        vec![id.state_key(), id.ceilings_key()]
+    }
+
+    /// `restore.lua`.
+    pub fn restore(id: &AuctionId) -> Vec<String> {
+        vec![
+            id.state_key(),
+            id.ceilings_key(),
+            id.events_key(),
+            id.rate_key(),
+        ]
+    }
+
+    /// `halt.lua`.
+    pub fn halt(id: &AuctionId) -> Vec<String> {
+        vec![id.state_key()]
+    }
+
+    /// `remove.lua`.
+    pub fn remove(id: &AuctionId) -> Vec<String> {
+        id.all_keys().to_vec()
+    }
+
+    /// Every script with its keys.
+    pub fn all(id: &AuctionId) -> Vec<(&'static str, Vec<String>)> {
+        vec![
+            ("provision", Self::provision(id)),
+            ("place_bid", Self::place_bid(id)),
+            ("close", Self::close(id)),
+            ("snapshot", Self::snapshot(id)),
+            ("restore", Self::restore(id)),
+            ("halt", Self::halt(id)),
+            ("remove", Self::remove(id)),
+        ]
+    }
+
+    /// The shard channels the scripts publish on (passed as arguments): the auction's
+    /// live channel, its shard's changes channel, and its flush stream's wake-up channel.
+    pub fn channels(id: &AuctionId) -> Vec<String> {
+        vec![id.channel(), id.changes_channel(), id.flush_key()]
     }
 }
 

@@ -102,14 +102,37 @@ fn request(kind: u8, min_next: i64, offset: i64, extra: i64) -> BidRequest {
     }
 }
 
+fn cases(default: u32) -> u32 {
+    std::env::var("GAVEL_PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default)
+}
+
 #[test]
 fn lua_agrees_with_the_model() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (engine, _redis) = runtime.block_on(engine());
-    let cases = std::env::var("GAVEL_PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(300);
+    check_against_model(&runtime, &engine, cases(300));
+}
+
+/// The same on a Redis Cluster of three masters: the auctions of the cases spread over
+/// its shards, and every script call is routed to the master owning the auction's slot.
+#[test]
+fn lua_agrees_with_the_model_on_a_cluster() {
+    let cluster = gavel_engine::testing::TestCluster::start(3, 0);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let engine = runtime
+        .block_on(gavel_engine::Engine::connect(&cluster.url(), 2))
+        .unwrap();
+    check_against_model(&runtime, &engine, cases(100));
+}
+
+fn check_against_model(
+    runtime: &tokio::runtime::Runtime,
+    engine: &gavel_engine::Engine,
+    cases: u32,
+) {
     let mut runner = TestRunner::new(Config {
         cases,
         ..Config::default()
