@@ -24,7 +24,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use gavel_engine::testing::{TestPostgres, TestRedis, create_database, free_port, run_after_exit};
+use gavel_engine::testing::{
+    TestCluster, TestPostgres, TestRedis, create_database, free_port, run_after_exit,
+};
 use serde_json::{Value, json};
 
 use crate::client::{Auth, ClientError, WsClient};
@@ -827,6 +829,9 @@ pub struct LocalOptions {
     pub bid_api_args: Vec<String>,
     /// How the operator runs.
     pub operator: OperatorMode,
+    /// Run Redis as a cluster of three masters (`GAVEL_LOCAL_REDIS_CLUSTER=1`) instead of
+    /// one server: the processes get a `redis-cluster://` URL.
+    pub redis_cluster: bool,
 }
 
 /// How [`LocalPlatform`] runs the operator.
@@ -860,6 +865,7 @@ impl LocalOptions {
                 .map(|a| a.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
             operator: OperatorMode::Standalone,
+            redis_cluster: env("GAVEL_LOCAL_REDIS_CLUSTER").is_some_and(|v| v == "1" || v == "true"),
         }
     }
 }
@@ -900,8 +906,14 @@ pub struct LocalPlatform {
     /// The folder of the processes' logs.
     pub logs: PathBuf,
     rust_log: String,
-    redis: TestRedis,
+    redis: Redis,
     postgres: TestPostgres,
+}
+
+/// The platform's Redis: one server, or a cluster.
+enum Redis {
+    Single(TestRedis),
+    Cluster(TestCluster),
 }
 
 async fn blocking<T: Send + 'static>(
@@ -962,7 +974,15 @@ impl LocalPlatform {
         for dir in [&manifests, &logs] {
             std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
-        let redis = blocking("redis-server", TestRedis::start_durable).await?;
+        let redis = if opts.redis_cluster {
+            Redis::Cluster(blocking("a Redis Cluster", || TestCluster::start_durable(3, 0)).await?)
+        } else {
+            Redis::Single(blocking("redis-server", TestRedis::start_durable).await?)
+        };
+        let redis_url = match &redis {
+            Redis::Single(r) => r.url(),
+            Redis::Cluster(c) => c.url(),
+        };
         let postgres = blocking("postgres", TestPostgres::start).await?;
         let base = postgres.url();
         let database_url = tokio::spawn(async move { create_database(&base, "gavel").await })
@@ -977,7 +997,7 @@ impl LocalPlatform {
             http_urls: Vec::new(),
             operator_url: String::new(),
             database_url,
-            redis_url: redis.url(),
+            redis_url,
             jwt_secret: random_secret().map_err(io_error(Path::new("/dev/urandom")))?,
             manifests,
             logs,
@@ -1146,9 +1166,21 @@ impl LocalPlatform {
         self.wait_ready(index, name, &base).await
     }
 
-    /// The platform's Redis, for fault tests (kill, restart, restart empty).
-    pub fn redis(&mut self) -> &mut TestRedis {
-        &mut self.redis
+    /// The platform's Redis when it is one server, for fault tests (kill, restart,
+    /// restart empty).
+    pub fn redis(&mut self) -> Option<&mut TestRedis> {
+        match &mut self.redis {
+            Redis::Single(r) => Some(r),
+            Redis::Cluster(_) => None,
+        }
+    }
+
+    /// The platform's Redis Cluster, if it runs one.
+    pub fn redis_cluster(&self) -> Option<&TestCluster> {
+        match &self.redis {
+            Redis::Single(_) => None,
+            Redis::Cluster(c) => Some(c),
+        }
     }
 
     /// The platform's PostgreSQL, for fault tests (stop, restart).
