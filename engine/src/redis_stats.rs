@@ -2,7 +2,8 @@
 //! `maxmemory` (with `noeviction`, as shipped) refuses writing scripts before they run, so
 //! bids answer `UNAVAILABLE` until memory frees: these say how close Redis is to that, and
 //! how often it happened. Both the bid-api and the operator export them (one `INFO` each
-//! per interval).
+//! per interval, per master on a Redis Cluster: there each master refuses for itself, so
+//! the memory gauges show the fullest master, and the refusals are summed).
 
 use std::time::Duration;
 
@@ -57,21 +58,51 @@ impl RedisStats {
         })
     }
 
-    /// Reads `INFO memory` and `INFO errorstats` once and sets the gauges.
+    /// Reads `INFO memory` and `INFO errorstats` once (of each master on a cluster) and
+    /// sets the gauges.
     pub async fn sample(&self, engine: &Engine) -> Result<(), EngineError> {
         let redis = engine.redis();
-        let memory: String = redis.info(Some(InfoKind::Memory)).await?;
-        let errors: String = redis
-            .custom(
-                CustomCommand::new_static("INFO", ClusterHash::FirstKey, false),
-                vec!["errorstats"],
-            )
-            .await?;
-        self.used_memory
-            .set(field(&memory, "used_memory").unwrap_or_default());
-        self.maxmemory
-            .set(field(&memory, "maxmemory").unwrap_or_default());
-        self.oom_refusals.set(oom_count(&errors));
+        let nodes = match redis.cached_cluster_state() {
+            Some(state) if redis.is_clustered() => state
+                .unique_primary_nodes()
+                .into_iter()
+                .map(Some)
+                .collect(),
+            _ => vec![None],
+        };
+        // (used, max) of the fullest master, and the refusals of all.
+        let mut fullest: Option<(i64, i64)> = None;
+        let mut refusals = 0;
+        for node in nodes {
+            let errors = CustomCommand::new_static("INFO", ClusterHash::FirstKey, false);
+            let (memory, errors): (String, String) = match node {
+                Some(node) => (
+                    redis
+                        .with_cluster_node(node.clone())
+                        .info(Some(InfoKind::Memory))
+                        .await?,
+                    redis
+                        .with_cluster_node(node)
+                        .custom(errors, vec!["errorstats"])
+                        .await?,
+                ),
+                None => (
+                    redis.info(Some(InfoKind::Memory)).await?,
+                    redis.custom(errors, vec!["errorstats"]).await?,
+                ),
+            };
+            let used = field(&memory, "used_memory").unwrap_or_default();
+            let max = field(&memory, "maxmemory").unwrap_or_default();
+            let share = |(used, max): (i64, i64)| used as f64 / max.max(1) as f64;
+            if fullest.is_none_or(|f| share((used, max)) > share(f)) {
+                fullest = Some((used, max));
+            }
+            refusals += oom_count(&errors);
+        }
+        let (used, max) = fullest.unwrap_or_default();
+        self.used_memory.set(used);
+        self.maxmemory.set(max);
+        self.oom_refusals.set(refusals);
         Ok(())
     }
 

@@ -465,3 +465,13 @@ async fn a_master_killed_under_load_is_replaced_and_bidding_resumes() {
         acked.values().map(Vec::len).sum::<usize>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_memory_is_sampled_on_every_master() {
+    let cluster = shared();
+    let engine = connect(cluster).await;
+    let stats = gavel_engine::redis_stats::RedisStats::unregistered().unwrap();
+    stats.sample(&engine).await.unwrap();
+    assert!(stats.used_memory.get() > 0);
+    assert_eq!(stats.oom_refusals.get(), 0);
+}
