@@ -865,7 +865,8 @@ impl LocalOptions {
                 .map(|a| a.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
             operator: OperatorMode::Standalone,
-            redis_cluster: env("GAVEL_LOCAL_REDIS_CLUSTER").is_some_and(|v| v == "1" || v == "true"),
+            redis_cluster: env("GAVEL_LOCAL_REDIS_CLUSTER")
+                .is_some_and(|v| v == "1" || v == "true"),
         }
     }
 }

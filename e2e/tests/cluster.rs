@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use gavel_e2e::platform::{binary_dir, build_platform_binaries, now_ms, unique_name};
 use gavel_e2e::{
-    AuctionSpec, BidReply, LocalOptions, LocalPlatform, Outcome, Platform, ServerMessage,
-    WsClient,
+    AuctionSpec, BidReply, LocalOptions, LocalPlatform, Outcome, Platform, ServerMessage, WsClient,
 };
 use gavel_engine::AuctionId;
 
@@ -70,7 +69,12 @@ async fn client(process: usize, name: Option<&str>, auction: &str) -> WsClient {
     c
 }
 
-async fn bid(c: &mut WsClient, auction: &str, amount: Option<i64>, max: Option<i64>) -> (u64, i64, Outcome) {
+async fn bid(
+    c: &mut WsClient,
+    auction: &str,
+    amount: Option<i64>,
+    max: Option<i64>,
+) -> (u64, i64, Outcome) {
     match c.bid(auction, amount, max, T).await.expect("bid") {
         BidReply::Accepted(r) => (r.seq, r.price, r.outcome),
         other => panic!("expected an accepted bid, got {other:?}"),
@@ -99,15 +103,24 @@ async fn outbid_resume_and_close_on_three_masters() {
     let names = names_on_different_masters(3);
     let p = platform();
     let close_id = p
-        .create_open_auction(&names[2], &AuctionSpec::new("close", 100, 10, Duration::from_secs(8)))
+        .create_open_auction(
+            &names[2],
+            &AuctionSpec::new("close", 100, 10, Duration::from_secs(8)),
+        )
         .await
         .expect("open");
     let cross = p
-        .create_open_auction(&names[0], &AuctionSpec::new("cross", 100, 10, Duration::from_secs(300)))
+        .create_open_auction(
+            &names[0],
+            &AuctionSpec::new("cross", 100, 10, Duration::from_secs(300)),
+        )
         .await
         .expect("open");
     let since = p
-        .create_open_auction(&names[1], &AuctionSpec::new("since", 100, 10, Duration::from_secs(300)))
+        .create_open_auction(
+            &names[1],
+            &AuctionSpec::new("since", 100, 10, Duration::from_secs(300)),
+        )
         .await
         .expect("open");
 
@@ -146,7 +159,11 @@ async fn outbid_resume_and_close_on_three_masters() {
     assert_eq!(price_seq(&mut w, 4).await, 130);
     bid(&mut ann, &since, Some(140), None).await;
     assert_eq!(price_seq(&mut w, 5).await, 140);
-    assert_eq!(broadcast_seqs(&w, &since), vec![3, 4, 5], "no gap, no duplicate");
+    assert_eq!(
+        broadcast_seqs(&w, &since),
+        vec![3, 4, 5],
+        "no gap, no duplicate"
+    );
 
     // A close on the third master, with its result in PostgreSQL.
     let mut watcher = client(1, None, &close_id).await;
@@ -177,7 +194,10 @@ async fn outbid_resume_and_close_on_three_masters() {
         if let Some(row) = row {
             break row;
         }
-        assert!(now_ms() < deadline, "no result for {close_id} in PostgreSQL");
+        assert!(
+            now_ms() < deadline,
+            "no result for {close_id} in PostgreSQL"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(row, (Some("ben".into()), Some(110), 2));

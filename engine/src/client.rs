@@ -525,11 +525,7 @@ impl Engine {
             id.changes_channel(),
         ];
         let reply = self
-            .run(
-                &self.scripts.close,
-                ScriptKeys::close(id),
-                args,
-            )
+            .run(&self.scripts.close, ScriptKeys::close(id), args)
             .await?;
         match reply.as_slice() {
             [tag, json] if tag == "closed" => match AuctionEvent::from_json(json.as_bytes()) {
@@ -568,11 +564,7 @@ impl Engine {
             now.map(|n| n.to_string()).unwrap_or_default(),
         ];
         let reply = self
-            .run(
-                &self.scripts.snapshot,
-                ScriptKeys::snapshot(id),
-                args,
-            )
+            .run(&self.scripts.snapshot, ScriptKeys::snapshot(id), args)
             .await?;
         if reply.is_empty() {
             return Err(EngineError::UnknownAuction(id.clone()));

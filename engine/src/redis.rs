@@ -113,20 +113,38 @@ pub fn subscriber(config: &Config) -> Result<SubscriberClient, fred::error::Erro
     builder(config, COMMAND_TIMEOUT).build_subscriber_client()
 }
 
+/// How often a pub/sub client on a cluster reads the slot map again: a subscriber sends
+/// no keyed command, so it would never hear of a slot move (`MOVED`) otherwise.
+pub const SLOT_MAP_REFRESH: Duration = Duration::from_secs(5);
+
 /// Keeps `subscriber`'s sharded subscriptions in place: after any reconnection (a node
-/// restarted, a failover) and after any change of the cluster's slots (a slot moved: its
-/// node dropped the subscriptions), every tracked shard channel is subscribed again on
-/// the node that now owns it. Returns the task; it ends when the client is dropped.
+/// restarted, a failover) and after any change of the cluster's slots (a slot moved and
+/// its old node dropped the subscriptions, or a replica was promoted), every tracked
+/// shard channel is subscribed again on the node that now owns it. On a cluster it reads
+/// the slot map every [`SLOT_MAP_REFRESH`] (one `CLUSTER SLOTS`) to notice such changes.
+/// Returns the task; it ends when the client is dropped.
 pub fn manage_shard_subscriptions(subscriber: &SubscriberClient) -> tokio::task::JoinHandle<()> {
     let client = subscriber.clone();
     let mut reconnects = subscriber.reconnect_rx();
     let mut changes = subscriber.cluster_change_rx();
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
+        let mut refresh = tokio::time::interval(SLOT_MAP_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
         loop {
             let event = tokio::select! {
                 r = reconnects.recv() => r.map(|_| ()),
                 r = changes.recv() => r.map(|_| ()),
+                _ = refresh.tick() => {
+                    if client.is_clustered()
+                        && let Err(e) = client.sync_cluster().await
+                    {
+                        tracing::debug!(error = %e, "cannot read the cluster's slot map; retrying");
+                    }
+                    // A change is reported on `changes`.
+                    continue;
+                }
             };
             match event {
                 Ok(()) | Err(RecvError::Lagged(_)) => {
@@ -165,7 +183,12 @@ mod tests {
         assert_eq!(hosts.len(), 2, "{hosts:?}");
         assert!(is_cluster_url("rediss-cluster://a:1"));
         assert!(!is_cluster_url("redis://a:1"));
-        assert!(!config("redis://127.0.0.1:6379").unwrap().server.is_clustered());
+        assert!(
+            !config("redis://127.0.0.1:6379")
+                .unwrap()
+                .server
+                .is_clustered()
+        );
         let tls = config("rediss-cluster://127.0.0.1:7000,127.0.0.1:7001").unwrap();
         assert!(tls.server.is_clustered() && tls.tls.is_some());
     }

@@ -63,11 +63,9 @@ impl RedisStats {
     pub async fn sample(&self, engine: &Engine) -> Result<(), EngineError> {
         let redis = engine.redis();
         let nodes = match redis.cached_cluster_state() {
-            Some(state) if redis.is_clustered() => state
-                .unique_primary_nodes()
-                .into_iter()
-                .map(Some)
-                .collect(),
+            Some(state) if redis.is_clustered() => {
+                state.unique_primary_nodes().into_iter().map(Some).collect()
+            }
             _ => vec![None],
         };
         // (used, max) of the fullest master, and the refusals of all.

@@ -307,7 +307,12 @@ impl TestCluster {
         let out = Command::new(&cli)
             .arg("--cluster")
             .arg("create")
-            .args(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port)),
+            )
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
@@ -449,6 +454,93 @@ impl TestCluster {
         {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Moves `slot`, with its keys, to the master on port `to` (`CLUSTER SETSLOT …
+    /// IMPORTING/MIGRATING`, `MIGRATE`, `CLUSTER SETSLOT … NODE` on every master), as a
+    /// resharding does.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self.master_of_slot(slot).expect("the slot's master");
+        if from == to {
+            return;
+        }
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+        let (from_id, to_id) = (id(from), id(to));
+        let slot_arg = slot.to_string();
+        let ok = |out: String, what: &str| assert!(out.starts_with("OK"), "{what}: {out}");
+        ok(
+            cli(
+                to,
+                &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id],
+            ),
+            "IMPORTING",
+        );
+        ok(
+            cli(
+                from,
+                &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id],
+            ),
+            "MIGRATING",
+        );
+        loop {
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(cli(from, &args), "MIGRATE");
+        }
+        for port in [to, from] {
+            ok(
+                cli(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]),
+                "SETSLOT NODE",
+            );
+        }
+        for port in self.masters() {
+            let _ = cli(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.master_of_slot(slot) != Some(to) {
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} did not move to {to}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every replica of the master on `port` has all of its writes (so that
+    /// killing it loses nothing).
+    pub fn wait_replicated(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = cli(port, &["INFO", "replication"]);
+            let field = |line: &str, name: &str| {
+                line.split(',')
+                    .find_map(|kv| kv.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            let master = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let replicas: Vec<Option<u64>> = info
+                .lines()
+                .filter(|l| l.starts_with("slave"))
+                .map(|l| field(l, "offset="))
+                .collect();
+            if master.is_some() && !replicas.is_empty() && replicas.iter().all(|o| *o == master) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replicas of {port} did not catch up: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

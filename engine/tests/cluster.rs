@@ -35,8 +35,11 @@ fn shared() -> &'static TestCluster {
 fn one_per_shard(prefix: &str) -> Vec<AuctionId> {
     let mut found: BTreeMap<u16, AuctionId> = BTreeMap::new();
     for i in 0.. {
-        let id = AuctionId::new(&format!("c{}", std::process::id()), &format!("{prefix}-{i}"))
-            .unwrap();
+        let id = AuctionId::new(
+            &format!("c{}", std::process::id()),
+            &format!("{prefix}-{i}"),
+        )
+        .unwrap();
         found.entry(id.shard()).or_insert(id);
         if found.len() == usize::from(FLUSH_SHARDS) {
             break;
@@ -76,7 +79,10 @@ async fn every_script_call_stays_in_one_slot_and_shards_spread_over_the_masters(
         *per_master.entry(*port).or_default() += 1;
     }
     assert_eq!(per_master.len(), 3, "{per_master:?}");
-    assert!(per_master.values().all(|&n| (5..=6).contains(&n)), "{per_master:?}");
+    assert!(
+        per_master.values().all(|&n| (5..=6).contains(&n)),
+        "{per_master:?}"
+    );
 
     for i in 0..64 {
         let id = AuctionId::new("shop", &format!("lot-{i}.v{}", i % 3)).unwrap();
@@ -107,7 +113,10 @@ async fn every_script_runs_on_every_shard() {
     for id in &ids {
         engine.provision(id, &open_now(5)).await.unwrap();
         engine.place_bid(id, &bidder("ann"), max(40)).await.unwrap();
-        let bo = engine.place_bid(id, &bidder("bo"), amount(20)).await.unwrap();
+        let bo = engine
+            .place_bid(id, &bidder("bo"), amount(20))
+            .await
+            .unwrap();
         assert_eq!((bo.seq, bo.price), (2, 25), "{id}: ann's proxy answers");
         let snap = engine.snapshot(id, Some("ann")).await.unwrap();
         assert_eq!((snap.seq, snap.your_max), (2, Some(40)));
@@ -143,7 +152,10 @@ async fn the_change_feed_hears_every_shard() {
     let ids = one_per_shard("feed");
     for id in &ids {
         engine.provision(id, &open_now(5)).await.unwrap();
-        engine.place_bid(id, &bidder("ann"), amount(10)).await.unwrap();
+        engine
+            .place_bid(id, &bidder("ann"), amount(10))
+            .await
+            .unwrap();
     }
     let mut missing: BTreeSet<AuctionId> = ids.iter().cloned().collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -206,7 +218,10 @@ async fn flushers_drain_every_shard_and_claim_a_dead_consumers_entries() {
     }
     // Later bids go to the live consumers directly.
     for id in &ids {
-        engine.place_bid(id, &bidder("dee"), amount(100)).await.unwrap();
+        engine
+            .place_bid(id, &bidder("dee"), amount(100))
+            .await
+            .unwrap();
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tasks: Vec<_> = ["f1", "f2"]
@@ -308,7 +323,9 @@ async fn dead_letters(engine: &Engine) -> HashSet<(String, u64, u64)> {
         .into_iter()
         .filter_map(|(_, f)| {
             match gavel_engine::AuctionEvent::from_json(f.get("event")?.as_bytes()).ok()? {
-                gavel_engine::AuctionEvent::Bid(b) => Some((f.get("auction")?.clone(), b.epoch, b.seq)),
+                gavel_engine::AuctionEvent::Bid(b) => {
+                    Some((f.get("auction")?.clone(), b.epoch, b.seq))
+                }
                 _ => None,
             }
         })
@@ -358,14 +375,19 @@ async fn a_master_killed_under_load_is_replaced_and_bidding_resumes() {
                     match engine.place_bid(&id, &bidder(who), max(n * 10)).await {
                         // A leader's private raise (after a lost bid) has no seq of its own.
                         Ok(bid) if bid.outcome == gavel_engine::Outcome::CeilingRaised => {}
-                        Ok(bid) => acked.lock().unwrap().entry(id.clone()).or_default().push(
-                            Acked {
-                                seq: bid.seq,
-                                epoch: bid.epoch,
-                                max: bid.max,
-                                after_promotion,
-                            },
-                        ),
+                        Ok(bid) => {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .entry(id.clone())
+                                .or_default()
+                                .push(Acked {
+                                    seq: bid.seq,
+                                    epoch: bid.epoch,
+                                    max: bid.max,
+                                    after_promotion,
+                                })
+                        }
                         // The shard is failing over (or halted, until healed): try again.
                         Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
@@ -375,11 +397,9 @@ async fn a_master_killed_under_load_is_replaced_and_bidding_resumes() {
         })
         .collect();
     let count = |acked: &Mutex<HashMap<AuctionId, Vec<Acked>>>, id: &AuctionId, after: bool| {
-        acked
-            .lock()
-            .unwrap()
-            .get(id)
-            .map_or(0, |v| v.iter().filter(|a| a.after_promotion == after).count())
+        acked.lock().unwrap().get(id).map_or(0, |v| {
+            v.iter().filter(|a| a.after_promotion == after).count()
+        })
     };
     let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -448,7 +468,10 @@ async fn a_master_killed_under_load_is_replaced_and_bidding_resumes() {
             // replicated nor flushed when it died, and those its promoted replica accepted
             // on a state behind the record before it was healed, which are kept in the
             // dead-letter stream.
-            assert!(failed.contains(id), "{id}: a bid of a shard that did not fail over is not recorded: {a:?}");
+            assert!(
+                failed.contains(id),
+                "{id}: a bid of a shard that did not fail over is not recorded: {a:?}"
+            );
             assert!(
                 !a.after_promotion || dead.contains(&(id.to_string(), a.epoch, a.seq)),
                 "{id}: a bid acknowledged after the promotion is neither recorded nor dead-lettered: {a:?}"

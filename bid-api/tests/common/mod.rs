@@ -39,6 +39,15 @@ pub struct Env {
 impl Env {
     pub async fn new() -> Self {
         let (redis_url, redis) = redis_url();
+        Self::on(redis_url, redis).await
+    }
+
+    /// The same on a Redis the caller keeps (a cluster).
+    pub async fn on_redis(redis_url: String) -> Self {
+        Self::on(redis_url, None).await
+    }
+
+    async fn on(redis_url: String, redis: Option<TestRedis>) -> Self {
         let database_url = database_url().await;
         let engine = Engine::connect(&redis_url, 2).await.expect("redis");
         let store = Store::connect_lazy(&database_url).expect("postgres");
