@@ -16,13 +16,13 @@
 #                 1,000 open auctions nobody bids on, close lag of 100 and 500 auctions
 #                 with the same endsAt, Redis memory per open auction, per bid in the
 #                 replay window, and after closed auctions left Redis (retention 1s)
-#      cluster    scripts/bench-cluster.py: 100 auctions, 200 bidders on all of them, on the
+#      cluster    scripts/bench-cluster.py: 100 auctions, 300 bidders on all of them, on the
 #                 single Redis and then on a second local platform whose Redis is a cluster
 #                 of three masters: per Redis process, scripts/s, accepted bids/s of its own
 #                 auctions, CPU, and live events sent over the cluster bus
 # Knobs: BENCH_SECONDS (20), BENCH_BIDDERS (1000), BENCH_WATCHERS (10000), BENCH_IDLE (20000),
 #        BENCH_MANY_IDLE (0,1000), BENCH_MANY_STORM (100,500), BENCH_MANY_SAMPLE (20 s),
-#        BENCH_CLUSTER_AUCTIONS (100), BENCH_CLUSTER_BIDDERS (200), BENCH_CLUSTER_SECONDS (10).
+#        BENCH_CLUSTER_AUCTIONS (100), BENCH_CLUSTER_BIDDERS (300), BENCH_CLUSTER_SECONDS (10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,7 +95,7 @@ python3 scripts/bench-many.py --env "$DIR/env" --out "$OUT" --load target/releas
 echo "== cluster: ${BENCH_CLUSTER_AUCTIONS:-100} auctions on one Redis, then on a Redis Cluster of three masters"
 python3 scripts/bench-cluster.py --single-env "$DIR/env" --cluster-dir "$OUT/cluster-platform" \
   --gavel-local target/release/gavel-local --load target/release/gavel-load --out "$OUT" \
-  --auctions "${BENCH_CLUSTER_AUCTIONS:-100}" --bidders "${BENCH_CLUSTER_BIDDERS:-200}" \
+  --auctions "${BENCH_CLUSTER_AUCTIONS:-100}" --bidders "${BENCH_CLUSTER_BIDDERS:-300}" \
   --seconds "${BENCH_CLUSTER_SECONDS:-10}"
 
 echo "== idle: $IDLE subscribed connections"

@@ -395,7 +395,7 @@ impl TestCluster {
     }
 
     /// `CLUSTER NODES` of a running node: (port, is a master that is not failed, slot ranges).
-    fn nodes_view(&self) -> Vec<(u16, bool, Vec<(u16, u16)>)> {
+    fn nodes_view(&self) -> Vec<NodeView> {
         let Some(node) = self.nodes.iter().find(|n| n.child.is_some()) else {
             return Vec::new();
         };
@@ -562,6 +562,10 @@ impl TestCluster {
         }
     }
 }
+
+/// A node as `CLUSTER NODES` shows it: port, whether it is a master not marked failed, and
+/// the slot ranges it serves.
+type NodeView = (u16, bool, Vec<(u16, u16)>);
 
 /// Runs `redis-cli -p port args…` and returns its standard output.
 fn cli(port: u16, args: &[&str]) -> String {
