@@ -7,7 +7,7 @@
 //!   (the state read and the rate-limit bucket written).
 //! - **Accepted bids**: each of 64 bidders in turn bids a ceiling above every earlier one, so
 //!   almost every call takes the lead: the state update, the auction's stream, the flush
-//!   stream and the PUBLISH. Measured without persistence and with the append-only file,
+//!   stream and the SPUBLISH. Measured without persistence and with the append-only file,
 //!   `appendfsync everysec` and `always` (what Gavel ships), to show what durability costs.
 //!
 //! Beside each rate it reports what the processes spent per accepted bid: Redis's CPU time
@@ -94,20 +94,14 @@ fn main() {
     // The same script and arguments driven by redis-benchmark: one request in flight per
     // client (its default), and pipelined 16 deep (Redis's own ceiling).
     let requests = ((engine_rate * seconds as f64) as u64).max(50_000);
-    let keys = [
-        id.state_key(),
-        id.ceilings_key(),
-        id.rate_key(),
-        id.events_key(),
-        id.flush_key(),
-    ];
+    let keys = gavel_engine::client::ScriptKeys::place_bid(&id);
     let raw = |pipeline: &str| {
         let output = Command::new("redis-benchmark")
             .args(["-h", &host, "-p", &port, "-c", "50", "-P", pipeline])
             .args(["-n", &requests.to_string(), "--csv", "EVALSHA", &sha, "5"])
             .args(&keys)
             .args(["bench", "Bench", "", "1000", &id.channel(), ""])
-            .args([id.to_string().as_str(), "1000"])
+            .args([id.to_string().as_str(), "1000", &id.changes_channel()])
             .output()
             .expect("redis-benchmark not found: install the Debian package redis-tools");
         let csv = String::from_utf8_lossy(&output.stdout);
