@@ -160,7 +160,8 @@ impl PassStats {
         self.conflicts += other.conflicts;
     }
 
-    fn handled(&self) -> u64 {
+    /// Entries the pass took off the flush streams (0: there was nothing to do).
+    pub fn handled(&self) -> u64 {
         self.written + self.dead_lettered
     }
 }
@@ -336,6 +337,17 @@ impl Flusher {
                 return Ok(());
             }
         }
+    }
+
+    /// Notified when a script queues on an empty flush stream (once a pass has started
+    /// the subscription): a loop that shares the flusher waits on it without holding it.
+    pub fn wake_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.wake.as_ref().map(|w| w.notify.clone())
+    }
+
+    /// How long an idle flusher waits for a wake-up before it reads again.
+    pub fn idle_wait(&self) -> Duration {
+        self.config.block
     }
 
     async fn client(&mut self) -> Result<Client, FlushError> {

@@ -386,27 +386,34 @@ impl Lifecycle {
 }
 
 /// Moves accepted bids from Redis to PostgreSQL continuously (standalone default);
-/// runs until the task is dropped.
+/// runs until the task is dropped. An idle pass waits for the flusher's wake-up without
+/// holding it, so a reconcile can drain meanwhile and an idle platform costs one read per
+/// flush stream per [`Flusher::idle_wait`].
 pub async fn run_flusher(flusher: Arc<Mutex<Flusher>>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        // Short blocking reads: a reconcile waiting to drain takes the lock in between.
-        let result = flusher
-            .lock()
-            .await
-            .pass(Some(Duration::from_millis(100)))
-            .await;
-        let pause = match result {
-            Ok(_) => {
+        let (result, wake, idle_wait) = {
+            let mut flusher = flusher.lock().await;
+            let result = flusher.pass(None).await;
+            (result, flusher.wake_signal(), flusher.idle_wait())
+        };
+        match result {
+            Ok(stats) => {
                 backoff = Duration::from_millis(100);
-                Duration::ZERO
+                if stats.handled() == 0 {
+                    match wake {
+                        Some(wake) => {
+                            let _ = tokio::time::timeout(idle_wait, wake.notified()).await;
+                        }
+                        None => tokio::time::sleep(idle_wait).await,
+                    }
+                }
             }
             Err(e) => {
                 warn!(error = %e, "flush pass failed; bids stay in Redis until PostgreSQL answers");
                 backoff = (backoff * 2).min(Duration::from_secs(2));
-                backoff
+                tokio::time::sleep(backoff).await;
             }
-        };
-        tokio::time::sleep(pause).await;
+        }
     }
 }

@@ -175,6 +175,8 @@ up() {
   command -v runc >/dev/null && [[ -x /usr/lib/cni/bridge ]] || { log "runc and containernetworking-plugins are needed (apt-get install runc containernetworking-plugins)"; exit 1; }
   rm -rf "$S"; mkdir -p "$S"/{logs,pids,etcd,kubelet}
   for k in "${SYSCTLS[@]}"; do echo "$k=$(sysctl -n "$k")"; done >"$S/sysctls.saved"
+  # The pods' network namespaces that exist already are not ours (see down).
+  ls /run/netns 2>/dev/null >"$S/netns.before" || true
   log "state in $S, network namespace $NS (node $NODE_IP)"
   certs
   network
@@ -254,6 +256,13 @@ down() {
   ip route del "$SERVICE_CIDR" 2>/dev/null || true
   ip link del gk8s-host 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
+  # Also those of sandboxes containerd no longer knew about (a run that failed half-way):
+  # every cni-* namespace that did not exist before `up`.
+  if [[ -f $S/netns.before ]]; then
+    for n in /run/netns/cni-*; do
+      [[ -e $n ]] && ! grep -qx "$(basename "$n")" "$S/netns.before" && podns+=("$n")
+    done
+  fi
   for n in $(printf '%s\n' ${podns[@]+"${podns[@]}"} | sort -u); do ip netns del "$(basename "$n")" 2>/dev/null || true; done
   if [[ -f $S/sysctls.saved ]]; then
     while IFS= read -r kv; do sysctl -qw "$kv" 2>/dev/null || true; done <"$S/sysctls.saved"
