@@ -1,5 +1,9 @@
-//! `GET /v1/ws`: the upgrade (origin check, authentication, size limits) and the loop of
-//! one connection.
+//! `GET /v1/ws`: the upgrade (origin check, identity, size limits) and the loop of one
+//! connection: subscriptions with replay and gap filling, and bids.
+//!
+//! What is decided elsewhere: the identity of an upgrade in [`crate::auth`], the wire
+//! types and the parsing of frames in [`gavel_protocol`], the replies as pure functions in
+//! [`reply`], the error bodies of refused upgrades in [`crate::http::json_error`].
 //!
 //! Each connection is one task that owns its socket and waits on, in priority order:
 //! shutdown (close 1001), a slow-consumer kick (close 1013), its bounded event queue,
@@ -17,7 +21,7 @@
 //!   server does not have (a restore since, a seq never recorded), `reset` comes instead
 //!   of the replay.
 //! - When the auction's live state is restored from PostgreSQL, every subscriber gets
-//!   `reset` and a fresh `snapshot` (see [`crate::protocol::ServerMessage::Reset`]).
+//!   `reset` and a fresh `snapshot` (see [`crate::protocol::Reset`]).
 //! - `unsubscribe` has no reply. Subscribing again re-sends the snapshot (and replay).
 //! - A connection that placed a bid on an auction keeps getting its `outbid` for that
 //!   auction until it closes, even if it never subscribed.
@@ -29,19 +33,23 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
+use gavel_engine::runtime::now_ms;
 use gavel_engine::{AuctionEvent, AuctionId, BidError, BidRequest, EngineError, RejectCode};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
-use crate::auth::{AuthError, Identity, find_token, origin_allowed, unix_now};
+use crate::auth::{Identity, IdentityRefused, UpgradeCredentials, origin_allowed, unix_now};
 use crate::fanout::{ConnHandle, FanoutEvent, Kick};
+use crate::http::{error_body, json_error};
 use crate::protocol::{
-    ClientMessage, ErrorCode, PROTOCOL, Ref, ResetReason, SUBPROTOCOL, ServerMessage,
-    event_messages, parse_client_message,
+    ClientMessage, ErrorCode, PROTOCOL, Ref, Refreshed, Reset, ResetReason, SUBPROTOCOL,
+    ServerMessage, Welcome, event_messages, parse_client_message,
 };
 use crate::state::{AppState, ConnectionSlot, Missing};
+
+pub mod reply;
 
 /// Close code: normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -58,43 +66,31 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Events read from the stream per page when replaying or filling a gap.
 const REPLAY_PAGE: u64 = 500;
 
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({ "code": code, "message": message }).to_string(),
-    )
-        .into_response()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// The answer to a refused token: 401 `UNAUTHENTICATED` with the reason, or 503
-/// `UNAVAILABLE` with `Retry-After` when the provider's keys cannot be fetched.
-fn token_refused(e: &AuthError) -> Response {
-    let (status, code) = if e.is_temporary() {
-        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
-    } else {
-        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
-    };
-    let body = serde_json::json!({ "code": code, "reason": e.reason(), "message": e.to_string() });
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
-    if e.is_temporary() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+/// The answer to a refused identity: 401 `UNAUTHENTICATED` (with the token's `reason`),
+/// or 503 `UNAVAILABLE` with `Retry-After` when the provider's keys cannot be fetched.
+fn identity_refused(refusal: &IdentityRefused) -> Response {
+    match refusal {
+        IdentityRefused::Token(e) => {
+            debug!(error = %e, "refused token");
+            let (status, code) = if e.is_temporary() {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            } else {
+                (StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated)
+            };
+            let mut response = error_body(status, code, Some(e.reason()), e.to_string());
+            if e.is_temporary() {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            }
+            response
+        }
+        IdentityRefused::DevBidder(_) | IdentityRefused::DevAuthOff => json_error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            refusal.to_string(),
+        ),
     }
-    response
 }
 
 /// The upgrade handler of `GET /v1/ws`.
@@ -117,7 +113,7 @@ pub async fn upgrade(
     if state.shutting_down() {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
+            ErrorCode::Unavailable,
             "server shutting down",
         );
     }
@@ -129,7 +125,7 @@ pub async fn upgrade(
         if !allowed {
             return json_error(
                 StatusCode::FORBIDDEN,
-                "FORBIDDEN",
+                ErrorCode::Forbidden,
                 "origin not allowed (GAVEL_ALLOWED_ORIGINS)",
             );
         }
@@ -140,41 +136,22 @@ pub async fn upgrade(
         .flat_map(|p| p.split(','))
         .map(|p| p.trim().to_owned())
         .collect();
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = find_token(
-        authorization,
-        &protocols,
-        query.get("token").map(String::as_str),
-    );
-    let identity = match token {
-        Some(token) => match state.auth.verify(&token).await {
-            Ok(identity) => Some(identity),
-            Err(e) => {
-                debug!(error = %e, "refused token");
-                return token_refused(&e);
-            }
-        },
-        None => match query.get("bidder").map(|b| state.auth.dev_identity(b)) {
-            Some(Some(Ok(identity))) => Some(identity),
-            Some(Some(Err(e @ AuthError::InvalidBidder(_)))) | Some(Some(Err(e))) => {
-                return json_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &e.to_string());
-            }
-            Some(None) => {
-                return json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHENTICATED",
-                    "?bidder= needs development auth (GAVEL_DEV_AUTH=true); send a token",
-                );
-            }
-            None => None,
-        },
+    let credentials = UpgradeCredentials {
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        subprotocols: &protocols,
+        query_token: query.get("token").map(String::as_str),
+        query_bidder: query.get("bidder").map(String::as_str),
+    };
+    let identity = match state.auth.upgrade_identity(credentials).await {
+        Ok(identity) => identity,
+        Err(refusal) => return identity_refused(&refusal),
     };
     let Some(slot) = state.open_connection() else {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
+            ErrorCode::Unavailable,
             "too many connections",
         );
     };
@@ -300,11 +277,11 @@ impl Connection {
 
     async fn run(mut self) {
         debug!(conn = self.handle.id, bidder = ?self.bidder_id(), "connection open");
-        let welcome = ServerMessage::Welcome {
+        let welcome = ServerMessage::Welcome(Welcome {
             bidder: self.bidder_id().map(str::to_owned),
             server_time: now_ms(),
             protocol: PROTOCOL.to_owned(),
-        };
+        });
         let step = match self.send_msg(&welcome).await {
             Ok(()) => self.serve().await,
             Err(Gone) => Step::Drop,
@@ -416,9 +393,8 @@ impl Connection {
             None => return Step::Drop,
             Some(Ok(message)) => message,
             Some(Err(e)) => {
-                // axum wraps tungstenite's `Error::Capacity`, displayed as "Space limit
-                // exceeded: ..."; tungstenite checks a frame's declared length before
-                // reading its payload, so nothing oversized is ever buffered.
+                // tungstenite checks a frame's declared length before reading its
+                // payload, so nothing oversized is ever buffered.
                 if is_capacity_error(&e) {
                     info!(
                         conn = self.handle.id,
@@ -447,35 +423,30 @@ impl Connection {
         let parsed = parse_client_message(&text);
         if let Err(retry_after_ms) = self.rate.take() {
             self.state.metrics.rate_limited.inc();
-            let message = "too many messages; slow down".to_owned();
-            let reply = match parsed {
-                Ok(ClientMessage::Bid { auction, r#ref, .. }) => ServerMessage::BidRejected {
-                    r#ref,
-                    auction: Some(auction.to_string()),
-                    code: ErrorCode::RateLimited,
-                    message,
-                    min_next: None,
-                    retry_after_ms: Some(retry_after_ms),
-                },
-                _ => ServerMessage::Error {
-                    code: ErrorCode::RateLimited,
-                    message,
-                    r#ref: None,
-                    auction: None,
-                },
-            };
-            return self.reply(&reply).await;
+            return self
+                .reply(&reply::rate_limited(&parsed, retry_after_ms))
+                .await;
         }
-        match parsed {
-            Err(e) => self.reply(&e.to_server_message()).await,
-            Ok(ClientMessage::Ping) => self.reply(&ServerMessage::Pong).await,
-            Ok(ClientMessage::Refresh { token }) => self.refresh(&token).await,
-            Ok(ClientMessage::Subscribe {
-                auction,
-                since,
-                epoch,
-            }) => self.subscribe(auction, since, epoch).await,
-            Ok(ClientMessage::Unsubscribe { auction }) => {
+        let message = match parsed {
+            Err(e) => return self.reply(&e.to_server_message()).await,
+            Ok(message) => message,
+        };
+        // The protocol checked the name; the engine's id follows the same rule.
+        let auction = |name: &str| {
+            name.parse::<AuctionId>()
+                .map_err(|e| reply::error(ErrorCode::InvalidMessage, e.to_string(), None))
+        };
+        match message {
+            ClientMessage::Ping => self.reply(&ServerMessage::Pong).await,
+            ClientMessage::Refresh(refresh) => self.refresh(&refresh.token).await,
+            ClientMessage::Subscribe(sub) => match auction(&sub.auction) {
+                Ok(id) => self.subscribe(id, sub.since, sub.epoch).await,
+                Err(refusal) => self.reply(&refusal).await,
+            },
+            ClientMessage::Unsubscribe(unsub) => {
+                let Ok(auction) = auction(&unsub.auction) else {
+                    return Step::Continue;
+                };
                 if self.subs.remove(&auction).is_some() {
                     if self.bid_on.contains(&auction) {
                         self.state.fanout.stop_watching(&auction, self.handle.id);
@@ -485,12 +456,16 @@ impl Connection {
                 }
                 Step::Continue
             }
-            Ok(ClientMessage::Bid {
-                auction,
-                amount,
-                max,
-                r#ref,
-            }) => self.bid(auction, BidRequest { amount, max }, r#ref).await,
+            ClientMessage::Bid(bid) => match auction(&bid.auction) {
+                Ok(id) => {
+                    let request = BidRequest {
+                        amount: bid.amount,
+                        max: bid.max,
+                    };
+                    self.bid(id, request, bid.r#ref).await
+                }
+                Err(refusal) => self.reply(&refusal).await,
+            },
         }
     }
 
@@ -502,13 +477,8 @@ impl Connection {
     }
 
     async fn reply_error(&mut self, code: ErrorCode, message: &str) -> Step {
-        self.reply(&ServerMessage::Error {
-            code,
-            message: message.to_owned(),
-            r#ref: None,
-            auction: None,
-        })
-        .await
+        self.reply(&reply::error(code, message.to_owned(), None))
+            .await
     }
 
     /// On a heartbeat: announces an expired token once, and closes the connection with
@@ -567,12 +537,12 @@ impl Connection {
                 )
                 .await;
         }
-        let reply = ServerMessage::Refreshed {
+        let reply = ServerMessage::Refreshed(Refreshed {
             bidder: identity.bidder.id.clone(),
             expires_at: identity
                 .expires_at
                 .map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)),
-        };
+        });
         self.identity = Some(identity);
         self.expired_since = None;
         self.reply(&reply).await
@@ -588,12 +558,7 @@ impl Connection {
         since: Option<u64>,
         epoch: Option<u64>,
     ) -> Step {
-        let error = |code, message: String| ServerMessage::Error {
-            code,
-            message,
-            r#ref: None,
-            auction: Some(auction.to_string()),
-        };
+        let error = |code, message: String| reply::error(code, message, Some(&auction));
         if !self.subs.contains_key(&auction)
             && self.subs.len() >= self.state.config.max_subscriptions
         {
@@ -681,18 +646,18 @@ impl Connection {
                     Err(Gone) => return Step::Drop,
                 };
             if !resumed {
-                let reset = ServerMessage::Reset {
+                let reset = ServerMessage::Reset(Reset {
                     auction: auction.to_string(),
                     epoch: snapshot.epoch,
                     seq: snapshot.seq,
                     reason: ResetReason::SinceUnknown,
-                };
+                });
                 if self.send_msg(&reset).await.is_err() {
                     return Step::Drop;
                 }
             }
         }
-        let message = ServerMessage::snapshot(&auction, &snapshot);
+        let message = crate::protocol::snapshot(&auction, &snapshot);
         self.subs.insert(
             auction,
             Delivered {
@@ -755,12 +720,12 @@ impl Connection {
         let viewer = self.bidder_id().map(str::to_owned);
         match self.state.engine.snapshot(auction, viewer.as_deref()).await {
             Ok(snapshot) => {
-                let reset = ServerMessage::Reset {
+                let reset = ServerMessage::Reset(Reset {
                     auction: auction.to_string(),
                     epoch: snapshot.epoch,
                     seq: snapshot.seq,
                     reason: ResetReason::Restored,
-                };
+                });
                 if self.send_msg(&reset).await.is_err() {
                     return Step::Drop;
                 }
@@ -771,21 +736,19 @@ impl Connection {
                         seq: snapshot.seq,
                     },
                 );
-                self.reply(&ServerMessage::snapshot(auction, &snapshot))
+                self.reply(&crate::protocol::snapshot(auction, &snapshot))
                     .await
             }
             Err(e) => {
                 warn!(%auction, error = %e, "cannot read the restored state");
                 self.subs.remove(auction);
                 self.state.fanout.stop_watching(auction, self.handle.id);
-                self.reply(&ServerMessage::Error {
-                    code: ErrorCode::Unavailable,
-                    message:
-                        "the auction was restored but its state cannot be read; subscribe again"
-                            .into(),
-                    r#ref: None,
-                    auction: Some(auction.to_string()),
-                })
+                self.reply(&reply::error(
+                    ErrorCode::Unavailable,
+                    "the auction was restored but its state cannot be read; subscribe again"
+                        .into(),
+                    Some(auction),
+                ))
                 .await
             }
         }
@@ -861,27 +824,46 @@ impl Connection {
         Step::Continue
     }
 
+    /// Decides one bid and replies, in a span that names it (auction, bidder, ref) and
+    /// records how it ended (outcome, seq): one bid can be followed through the logs.
     async fn bid(&mut self, auction: AuctionId, request: BidRequest, r#ref: Ref) -> Step {
-        let rejected = |code: ErrorCode, message: String| ServerMessage::BidRejected {
-            r#ref: r#ref.clone(),
-            auction: Some(auction.to_string()),
-            code,
-            message,
-            min_next: None,
-            retry_after_ms: None,
-        };
+        let span = debug_span!(
+            "bid",
+            auction = %auction,
+            bidder = self.bidder_id().unwrap_or("-"),
+            "ref" = %r#ref,
+            outcome = tracing::field::Empty,
+            seq = tracing::field::Empty,
+        );
+        let reply = self
+            .decide_bid(&auction, request, &r#ref)
+            .instrument(span.clone())
+            .await;
+        if let Some(label) = reply.bid_label() {
+            span.record("outcome", label);
+        }
+        if let ServerMessage::BidResult(result) = &reply {
+            span.record("seq", result.seq);
+        }
+        span.in_scope(|| debug!("bid answered"));
+        self.reply(&reply).await
+    }
+
+    /// The reply to a bid: refused before the engine (identity, limits) or decided by it.
+    /// Counted in `gavel_bids_total{outcome}` except for limit refusals.
+    async fn decide_bid(
+        &mut self,
+        auction: &AuctionId,
+        request: BidRequest,
+        r#ref: &Ref,
+    ) -> ServerMessage {
         let bidder = match &self.identity {
             Some(identity) if !identity.may_bid => {
-                self.state
-                    .metrics
-                    .bids
-                    .with_label_values(&["FORBIDDEN"])
-                    .inc();
                 let message = format!(
                     "this token may watch but not bid: it lacks {}",
                     self.state.auth.bid_requirement().unwrap_or_default()
                 );
-                return self.reply(&rejected(ErrorCode::Forbidden, message)).await;
+                return self.count(reply::rejected(auction, r#ref, ErrorCode::Forbidden, message));
             }
             Some(identity) if identity.valid_at(unix_now(), self.state.auth.leeway()) => {
                 identity.bidder.clone()
@@ -892,39 +874,33 @@ impl Connection {
                 } else {
                     "token expired; send a refresh with a fresh token"
                 };
-                self.state
-                    .metrics
-                    .bids
-                    .with_label_values(&["UNAUTHENTICATED"])
-                    .inc();
-                return self
-                    .reply(&rejected(ErrorCode::Unauthenticated, message.into()))
-                    .await;
+                return self.count(reply::rejected(
+                    auction,
+                    r#ref,
+                    ErrorCode::Unauthenticated,
+                    message.into(),
+                ));
             }
         };
         let started = Instant::now();
         // Be subscribed before the bid lands, so that losing the lead is never missed.
-        let was_interested = self.interested(&auction);
+        let was_interested = self.interested(auction);
         // The auctions a connection follows (subscribed or bid on) are bounded too.
         let limit = self.state.config.max_subscriptions;
         if !was_interested && self.bid_on.len() >= limit {
-            return self
-                .reply(&rejected(
-                    ErrorCode::TooLarge,
-                    format!("at most {limit} auctions bid on per connection; open another"),
-                ))
-                .await;
+            return reply::rejected(
+                auction,
+                r#ref,
+                ErrorCode::TooLarge,
+                format!("at most {limit} auctions bid on per connection; open another"),
+            );
         }
         if !was_interested
-            && let Err(e) = self.state.fanout.join(&auction, &self.handle, false).await
+            && let Err(e) = self.state.fanout.join(auction, &self.handle, false).await
         {
             warn!(%auction, error = %e, "cannot subscribe for outbid notices");
         }
-        let result = self
-            .state
-            .engine
-            .place_bid(&auction, &bidder, request)
-            .await;
+        let result = self.state.engine.place_bid(auction, &bidder, request).await;
         self.state
             .metrics
             .bid_latency
@@ -932,29 +908,16 @@ impl Connection {
         let reply = match result {
             Ok(accepted) => {
                 self.bid_on.insert(auction.clone());
-                self.state
-                    .metrics
-                    .bids
-                    .with_label_values(&[accepted.outcome.as_str()])
-                    .inc();
-                ServerMessage::BidResult {
-                    r#ref: r#ref.clone(),
-                    auction: auction.to_string(),
-                    outcome: accepted.outcome,
-                    price: accepted.price,
-                    min_next: accepted.min_next,
-                    seq: accepted.seq,
-                    epoch: accepted.epoch,
-                }
+                reply::accepted(auction, r#ref, &accepted)
             }
             Err(e) => {
                 if !was_interested {
-                    self.state.fanout.leave(&auction, self.handle.id).await;
+                    self.state.fanout.leave(auction, self.handle.id).await;
                 }
                 match e {
                     BidError::Rejected(mut r) => {
                         if r.code == RejectCode::UnknownAuction {
-                            match self.state.missing(&auction).await {
+                            match self.state.missing(auction).await {
                                 Missing::Unknown => {}
                                 Missing::Closed => r.code = RejectCode::AuctionClosed,
                                 Missing::Restoring | Missing::Unreachable => {
@@ -963,28 +926,13 @@ impl Connection {
                                 }
                             }
                         }
-                        self.state
-                            .metrics
-                            .bids
-                            .with_label_values(&[r.code.as_str()])
-                            .inc();
-                        ServerMessage::BidRejected {
-                            r#ref: r#ref.clone(),
-                            auction: Some(auction.to_string()),
-                            code: r.code.into(),
-                            message: rejection_message(r.code, r.min_next),
-                            min_next: r.min_next,
-                            retry_after_ms: r.retry_after_ms,
-                        }
+                        reply::refused(auction, r#ref, &r)
                     }
                     BidError::Engine(e) => {
                         warn!(%auction, error = %e, "bid failed in the engine");
-                        self.state
-                            .metrics
-                            .bids
-                            .with_label_values(&["UNAVAILABLE"])
-                            .inc();
-                        rejected(
+                        reply::rejected(
+                            auction,
+                            r#ref,
                             ErrorCode::Unavailable,
                             "the bid could not be confirmed; check the snapshot before retrying"
                                 .into(),
@@ -993,33 +941,15 @@ impl Connection {
                 }
             }
         };
-        self.reply(&reply).await
+        self.count(reply)
     }
-}
 
-/// The human message of a rejection code.
-fn rejection_message(code: gavel_engine::RejectCode, min_next: Option<i64>) -> String {
-    use gavel_engine::RejectCode::*;
-    match code {
-        BidTooLow => match min_next {
-            Some(m) => format!("bid too low: the minimum next bid is {m}"),
-            None => "bid too low".to_owned(),
-        },
-        AlreadyLeading => {
-            "you are already leading: only a maximum above your current one changes anything"
-                .to_owned()
+    /// Counts a bid's reply in `gavel_bids_total{outcome}`.
+    fn count(&self, reply: ServerMessage) -> ServerMessage {
+        if let Some(label) = reply.bid_label() {
+            self.state.metrics.bids.with_label_values(&[label]).inc();
         }
-        AuctionNotOpen => "the auction has not opened yet".to_owned(),
-        AuctionClosed => "the auction is closed".to_owned(),
-        UnknownAuction => "no such auction".to_owned(),
-        RateLimited => "too many bids; retry later".to_owned(),
-        InvalidAmount => {
-            "amounts must be integers between 1 and 10^15, with max >= amount".to_owned()
-        }
-        Unavailable => {
-            "the auction's live state is being restored; nothing was decided, retry shortly"
-                .to_owned()
-        }
+        reply
     }
 }
 
@@ -1028,13 +958,18 @@ async fn until_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|down| *down).await;
 }
 
-/// Whether a socket error is tungstenite's size-limit error.
+/// Whether a socket error is tungstenite's size-limit error (a frame or message over
+/// `GAVEL_MAX_MESSAGE_BYTES`), found in the error's chain of sources.
 fn is_capacity_error(e: &axum::Error) -> bool {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        text.push_str(&s.to_string());
+        if matches!(
+            s.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
+            Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
+        ) {
+            return true;
+        }
         source = s.source();
     }
-    text.contains("Space limit exceeded") || text.contains("too long")
+    false
 }

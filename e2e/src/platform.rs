@@ -126,13 +126,7 @@ pub struct AuctionSpec {
     pub retention: Option<String>,
 }
 
-/// Now, as Unix milliseconds of this machine's clock.
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
+pub use gavel_engine::runtime::now_ms;
 
 impl AuctionSpec {
     /// An auction in USD opening when provisioned and ending `ends_in` from now, with a

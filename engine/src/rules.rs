@@ -38,39 +38,9 @@ impl BidRequest {
     }
 }
 
-/// How an accepted bid left its bidder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The bidder leads.
-    Leading,
-    /// The bid was recorded but the leader's ceiling beat it.
-    Outbid,
-    /// The leader raised its own ceiling and nothing public changed: no event, no seq of
-    /// its own, no soft-close extension; recorded privately (see README § Bidding rules).
-    CeilingRaised,
-}
-
-impl Outcome {
-    /// The protocol's name of the outcome.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Leading => "leading",
-            Outcome::Outbid => "outbid",
-            Outcome::CeilingRaised => "ceiling_raised",
-        }
-    }
-
-    /// Parses the protocol's name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "leading" => Some(Outcome::Leading),
-            "outbid" => Some(Outcome::Outbid),
-            "ceiling_raised" => Some(Outcome::CeilingRaised),
-            _ => None,
-        }
-    }
-}
+/// How an accepted bid left its bidder: the protocol's type, so that the engine's record
+/// and the wire cannot spell it differently.
+pub use gavel_protocol::Outcome;
 
 /// Why a bid was refused. The codes are those of the WebSocket protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

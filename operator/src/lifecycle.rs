@@ -78,11 +78,7 @@ const DURABLE_TIMEOUT: Duration = Duration::from_millis(500);
 const DURABLE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch by the local clock.
-pub fn local_now() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
-        Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
-    })
-}
+pub use gavel_engine::runtime::now_ms as local_now;
 
 /// The auction's id, or why its name cannot be one.
 pub fn auction_id(auction: &Auction) -> Result<AuctionId, SpecError> {

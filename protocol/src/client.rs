@@ -281,3 +281,131 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_every_client_message() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping)
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"subscribe","auction":"shop/strat-1962"}"#),
+            Ok(ClientMessage::Subscribe(Subscribe {
+                auction: "shop/strat-1962".into(),
+                since: None,
+                epoch: None,
+            }))
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"subscribe","auction":"shop/strat-1962","since":7}"#),
+            Ok(ClientMessage::Subscribe(Subscribe {
+                auction: "shop/strat-1962".into(),
+                since: Some(7),
+                epoch: None,
+            }))
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"unsubscribe","auction":"shop/strat-1962"}"#),
+            Ok(ClientMessage::Unsubscribe(Unsubscribe {
+                auction: "shop/strat-1962".into()
+            }))
+        );
+        assert_eq!(
+            parse_client_message(
+                r#"{"type":"bid","auction":"shop/strat-1962","amount":100,"ref":"r1","extra":1}"#
+            ),
+            Ok(ClientMessage::Bid(Bid {
+                auction: "shop/strat-1962".into(),
+                amount: Some(100),
+                max: None,
+                r#ref: Ref::Text("r1".into())
+            }))
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"bid","auction":"shop/strat-1962","max":500,"ref":3}"#),
+            Ok(ClientMessage::Bid(Bid {
+                auction: "shop/strat-1962".into(),
+                amount: None,
+                max: Some(500),
+                r#ref: Ref::Number(3)
+            }))
+        );
+    }
+
+    #[test]
+    fn structural_errors_are_invalid_message() {
+        for bad in [
+            "",
+            "nope",
+            "[1]",
+            "{}",
+            r#"{"type":5}"#,
+            r#"{"type":"dance"}"#,
+            r#"{"type":"subscribe"}"#,
+            r#"{"type":"subscribe","auction":"Shop/X"}"#,
+            r#"{"type":"subscribe","auction":"shop/x","since":-1}"#,
+            r#"{"type":"subscribe","auction":"shop/x","since":"3"}"#,
+            r#"{"type":"bid","auction":"shop/x","amount":1}"#,
+            r#"{"type":"bid","auction":"shop/x","amount":1,"ref":{}}"#,
+        ] {
+            let e = parse_client_message(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidMessage, "{bad}");
+            assert!(matches!(e.to_server_message(), ServerMessage::Error(_)));
+        }
+        let e = parse_client_message(r#"{"type":"bid","amount":1,"ref":"r"}"#).unwrap_err();
+        assert_eq!(
+            serde_json::from_str::<Value>(&e.to_server_message().to_json()).unwrap(),
+            json!({"type":"bid_rejected","ref":"r","auction":null,"code":"INVALID_MESSAGE",
+                   "message":"missing field `auction`"})
+        );
+        let long = format!(
+            r#"{{"type":"bid","auction":"shop/x","amount":1,"ref":"{}"}}"#,
+            "x".repeat(200)
+        );
+        assert_eq!(
+            parse_client_message(&long).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn bad_amounts_are_invalid_amount_with_ref() {
+        for amount in [
+            r#""100""#,
+            "0",
+            "-5",
+            "1.5",
+            "100.0",
+            "1e3",
+            "1000000000000001",
+            "99999999999999999999999",
+            "18446744073709551615",
+            "true",
+            "[1]",
+        ] {
+            let text =
+                format!(r#"{{"type":"bid","auction":"shop/x","amount":{amount},"ref":"r"}}"#);
+            let e = parse_client_message(&text).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidAmount, "{amount}");
+            let ServerMessage::BidRejected(BidRejected { r#ref, code, .. }) = e.to_server_message() else {
+                panic!("{amount}")
+            };
+            assert_eq!(
+                (r#ref, code),
+                (Ref::Text("r".into()), ErrorCode::InvalidAmount)
+            );
+        }
+        for body in [r#""ref":"r""#, r#""ref":"r","amount":10,"max":9"#] {
+            let text = format!(r#"{{"type":"bid","auction":"shop/x",{body}}}"#);
+            assert_eq!(
+                parse_client_message(&text).unwrap_err().code,
+                ErrorCode::InvalidAmount
+            );
+        }
+    }
+}

@@ -112,12 +112,7 @@ pub fn auction_id() -> AuctionId {
     AuctionId::new(&format!("t{}", std::process::id()), &format!("lot-{n}")).unwrap()
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+pub use gavel_engine::runtime::now_ms;
 
 /// Open now for an hour, starting price 100, flat step.
 pub fn open_now(step: i64) -> AuctionSettings {
