@@ -76,7 +76,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn invalid_name(e: gavel_engine::keys::InvalidAuctionId) -> Response {
-    json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidMessage, e.to_string())
+    json_error(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidMessage,
+        e.to_string(),
+    )
 }
 
 async fn snapshot(

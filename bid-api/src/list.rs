@@ -296,7 +296,13 @@ pub async fn handler(
 ) -> Response {
     let q = match ListQuery::parse(&query) {
         Ok(q) => q,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidMessage, e.to_string()),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidMessage,
+                e.to_string(),
+            );
+        }
     };
     match list(&state, &q).await {
         Ok(page) => (

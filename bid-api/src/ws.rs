@@ -432,16 +432,16 @@ impl Connection {
             Ok(message) => message,
         };
         // The protocol checked the name; the engine's id follows the same rule.
-        let auction = |name: &str| {
-            name.parse::<AuctionId>()
-                .map_err(|e| reply::error(ErrorCode::InvalidMessage, e.to_string(), None))
-        };
+        let auction = |name: &str| name.parse::<AuctionId>();
         match message {
             ClientMessage::Ping => self.reply(&ServerMessage::Pong).await,
             ClientMessage::Refresh(refresh) => self.refresh(&refresh.token).await,
             ClientMessage::Subscribe(sub) => match auction(&sub.auction) {
                 Ok(id) => self.subscribe(id, sub.since, sub.epoch).await,
-                Err(refusal) => self.reply(&refusal).await,
+                Err(e) => {
+                    self.reply_error(ErrorCode::InvalidMessage, &e.to_string())
+                        .await
+                }
             },
             ClientMessage::Unsubscribe(unsub) => {
                 let Ok(auction) = auction(&unsub.auction) else {
@@ -464,7 +464,10 @@ impl Connection {
                     };
                     self.bid(id, request, bid.r#ref).await
                 }
-                Err(refusal) => self.reply(&refusal).await,
+                Err(e) => {
+                    self.reply_error(ErrorCode::InvalidMessage, &e.to_string())
+                        .await
+                }
             },
         }
     }
@@ -745,8 +748,7 @@ impl Connection {
                 self.state.fanout.stop_watching(auction, self.handle.id);
                 self.reply(&reply::error(
                     ErrorCode::Unavailable,
-                    "the auction was restored but its state cannot be read; subscribe again"
-                        .into(),
+                    "the auction was restored but its state cannot be read; subscribe again".into(),
                     Some(auction),
                 ))
                 .await
@@ -863,7 +865,12 @@ impl Connection {
                     "this token may watch but not bid: it lacks {}",
                     self.state.auth.bid_requirement().unwrap_or_default()
                 );
-                return self.count(reply::rejected(auction, r#ref, ErrorCode::Forbidden, message));
+                return self.count(reply::rejected(
+                    auction,
+                    r#ref,
+                    ErrorCode::Forbidden,
+                    message,
+                ));
             }
             Some(identity) if identity.valid_at(unix_now(), self.state.auth.leeway()) => {
                 identity.bidder.clone()

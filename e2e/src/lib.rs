@@ -18,7 +18,6 @@
 //! The binaries: `gavel` (watch and bid from a terminal), `gavel-local` (`up`/`down`, used
 //! by `make up`/`make down`) and `gavel-demo` (the scripted bidders of `make demo`).
 
-
 pub mod client;
 
 /// Lets a closed pipe end the process quietly, as it does other Unix tools
@@ -43,4 +42,4 @@ pub use client::{Auth, BidReply, ClientError, WsClient};
 pub use platform::{
     AuctionSpec, LocalOptions, LocalPlatform, OperatorMode, Platform, PlatformError,
 };
-pub use protocol::{ClientMessage, Code, Outcome, ServerMessage};
+pub use protocol::{ClientMessage, ErrorCode, Outcome, ServerMessage};

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::client::{Auth, ClientError, WsClient};
 use crate::http;
-use crate::protocol::{Amount, Millis, Snapshot, format_rfc3339};
+use crate::protocol::{Amount, Millis, Phase, Snapshot, format_rfc3339};
 
 /// The bid-api binary's name.
 pub const BID_API_BIN: &str = "gavel-bid-api";
@@ -551,7 +551,7 @@ impl Platform {
             let last;
             match self.rest_snapshot(0, id).await {
                 Ok(r) if r.status == 200 => match serde_json::from_value::<Snapshot>(r.json()) {
-                    Ok(s) if s.is_open() => return Ok(s),
+                    Ok(s) if s.phase == Phase::Open => return Ok(s),
                     Ok(s) => last = format!("phase {}", s.phase),
                     Err(e) => last = format!("unparsable snapshot {}: {e}", r.body),
                 },

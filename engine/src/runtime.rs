@@ -11,7 +11,9 @@ use crate::settings::Millis;
 pub fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
+        .map_or(0, |d| {
+            Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+        })
 }
 
 /// Reads a duration flag: humantime's grammar (`250ms`, `30s`, `2m`, `1m30s`, `1h`,

@@ -249,7 +249,6 @@ pub enum SettingsError {
     },
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

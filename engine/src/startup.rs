@@ -78,7 +78,10 @@ impl Startup {
         Fut: Future<Output = Result<T, E>>,
     {
         self.set(format!("connecting to {what}"));
-        retry(what, attempt, |e| self.set(format!("waiting for {what}: {e}"))).await
+        retry(what, attempt, |e| {
+            self.set(format!("waiting for {what}: {e}"))
+        })
+        .await
     }
 }
 

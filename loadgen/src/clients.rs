@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use gavel_protocol::{Bid, MessageType, Outcome, Ref, ServerFrame, Subscribe};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use gavel_protocol::{Bid, MessageType, Outcome, Ref, ServerFrame, Subscribe};
 
 use crate::stats::{ConnStats, Live, SeqTracker};
 

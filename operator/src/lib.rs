@@ -11,7 +11,6 @@
 //! - [`startup`]: waiting (with backoff) for Redis, PostgreSQL and the API server at start.
 //! - [`metrics`], [`http`], [`telemetry`], [`config`]: the process around it.
 
-
 pub mod config;
 pub mod controller;
 pub mod http;

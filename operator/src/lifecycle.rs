@@ -9,13 +9,13 @@
 //! after every accepted event has been flushed there.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gavel_crds::{Auction, AuctionStatus, SpecError};
 use gavel_engine::flusher::{FlushError, Flusher};
 use gavel_engine::restore::restored_state;
 use gavel_engine::store::{Store, StoreError};
-use gavel_engine::{AuctionId, CloseOutcome, Engine, EngineError, Millis, RestoreMode, Restored};
+use gavel_engine::{AuctionId, CloseOutcome, Engine, EngineError, RestoreMode, Restored};
 use kube::ResourceExt;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};

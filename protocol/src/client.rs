@@ -392,7 +392,8 @@ mod tests {
                 format!(r#"{{"type":"bid","auction":"shop/x","amount":{amount},"ref":"r"}}"#);
             let e = parse_client_message(&text).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidAmount, "{amount}");
-            let ServerMessage::BidRejected(BidRejected { r#ref, code, .. }) = e.to_server_message() else {
+            let ServerMessage::BidRejected(BidRejected { r#ref, code, .. }) = e.to_server_message()
+            else {
                 panic!("{amount}")
             };
             assert_eq!(

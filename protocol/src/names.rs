@@ -23,8 +23,13 @@ pub fn split(auction: &str) -> Option<(&str, &str)> {
 
 fn label_ok(s: &str, max: usize, dots: bool) -> bool {
     let alnum_ends = |part: &str| {
-        part.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && part.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+        part.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+            && part
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
     };
     !s.is_empty()
         && s.len() <= max

@@ -101,6 +101,22 @@ pub enum ResetReason {
     SinceUnknown,
 }
 
+impl ResetReason {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::Restored => "restored",
+            ResetReason::SinceUnknown => "since_unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ResetReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `welcome`: the first message of every connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {

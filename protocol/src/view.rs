@@ -5,8 +5,8 @@
 
 use std::borrow::Cow;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 use crate::{Amount, ErrorCode, MessageType, Outcome, Ref};
 

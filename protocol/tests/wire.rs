@@ -132,7 +132,10 @@ fn keys(text: &str) -> (String, BTreeSet<String>) {
 fn every_message_round_trips() {
     for message in client_messages() {
         let text = message.to_json();
-        assert_eq!(serde_json::from_str::<ClientMessage>(&text).unwrap(), message);
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(&text).unwrap(),
+            message
+        );
         // What a client serialises, the server's strict parser accepts as the same.
         assert_eq!(parse_client_message(&text), Ok(message.clone()), "{text}");
         match &message {
@@ -342,7 +345,11 @@ fn the_readme_documents_the_wire_text() {
         "client message types"
     );
     for (kind, fields) in &seen {
-        assert_eq!(&top_level_names(&documented[kind]), fields, "README row `{kind}`");
+        assert_eq!(
+            &top_level_names(&documented[kind]),
+            fields,
+            "README row `{kind}`"
+        );
     }
 
     let documented = table(&section, "server → client");
@@ -357,7 +364,11 @@ fn the_readme_documents_the_wire_text() {
         "server message types"
     );
     for (kind, fields) in &seen {
-        assert_eq!(&top_level_names(&documented[kind]), fields, "README row `{kind}`");
+        assert_eq!(
+            &top_level_names(&documented[kind]),
+            fields,
+            "README row `{kind}`"
+        );
     }
 
     let values = |all: Vec<Value>| -> BTreeSet<String> {
@@ -384,9 +395,13 @@ fn the_readme_documents_the_wire_text() {
     );
 
     // "Codes: `BID_TOO_LOW`, …" lists every code, in the enum's order.
-    let codes_at = section.find("\nCodes: ").expect("the README's list of codes");
+    let codes_at = section
+        .find("\nCodes: ")
+        .expect("the README's list of codes");
     let paragraph = &section[codes_at..];
-    let paragraph = &paragraph[..paragraph[1..].find("\n\n").map_or(paragraph.len(), |i| i + 1)];
+    let paragraph = &paragraph[..paragraph[1..]
+        .find("\n\n")
+        .map_or(paragraph.len(), |i| i + 1)];
     let mut listed: Vec<String> = Vec::new();
     for word in paragraph.split('`').skip(1).step_by(2) {
         let code = !word.is_empty() && word.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');

@@ -6,8 +6,8 @@
 use gavel_engine::{AuctionId, BidAccepted, Rejection};
 
 use crate::protocol::{
-    BidRejected, BidResult, ClientMessage, ErrorCode, ErrorMessage, ParseError, Ref,
-    ServerMessage, code,
+    BidRejected, BidResult, ClientMessage, ErrorCode, ErrorMessage, ParseError, Ref, ServerMessage,
+    code,
 };
 
 /// The reply to a bid the engine accepted.
@@ -37,7 +37,12 @@ pub fn refused(auction: &AuctionId, r#ref: &Ref, rejection: &Rejection) -> Serve
 }
 
 /// The reply to a bid refused before the engine saw it (identity, limits, failures).
-pub fn rejected(auction: &AuctionId, r#ref: &Ref, code: ErrorCode, message: String) -> ServerMessage {
+pub fn rejected(
+    auction: &AuctionId,
+    r#ref: &Ref,
+    code: ErrorCode,
+    message: String,
+) -> ServerMessage {
     ServerMessage::BidRejected(BidRejected {
         r#ref: r#ref.clone(),
         auction: Some(auction.to_string()),
@@ -142,7 +147,10 @@ mod tests {
             "watch only".into(),
         );
         assert_eq!(reply.bid_label(), Some("FORBIDDEN"));
-        assert_eq!(error(ErrorCode::TooLarge, "m".into(), None).bid_label(), None);
+        assert_eq!(
+            error(ErrorCode::TooLarge, "m".into(), None).bid_label(),
+            None
+        );
     }
 
     #[test]
