@@ -31,7 +31,7 @@ pub enum AuthError {
         /// Short reason: `malformed`, `algorithm`, `unknown_key`, `signature`,
         /// `expired`, `not_yet_valid`, `issuer`, `audience`, `claims`.
         reason: &'static str,
-        /// Details.
+        /// What the verifier said, for the client and the debug log.
         message: String,
     },
     /// A token was sent but no verification key is configured.

@@ -250,7 +250,9 @@ pub struct Config {
     #[arg(long, env = "GAVEL_FLUSH_CONSUMER")]
     pub flush_consumer: Option<String>,
 
-    /// Log format.
+    /// How log lines are written to stderr: `json`, one object per line with the current
+    /// span's fields (for log collectors), or `text` (for people). `RUST_LOG` filters them
+    /// (default `info`).
     #[arg(long, env = "GAVEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 }

@@ -46,7 +46,7 @@ pub enum FanoutError {
 /// One event, ready to send: every frame serialised once, shared by all connections.
 #[derive(Debug)]
 pub struct FanoutEvent {
-    /// The auction.
+    /// The auction the event belongs to: the connections subscribed to it receive it.
     pub auction: AuctionId,
     /// The event's seq.
     pub seq: u64,

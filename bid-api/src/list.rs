@@ -41,7 +41,7 @@ pub const MAX_LIST_PAGE: u32 = 100;
 pub struct ListedAuction {
     /// `<namespace>/<name>`.
     pub auction: String,
-    /// Title.
+    /// The lot's title, as the Auction's spec gives it.
     pub title: String,
     /// ISO 4217 currency; every amount is in its minor unit.
     pub currency: String,

@@ -43,7 +43,7 @@ pub enum ClientError {
     /// The URL or a header could not be built.
     #[error("invalid request to {url}: {message}")]
     Request {
-        /// The URL.
+        /// The server address it was for.
         url: String,
         /// What is wrong.
         message: String,
@@ -51,9 +51,9 @@ pub enum ClientError {
     /// The WebSocket handshake or a later send failed.
     #[error("websocket {url}: {source}")]
     WebSocket {
-        /// The URL.
+        /// The server address it was for.
         url: String,
-        /// The cause.
+        /// tungstenite's error: the socket, TLS or handshake failure.
         #[source]
         source: Box<tokio_tungstenite::tungstenite::Error>,
     },
@@ -64,7 +64,7 @@ pub enum ClientError {
         label: String,
         /// What was awaited.
         what: String,
-        /// How long.
+        /// The time given.
         timeout: Duration,
     },
     /// The server answered with an `error` instead of what was asked for.
@@ -72,7 +72,7 @@ pub enum ClientError {
     Refused {
         /// The connection's label.
         label: String,
-        /// The error code.
+        /// The protocol's code, or `HTTP <status>` for a refused upgrade.
         code: String,
         /// The server's explanation.
         message: String,

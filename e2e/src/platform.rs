@@ -101,7 +101,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PlatformError + '_ {
 /// An Auction's spec, as a scenario or the demo declares it (README § The Auction resource).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuctionSpec {
-    /// Title.
+    /// The lot's title (`spec.title`).
     pub title: String,
     /// ISO 4217 currency.
     pub currency: String,

@@ -100,7 +100,7 @@ impl RejectCode {
 /// A refused bid: the code, and the hints that apply to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
-    /// Why.
+    /// The rule that refused it; the protocol's code of the same name.
     pub code: RejectCode,
     /// The lowest amount that would be accepted now (`BID_TOO_LOW`).
     pub min_next: Option<Amount>,
@@ -261,12 +261,12 @@ impl AuctionModel {
         }
     }
 
-    /// The settings.
+    /// The settings the model was opened with.
     pub fn settings(&self) -> &AuctionSettings {
         &self.settings
     }
 
-    /// The live state.
+    /// Price, leader, ceilings and seq after the bids applied so far.
     pub fn state(&self) -> &AuctionState {
         &self.state
     }

@@ -28,7 +28,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub enum Role {
     /// Bids on one auction under the name `bidder-<index>`.
     Bidder {
-        /// Bidder number.
+        /// Its number: names it, picks its auction (`index % auctions`) and spreads its
+        /// sends over the interval.
         index: usize,
         /// Time between bids; `None` waits for each reply before the next bid.
         interval: Option<Duration>,

@@ -82,7 +82,9 @@ pub struct Args {
     #[arg(long, env = "GAVEL_OPERATOR_FLUSH")]
     pub flush: Option<bool>,
 
-    /// Log format.
+    /// How log lines are written to stderr: `json`, one object per line with the current
+    /// span's fields (for log collectors), or `text` (for people). `RUST_LOG` filters them
+    /// (default `info`).
     #[arg(long, env = "GAVEL_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
