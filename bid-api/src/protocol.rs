@@ -3,9 +3,7 @@
 //! Adding a field to a message means adding it in `gavel_protocol` and filling it here
 //! (or where the message is built in `ws`).
 
-use gavel_engine::{
-    AuctionEvent, AuctionId, BidEvent, LivePhase, RejectCode, Snapshot as EngineSnapshot,
-};
+use gavel_engine::{AuctionEvent, AuctionId, BidEvent, LivePhase, Snapshot as EngineSnapshot};
 pub use gavel_protocol::*;
 
 /// The protocol's phase of an engine phase.
@@ -16,20 +14,6 @@ pub fn phase(p: LivePhase) -> Phase {
         LivePhase::Closing => Phase::Closing,
         LivePhase::Closed => Phase::Closed,
         LivePhase::Cancelled => Phase::Cancelled,
-    }
-}
-
-/// The protocol's code of an engine refusal.
-pub fn code(code: RejectCode) -> ErrorCode {
-    match code {
-        RejectCode::BidTooLow => ErrorCode::BidTooLow,
-        RejectCode::AlreadyLeading => ErrorCode::AlreadyLeading,
-        RejectCode::AuctionNotOpen => ErrorCode::AuctionNotOpen,
-        RejectCode::AuctionClosed => ErrorCode::AuctionClosed,
-        RejectCode::UnknownAuction => ErrorCode::UnknownAuction,
-        RejectCode::RateLimited => ErrorCode::RateLimited,
-        RejectCode::InvalidAmount => ErrorCode::InvalidAmount,
-        RejectCode::Unavailable => ErrorCode::Unavailable,
     }
 }
 
@@ -151,7 +135,7 @@ pub fn event_messages(auction: &AuctionId, event: &AuctionEvent) -> EventMessage
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gavel_engine::Outcome;
+    use gavel_engine::{Outcome, RejectCode};
     use serde_json::{Value, json};
 
     fn id() -> AuctionId {
@@ -174,7 +158,10 @@ mod tests {
             RejectCode::InvalidAmount,
             RejectCode::Unavailable,
         ] {
-            assert_eq!(code(c).as_str(), c.as_str());
+            assert_eq!(
+                ErrorCode::from(c),
+                serde_json::from_value(json!(c)).unwrap()
+            );
         }
         for p in [
             LivePhase::Scheduled,

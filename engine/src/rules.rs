@@ -65,19 +65,26 @@ pub enum RejectCode {
     Unavailable,
 }
 
-impl RejectCode {
-    /// The protocol's name of the code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectCode::BidTooLow => "BID_TOO_LOW",
-            RejectCode::AlreadyLeading => "ALREADY_LEADING",
-            RejectCode::AuctionNotOpen => "AUCTION_NOT_OPEN",
-            RejectCode::AuctionClosed => "AUCTION_CLOSED",
-            RejectCode::UnknownAuction => "UNKNOWN_AUCTION",
-            RejectCode::RateLimited => "RATE_LIMITED",
-            RejectCode::InvalidAmount => "INVALID_AMOUNT",
-            RejectCode::Unavailable => "UNAVAILABLE",
+impl From<RejectCode> for gavel_protocol::ErrorCode {
+    fn from(code: RejectCode) -> Self {
+        use gavel_protocol::ErrorCode;
+        match code {
+            RejectCode::BidTooLow => ErrorCode::BidTooLow,
+            RejectCode::AlreadyLeading => ErrorCode::AlreadyLeading,
+            RejectCode::AuctionNotOpen => ErrorCode::AuctionNotOpen,
+            RejectCode::AuctionClosed => ErrorCode::AuctionClosed,
+            RejectCode::UnknownAuction => ErrorCode::UnknownAuction,
+            RejectCode::RateLimited => ErrorCode::RateLimited,
+            RejectCode::InvalidAmount => ErrorCode::InvalidAmount,
+            RejectCode::Unavailable => ErrorCode::Unavailable,
         }
+    }
+}
+
+impl RejectCode {
+    /// The protocol's name of the code (its [`gavel_protocol::ErrorCode`]).
+    pub fn as_str(self) -> &'static str {
+        gavel_protocol::ErrorCode::from(self).as_str()
     }
 
     /// Parses the protocol's name.

@@ -7,7 +7,6 @@ use gavel_engine::{AuctionId, BidAccepted, Rejection};
 
 use crate::protocol::{
     BidRejected, BidResult, ClientMessage, ErrorCode, ErrorMessage, ParseError, Ref, ServerMessage,
-    code,
 };
 
 /// The reply to a bid the engine accepted.
@@ -25,7 +24,7 @@ pub fn accepted(auction: &AuctionId, r#ref: &Ref, bid: &BidAccepted) -> ServerMe
 
 /// The reply to a bid the bidding rules refused, with the protocol's message for its code.
 pub fn refused(auction: &AuctionId, r#ref: &Ref, rejection: &Rejection) -> ServerMessage {
-    let code = code(rejection.code);
+    let code = ErrorCode::from(rejection.code);
     ServerMessage::BidRejected(BidRejected {
         r#ref: r#ref.clone(),
         auction: Some(auction.to_string()),
