@@ -31,7 +31,7 @@ pub enum AuthError {
         /// Short reason: `malformed`, `algorithm`, `unknown_key`, `signature`,
         /// `expired`, `not_yet_valid`, `issuer`, `audience`, `claims`.
         reason: &'static str,
-        /// Details.
+        /// What the verifier said, for the client and the debug log.
         message: String,
     },
     /// A token was sent but no verification key is configured.
@@ -480,6 +480,63 @@ impl Authenticator {
                 })
                 .map_err(|e| AuthError::InvalidBidder(e.to_string())),
         )
+    }
+}
+
+/// What a WebSocket upgrade presents as its identity: where a token may be, and the
+/// development `?bidder=`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpgradeCredentials<'a> {
+    /// The `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// The offered subprotocols, split at commas.
+    pub subprotocols: &'a [String],
+    /// `?token=`.
+    pub query_token: Option<&'a str>,
+    /// `?bidder=` (development auth only).
+    pub query_bidder: Option<&'a str>,
+}
+
+/// Why an upgrade's identity was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityRefused {
+    /// The token did not verify, or the provider's keys could not be fetched
+    /// ([`AuthError::is_temporary`]).
+    #[error(transparent)]
+    Token(AuthError),
+    /// `?bidder=` named no valid development bidder.
+    #[error(transparent)]
+    DevBidder(AuthError),
+    /// `?bidder=` without development auth.
+    #[error("?bidder= needs development auth (GAVEL_DEV_AUTH=true); send a token")]
+    DevAuthOff,
+}
+
+impl Authenticator {
+    /// The identity of a WebSocket upgrade: a token's (looked for by [`find_token`]) when
+    /// one is sent, else a development `?bidder=`'s, else none (an anonymous watcher).
+    pub async fn upgrade_identity(
+        &self,
+        credentials: UpgradeCredentials<'_>,
+    ) -> Result<Option<Identity>, IdentityRefused> {
+        let token = find_token(
+            credentials.authorization,
+            credentials.subprotocols,
+            credentials.query_token,
+        );
+        if let Some(token) = token {
+            return self
+                .verify(&token)
+                .await
+                .map(Some)
+                .map_err(IdentityRefused::Token);
+        }
+        match credentials.query_bidder.map(|b| self.dev_identity(b)) {
+            Some(Some(Ok(identity))) => Ok(Some(identity)),
+            Some(Some(Err(e))) => Err(IdentityRefused::DevBidder(e)),
+            Some(None) => Err(IdentityRefused::DevAuthOff),
+            None => Ok(None),
+        }
     }
 }
 

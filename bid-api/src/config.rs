@@ -5,34 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Parses `500ms`, `30s`, `2m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 30s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
-    }
-}
+pub use gavel_engine::runtime::{LogFormat, parse_duration};
 
 /// Parses an HTTP header name.
 fn parse_header_name(text: &str) -> Result<axum::http::HeaderName, String> {
@@ -275,8 +250,10 @@ pub struct Config {
     #[arg(long, env = "GAVEL_FLUSH_CONSUMER")]
     pub flush_consumer: Option<String>,
 
-    /// Log format.
-    #[arg(long, env = "GAVEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    /// How log lines are written to stderr: `json`, one object per line with the current
+    /// span's fields (for log collectors), or `text` (for people). `RUST_LOG` filters them
+    /// (default `info`).
+    #[arg(long, env = "GAVEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 }
 
@@ -304,7 +281,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("x").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
     }
 
     #[test]

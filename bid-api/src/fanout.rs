@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::ws::Utf8Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use gavel_engine::runtime::now_ms;
 use gavel_engine::{AuctionEvent, AuctionId};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tracing::{debug, warn};
@@ -45,7 +46,7 @@ pub enum FanoutError {
 /// One event, ready to send: every frame serialised once, shared by all connections.
 #[derive(Debug)]
 pub struct FanoutEvent {
-    /// The auction.
+    /// The auction the event belongs to: the connections subscribed to it receive it.
     pub auction: AuctionId,
     /// The event's seq.
     pub seq: u64,
@@ -122,13 +123,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Fanout {
     inner: Arc<Inner>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Fanout {

@@ -20,17 +20,34 @@ use gavel_engine::{AuctionId, EngineError};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::protocol::ServerMessage;
+use crate::protocol::{ErrorCode, HttpError};
 use crate::state::{AppState, Missing};
 
 /// Default page size of the bid history.
 pub const DEFAULT_HISTORY_PAGE: u32 = 100;
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+/// The one shape of every HTTP error of the bid-api (REST and refused WebSocket upgrades):
+/// `{"code": …, "message": …}` with a code of the protocol.
+pub fn json_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    error_body(status, code, None, message.into())
+}
+
+/// [`json_error`] with the `reason` of a refused connection (which check refused it).
+pub fn error_body(
+    status: StatusCode,
+    code: ErrorCode,
+    reason: Option<&str>,
+    message: String,
+) -> Response {
+    let body = HttpError {
+        code,
+        reason: reason.map(str::to_owned),
+        message,
+    };
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        json!({ "code": code, "message": message.into() }).to_string(),
+        body.to_json(),
     )
         .into_response()
 }
@@ -59,7 +76,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn invalid_name(e: gavel_engine::keys::InvalidAuctionId) -> Response {
-    error(StatusCode::BAD_REQUEST, "INVALID_MESSAGE", e.to_string())
+    json_error(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidMessage,
+        e.to_string(),
+    )
 }
 
 async fn snapshot(
@@ -71,12 +92,12 @@ async fn snapshot(
         Err(e) => return invalid_name(e),
     };
     match state.engine.snapshot(&id, None).await {
-        Ok(s) => json_ok(ServerMessage::snapshot(&id, &s).to_json()),
+        Ok(s) => json_ok(crate::protocol::snapshot(&id, &s).to_json()),
         Err(EngineError::UnknownAuction(_)) => match state.missing(&id).await {
             Missing::Restoring | Missing::Unreachable => {
-                let mut response = error(
+                let mut response = json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "UNAVAILABLE",
+                    ErrorCode::Unavailable,
                     format!("the live state of {id} is being restored; retry shortly"),
                 );
                 response
@@ -85,24 +106,24 @@ async fn snapshot(
                 response
             }
             Missing::Closed => match state.store.closed_snapshot(&id, None).await {
-                Ok(Some(s)) => json_ok(ServerMessage::snapshot(&id, &s).to_json()),
-                Ok(None) | Err(_) => error(
+                Ok(Some(s)) => json_ok(crate::protocol::snapshot(&id, &s).to_json()),
+                Ok(None) | Err(_) => json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "UNAVAILABLE",
+                    ErrorCode::Unavailable,
                     format!("{id} is closed but its record cannot be read; retry"),
                 ),
             },
-            Missing::Unknown => error(
+            Missing::Unknown => json_error(
                 StatusCode::NOT_FOUND,
-                "UNKNOWN_AUCTION",
+                ErrorCode::UnknownAuction,
                 format!("no auction {id}"),
             ),
         },
         Err(e) => {
             warn!(auction = %id, error = %e, "snapshot failed");
-            error(
+            json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
+                ErrorCode::Unavailable,
                 "auction state unavailable",
             )
         }
@@ -130,9 +151,9 @@ async fn bids(
         None => 0,
         Some(Ok(a)) => a,
         Some(Err(_)) => {
-            return error(
+            return json_error(
                 StatusCode::BAD_REQUEST,
-                "INVALID_MESSAGE",
+                ErrorCode::InvalidMessage,
                 "`after` must be a non-negative integer seq",
             );
         }
@@ -141,9 +162,9 @@ async fn bids(
         None => DEFAULT_HISTORY_PAGE,
         Some(Ok(l)) if (1..=MAX_HISTORY_PAGE as u32).contains(&l) => l,
         Some(_) => {
-            return error(
+            return json_error(
                 StatusCode::BAD_REQUEST,
-                "INVALID_MESSAGE",
+                ErrorCode::InvalidMessage,
                 format!("`limit` must be between 1 and {MAX_HISTORY_PAGE}"),
             );
         }
@@ -151,17 +172,17 @@ async fn bids(
     match state.store.bids(&id, after, limit).await {
         // No bids at all: an auction that exists has none yet; one that does not is a 404,
         // as for its snapshot.
-        Ok(bids) if bids.is_empty() && after == 0 && !exists(&state, &id).await => error(
+        Ok(bids) if bids.is_empty() && after == 0 && !exists(&state, &id).await => json_error(
             StatusCode::NOT_FOUND,
-            "UNKNOWN_AUCTION",
+            ErrorCode::UnknownAuction,
             format!("no auction {id}"),
         ),
         Ok(bids) => json_ok(json!({ "auction": id.to_string(), "bids": bids }).to_string()),
         Err(e) => {
             warn!(auction = %id, error = %e, "bid history failed");
-            error(
+            json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
+                ErrorCode::Unavailable,
                 "bid history unavailable",
             )
         }

@@ -75,7 +75,7 @@ pub enum KeyError {
     /// The key exists but is not for the token's algorithm.
     #[error("key {kid:?} does not verify {alg:?} tokens")]
     AlgorithmMismatch {
-        /// The key.
+        /// The key's id (`kid`) the token names.
         kid: String,
         /// The token header's algorithm.
         alg: Algorithm,

@@ -1,7 +1,8 @@
 //! Gavel's bid-api: a stateless axum server for live auctions (README: WebSocket protocol, Configuration, Operations).
 //!
 //! - [`config`]: flags and environment variables.
-//! - [`protocol`]: the v1 WebSocket messages as serde types, no I/O.
+//! - [`protocol`]: the engine's values as messages of [`gavel_protocol`] (the one model of
+//!   WebSocket protocol v1, re-exported here).
 //! - [`auth`]: token verification and claims policy, development identities, origin checks.
 //! - [`limits`]: connection caps and upgrade rates per client IP.
 //! - [`jwks`]: the identity provider's keys (OpenID Connect discovery, cached JWKS).

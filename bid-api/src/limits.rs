@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::config::Config;
+use crate::protocol::{ErrorCode, HttpError};
 
 /// Per-IP entries kept before idle ones are swept.
 const SWEEP_AT: usize = 10_000;
@@ -77,6 +78,15 @@ impl Refusal {
         }
     }
 
+    /// The protocol's code: the server is full, or the client asks too much.
+    fn code(self) -> ErrorCode {
+        if self == Refusal::Total {
+            ErrorCode::Unavailable
+        } else {
+            ErrorCode::RateLimited
+        }
+    }
+
     fn message(self) -> &'static str {
         match self {
             Refusal::Total => "too many connections to this server; retry",
@@ -89,17 +99,12 @@ impl Refusal {
 
     /// The JSON answer, with `Retry-After` (seconds).
     pub fn response(self, retry_after_secs: u64) -> Response {
-        let body = serde_json::json!({
-            "code": if self == Refusal::Total { "UNAVAILABLE" } else { "RATE_LIMITED" },
-            "reason": self.reason(),
-            "message": self.message(),
-        });
-        let mut response = (
+        let mut response = crate::http::error_body(
             self.status(),
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+            self.code(),
+            Some(self.reason()),
+            self.message().to_owned(),
+        );
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(retry_after_secs.max(1)),
@@ -110,12 +115,12 @@ impl Refusal {
     /// The same answer as raw HTTP/1.1 bytes, for a socket refused before any request
     /// was read.
     pub fn raw_response(self) -> Vec<u8> {
-        let body = serde_json::json!({
-            "code": if self == Refusal::Total { "UNAVAILABLE" } else { "RATE_LIMITED" },
-            "reason": self.reason(),
-            "message": self.message(),
-        })
-        .to_string();
+        let body = HttpError {
+            code: self.code(),
+            reason: Some(self.reason().to_owned()),
+            message: self.message().to_owned(),
+        }
+        .to_json();
         let status = self.status();
         format!(
             "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

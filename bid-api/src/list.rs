@@ -21,13 +21,14 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use gavel_engine::runtime::now_ms;
 use gavel_engine::{AuctionId, LivePhase, Millis, Snapshot};
 use serde::Serialize;
-use serde_json::json;
 use sqlx::Row;
 use tracing::warn;
 
-use crate::protocol::Phase;
+use crate::http::json_error;
+use crate::protocol::{ErrorCode, Phase};
 use crate::state::AppState;
 
 /// Default page size of the auction list.
@@ -40,7 +41,7 @@ pub const MAX_LIST_PAGE: u32 = 100;
 pub struct ListedAuction {
     /// `<namespace>/<name>`.
     pub auction: String,
-    /// Title.
+    /// The lot's title, as the Auction's spec gives it.
     pub title: String,
     /// ISO 4217 currency; every amount is in its minor unit.
     pub currency: String,
@@ -155,13 +156,6 @@ fn decode_cursor(cursor: &str) -> Option<(Millis, String)> {
     Some((ends, id.to_owned()))
 }
 
-fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
-
 async fn read_rows(state: &AppState, q: &ListQuery) -> Result<Vec<Row0>, sqlx::Error> {
     let (after_ends, after_id) = match &q.after {
         Some((e, id)) => (Some(*e), Some(id.clone())),
@@ -218,7 +212,7 @@ fn listed(row: Row0, live: Option<Snapshot>, now: Millis) -> Option<ListedAuctio
                 auction: row.id,
                 title: s.title,
                 currency: s.currency,
-                phase: s.phase.into(),
+                phase: crate::protocol::phase(s.phase),
                 price: s.price,
                 starting_price: row.starting_price,
                 min_next: Some(s.min_next),
@@ -295,15 +289,6 @@ pub async fn list(state: &AppState, q: &ListQuery) -> Result<AuctionList, sqlx::
     })
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({ "code": code, "message": message }).to_string(),
-    )
-        .into_response()
-}
-
 /// The handler of `GET /v1/auctions`.
 pub async fn handler(
     State(state): State<Arc<AppState>>,
@@ -311,7 +296,13 @@ pub async fn handler(
 ) -> Response {
     let q = match ListQuery::parse(&query) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID_MESSAGE", e.to_string()),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidMessage,
+                e.to_string(),
+            );
+        }
     };
     match list(&state, &q).await {
         Ok(page) => (
@@ -322,10 +313,10 @@ pub async fn handler(
             .into_response(),
         Err(e) => {
             warn!(error = %e, "auction list failed");
-            error(
+            json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                "auction list unavailable".into(),
+                ErrorCode::Unavailable,
+                "auction list unavailable",
             )
         }
     }

@@ -26,7 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::config::Config;
@@ -240,18 +240,10 @@ pub async fn run(
     Ok(())
 }
 
+/// Applies the PostgreSQL migrations in the background, retrying until they are done:
+/// bidding needs only Redis and goes on meanwhile.
 async fn migrate_until_done(store: Store) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match store.migrate().await {
-            Ok(()) => return,
-            Err(e) => {
-                error!(error = %e, "PostgreSQL migrations failed; retrying (bidding goes on)");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    gavel_engine::startup::retry("PostgreSQL migrations", || store.migrate(), |_| {}).await;
 }
 
 /// What every request of a connection carries: the peer's address, and the

@@ -26,7 +26,7 @@ pub struct AppState {
     pub fanout: Fanout,
     /// Token verification.
     pub auth: Authenticator,
-    /// Metrics.
+    /// The Prometheus registry and the bid-api's metrics in it (`/metrics`).
     pub metrics: Metrics,
     /// Lower-cased allowed origins.
     pub allowed_origins: HashSet<String>,

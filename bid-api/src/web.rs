@@ -31,11 +31,11 @@ use crate::state::AppState;
 
 /// The page (list and auction views).
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");
-/// The stylesheet.
+/// The page's stylesheet, served at `/assets/app.css`.
 pub const APP_CSS: &str = include_str!("../assets/app.css");
-/// The module.
+/// The page's JavaScript module (WebSocket client, sign-in), served at `/assets/app.js`.
 pub const APP_JS: &str = include_str!("../assets/app.js");
-/// The icon.
+/// The page's icon, served at `/assets/icon.svg`.
 pub const ICON_SVG: &str = include_str!("../assets/icon.svg");
 
 /// Same-origin everything; `connect-src 'self'` covers the page's own `ws://`/`wss://`.

@@ -1,5 +1,11 @@
-//! `GET /v1/ws`: the upgrade (origin check, authentication, size limits) and the loop of
-//! one connection.
+//! `GET /v1/ws`: the upgrade (origin check, identity, size limits) and the loop of one
+//! connection: subscriptions with replay and gap filling, and bids.
+//!
+//! This module holds the upgrade and the connection's loop (frames, heartbeat, token
+//! expiry, shutdown); `subscribe` its subscriptions (replay, gaps, resets) and `bid` its
+//! bids. Decided elsewhere: the identity of an upgrade in [`crate::auth`], the wire types
+//! and the parsing of frames in [`gavel_protocol`], the replies as pure functions in
+//! [`reply`], the error bodies of refused upgrades in [`crate::http::json_error`].
 //!
 //! Each connection is one task that owns its socket and waits on, in priority order:
 //! shutdown (close 1001), a slow-consumer kick (close 1013), its bounded event queue,
@@ -17,7 +23,7 @@
 //!   server does not have (a restore since, a seq never recorded), `reset` comes instead
 //!   of the replay.
 //! - When the auction's live state is restored from PostgreSQL, every subscriber gets
-//!   `reset` and a fresh `snapshot` (see [`crate::protocol::ServerMessage::Reset`]).
+//!   `reset` and a fresh `snapshot` (see [`crate::protocol::Reset`]).
 //! - `unsubscribe` has no reply. Subscribing again re-sends the snapshot (and replay).
 //! - A connection that placed a bid on an auction keeps getting its `outbid` for that
 //!   auction until it closes, even if it never subscribed.
@@ -29,19 +35,25 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
-use gavel_engine::{AuctionEvent, AuctionId, BidError, BidRequest, EngineError, RejectCode};
+use gavel_engine::runtime::now_ms;
+use gavel_engine::{AuctionId, BidRequest};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::auth::{AuthError, Identity, find_token, origin_allowed, unix_now};
+use crate::auth::{Identity, IdentityRefused, UpgradeCredentials, origin_allowed, unix_now};
 use crate::fanout::{ConnHandle, FanoutEvent, Kick};
+use crate::http::{error_body, json_error};
 use crate::protocol::{
-    ClientMessage, ErrorCode, PROTOCOL, Ref, ResetReason, SUBPROTOCOL, ServerMessage,
-    event_messages, parse_client_message,
+    ClientMessage, ErrorCode, PROTOCOL, Refreshed, SUBPROTOCOL, ServerMessage, Welcome,
+    parse_client_message,
 };
-use crate::state::{AppState, ConnectionSlot, Missing};
+use crate::state::{AppState, ConnectionSlot};
+
+mod bid;
+pub mod reply;
+mod subscribe;
 
 /// Close code: normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -58,43 +70,31 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Events read from the stream per page when replaying or filling a gap.
 const REPLAY_PAGE: u64 = 500;
 
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({ "code": code, "message": message }).to_string(),
-    )
-        .into_response()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// The answer to a refused token: 401 `UNAUTHENTICATED` with the reason, or 503
-/// `UNAVAILABLE` with `Retry-After` when the provider's keys cannot be fetched.
-fn token_refused(e: &AuthError) -> Response {
-    let (status, code) = if e.is_temporary() {
-        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
-    } else {
-        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
-    };
-    let body = serde_json::json!({ "code": code, "reason": e.reason(), "message": e.to_string() });
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
-    if e.is_temporary() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+/// The answer to a refused identity: 401 `UNAUTHENTICATED` (with the token's `reason`),
+/// or 503 `UNAVAILABLE` with `Retry-After` when the provider's keys cannot be fetched.
+fn identity_refused(refusal: &IdentityRefused) -> Response {
+    match refusal {
+        IdentityRefused::Token(e) => {
+            debug!(error = %e, "refused token");
+            let (status, code) = if e.is_temporary() {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            } else {
+                (StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated)
+            };
+            let mut response = error_body(status, code, Some(e.reason()), e.to_string());
+            if e.is_temporary() {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            }
+            response
+        }
+        IdentityRefused::DevBidder(_) | IdentityRefused::DevAuthOff => json_error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            refusal.to_string(),
+        ),
     }
-    response
 }
 
 /// The upgrade handler of `GET /v1/ws`.
@@ -117,7 +117,7 @@ pub async fn upgrade(
     if state.shutting_down() {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
+            ErrorCode::Unavailable,
             "server shutting down",
         );
     }
@@ -129,7 +129,7 @@ pub async fn upgrade(
         if !allowed {
             return json_error(
                 StatusCode::FORBIDDEN,
-                "FORBIDDEN",
+                ErrorCode::Forbidden,
                 "origin not allowed (GAVEL_ALLOWED_ORIGINS)",
             );
         }
@@ -140,41 +140,22 @@ pub async fn upgrade(
         .flat_map(|p| p.split(','))
         .map(|p| p.trim().to_owned())
         .collect();
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = find_token(
-        authorization,
-        &protocols,
-        query.get("token").map(String::as_str),
-    );
-    let identity = match token {
-        Some(token) => match state.auth.verify(&token).await {
-            Ok(identity) => Some(identity),
-            Err(e) => {
-                debug!(error = %e, "refused token");
-                return token_refused(&e);
-            }
-        },
-        None => match query.get("bidder").map(|b| state.auth.dev_identity(b)) {
-            Some(Some(Ok(identity))) => Some(identity),
-            Some(Some(Err(e @ AuthError::InvalidBidder(_)))) | Some(Some(Err(e))) => {
-                return json_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &e.to_string());
-            }
-            Some(None) => {
-                return json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHENTICATED",
-                    "?bidder= needs development auth (GAVEL_DEV_AUTH=true); send a token",
-                );
-            }
-            None => None,
-        },
+    let credentials = UpgradeCredentials {
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        subprotocols: &protocols,
+        query_token: query.get("token").map(String::as_str),
+        query_bidder: query.get("bidder").map(String::as_str),
+    };
+    let identity = match state.auth.upgrade_identity(credentials).await {
+        Ok(identity) => identity,
+        Err(refusal) => return identity_refused(&refusal),
     };
     let Some(slot) = state.open_connection() else {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
+            ErrorCode::Unavailable,
             "too many connections",
         );
     };
@@ -300,11 +281,11 @@ impl Connection {
 
     async fn run(mut self) {
         debug!(conn = self.handle.id, bidder = ?self.bidder_id(), "connection open");
-        let welcome = ServerMessage::Welcome {
+        let welcome = ServerMessage::Welcome(Welcome {
             bidder: self.bidder_id().map(str::to_owned),
             server_time: now_ms(),
             protocol: PROTOCOL.to_owned(),
-        };
+        });
         let step = match self.send_msg(&welcome).await {
             Ok(()) => self.serve().await,
             Err(Gone) => Step::Drop,
@@ -416,9 +397,8 @@ impl Connection {
             None => return Step::Drop,
             Some(Ok(message)) => message,
             Some(Err(e)) => {
-                // axum wraps tungstenite's `Error::Capacity`, displayed as "Space limit
-                // exceeded: ..."; tungstenite checks a frame's declared length before
-                // reading its payload, so nothing oversized is ever buffered.
+                // tungstenite checks a frame's declared length before reading its
+                // payload, so nothing oversized is ever buffered.
                 if is_capacity_error(&e) {
                     info!(
                         conn = self.handle.id,
@@ -447,35 +427,30 @@ impl Connection {
         let parsed = parse_client_message(&text);
         if let Err(retry_after_ms) = self.rate.take() {
             self.state.metrics.rate_limited.inc();
-            let message = "too many messages; slow down".to_owned();
-            let reply = match parsed {
-                Ok(ClientMessage::Bid { auction, r#ref, .. }) => ServerMessage::BidRejected {
-                    r#ref,
-                    auction: Some(auction.to_string()),
-                    code: ErrorCode::RateLimited,
-                    message,
-                    min_next: None,
-                    retry_after_ms: Some(retry_after_ms),
-                },
-                _ => ServerMessage::Error {
-                    code: ErrorCode::RateLimited,
-                    message,
-                    r#ref: None,
-                    auction: None,
-                },
-            };
-            return self.reply(&reply).await;
+            return self
+                .reply(&reply::rate_limited(&parsed, retry_after_ms))
+                .await;
         }
-        match parsed {
-            Err(e) => self.reply(&e.to_server_message()).await,
-            Ok(ClientMessage::Ping) => self.reply(&ServerMessage::Pong).await,
-            Ok(ClientMessage::Refresh { token }) => self.refresh(&token).await,
-            Ok(ClientMessage::Subscribe {
-                auction,
-                since,
-                epoch,
-            }) => self.subscribe(auction, since, epoch).await,
-            Ok(ClientMessage::Unsubscribe { auction }) => {
+        let message = match parsed {
+            Err(e) => return self.reply(&e.to_server_message()).await,
+            Ok(message) => message,
+        };
+        // The protocol checked the name; the engine's id follows the same rule.
+        let auction = |name: &str| name.parse::<AuctionId>();
+        match message {
+            ClientMessage::Ping => self.reply(&ServerMessage::Pong).await,
+            ClientMessage::Refresh(refresh) => self.refresh(&refresh.token).await,
+            ClientMessage::Subscribe(sub) => match auction(&sub.auction) {
+                Ok(id) => self.subscribe(id, sub.since, sub.epoch).await,
+                Err(e) => {
+                    self.reply_error(ErrorCode::InvalidMessage, &e.to_string())
+                        .await
+                }
+            },
+            ClientMessage::Unsubscribe(unsub) => {
+                let Ok(auction) = auction(&unsub.auction) else {
+                    return Step::Continue;
+                };
                 if self.subs.remove(&auction).is_some() {
                     if self.bid_on.contains(&auction) {
                         self.state.fanout.stop_watching(&auction, self.handle.id);
@@ -485,12 +460,19 @@ impl Connection {
                 }
                 Step::Continue
             }
-            Ok(ClientMessage::Bid {
-                auction,
-                amount,
-                max,
-                r#ref,
-            }) => self.bid(auction, BidRequest { amount, max }, r#ref).await,
+            ClientMessage::Bid(bid) => match auction(&bid.auction) {
+                Ok(id) => {
+                    let request = BidRequest {
+                        amount: bid.amount,
+                        max: bid.max,
+                    };
+                    self.bid(id, request, bid.r#ref).await
+                }
+                Err(e) => {
+                    self.reply_error(ErrorCode::InvalidMessage, &e.to_string())
+                        .await
+                }
+            },
         }
     }
 
@@ -502,13 +484,8 @@ impl Connection {
     }
 
     async fn reply_error(&mut self, code: ErrorCode, message: &str) -> Step {
-        self.reply(&ServerMessage::Error {
-            code,
-            message: message.to_owned(),
-            r#ref: None,
-            auction: None,
-        })
-        .await
+        self.reply(&reply::error(code, message.to_owned(), None))
+            .await
     }
 
     /// On a heartbeat: announces an expired token once, and closes the connection with
@@ -567,12 +544,12 @@ impl Connection {
                 )
                 .await;
         }
-        let reply = ServerMessage::Refreshed {
+        let reply = ServerMessage::Refreshed(Refreshed {
             bidder: identity.bidder.id.clone(),
             expires_at: identity
                 .expires_at
                 .map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)),
-        };
+        });
         self.identity = Some(identity);
         self.expired_since = None;
         self.reply(&reply).await
@@ -581,446 +558,6 @@ impl Connection {
     fn interested(&self, auction: &AuctionId) -> bool {
         self.subs.contains_key(auction) || self.bid_on.contains(auction)
     }
-
-    async fn subscribe(
-        &mut self,
-        auction: AuctionId,
-        since: Option<u64>,
-        epoch: Option<u64>,
-    ) -> Step {
-        let error = |code, message: String| ServerMessage::Error {
-            code,
-            message,
-            r#ref: None,
-            auction: Some(auction.to_string()),
-        };
-        if !self.subs.contains_key(&auction)
-            && self.subs.len() >= self.state.config.max_subscriptions
-        {
-            let limit = self.state.config.max_subscriptions;
-            return self
-                .reply(&error(
-                    ErrorCode::TooLarge,
-                    format!("at most {limit} subscriptions per connection"),
-                ))
-                .await;
-        }
-        let was_interested = self.interested(&auction);
-        self.subs.remove(&auction);
-        if let Err(e) = self.state.fanout.join(&auction, &self.handle, true).await {
-            warn!(%auction, error = %e, "cannot subscribe");
-            return self
-                .reply(&error(
-                    ErrorCode::Unavailable,
-                    "live updates unavailable; retry".into(),
-                ))
-                .await;
-        }
-        let viewer = self.bidder_id().map(str::to_owned);
-        let live = self
-            .state
-            .engine
-            .snapshot(&auction, viewer.as_deref())
-            .await;
-        let snapshot = match live {
-            Ok(s) => s,
-            Err(e) => {
-                if !was_interested {
-                    self.state.fanout.leave(&auction, self.handle.id).await;
-                } else if !self.subs.contains_key(&auction) {
-                    self.state.fanout.stop_watching(&auction, self.handle.id);
-                }
-                let missing = match &e {
-                    EngineError::UnknownAuction(_) => Some(self.state.missing(&auction).await),
-                    _ => None,
-                };
-                // A closed auction that left Redis: PostgreSQL has all of it.
-                let archived = match missing {
-                    Some(Missing::Closed) => self
-                        .state
-                        .store
-                        .closed_snapshot(&auction, viewer.as_deref())
-                        .await
-                        .unwrap_or_else(|e| {
-                            warn!(%auction, error = %e, "cannot read a closed auction from PostgreSQL");
-                            None
-                        }),
-                    _ => None,
-                };
-                match archived {
-                    Some(snapshot) => snapshot,
-                    None => {
-                        let reply = match missing {
-                            Some(Missing::Unknown) => {
-                                error(ErrorCode::UnknownAuction, format!("no auction {auction}"))
-                            }
-                            Some(Missing::Restoring) => error(
-                                ErrorCode::Unavailable,
-                                "the auction's live state is being restored; retry in a second"
-                                    .into(),
-                            ),
-                            _ => {
-                                warn!(%auction, error = %e, "snapshot failed");
-                                error(
-                                    ErrorCode::Unavailable,
-                                    "auction state unavailable; retry".into(),
-                                )
-                            }
-                        };
-                        return self.reply(&reply).await;
-                    }
-                }
-            }
-        };
-        if let Some(since) = since {
-            let same_history = epoch.is_none_or(|e| e == snapshot.epoch);
-            let resumed = same_history
-                && since <= snapshot.seq
-                && match self.replay(&auction, since, snapshot.seq).await {
-                    Ok(complete) => complete,
-                    Err(Gone) => return Step::Drop,
-                };
-            if !resumed {
-                let reset = ServerMessage::Reset {
-                    auction: auction.to_string(),
-                    epoch: snapshot.epoch,
-                    seq: snapshot.seq,
-                    reason: ResetReason::SinceUnknown,
-                };
-                if self.send_msg(&reset).await.is_err() {
-                    return Step::Drop;
-                }
-            }
-        }
-        let message = ServerMessage::snapshot(&auction, &snapshot);
-        self.subs.insert(
-            auction,
-            Delivered {
-                epoch: snapshot.epoch,
-                seq: snapshot.seq,
-            },
-        );
-        self.reply(&message).await
-    }
-
-    /// Sends the events with `after < seq <= upto`: from the auction's Redis stream, and
-    /// from PostgreSQL for what the stream no longer holds. Returns whether every one of
-    /// them was sent (`false`: some are in neither, the client must reset).
-    async fn replay(&mut self, auction: &AuctionId, after: u64, upto: u64) -> Result<bool, Gone> {
-        let mut next = after;
-        while next < upto {
-            let limit = REPLAY_PAGE.min(upto - next);
-            let mut page = match self.state.engine.events_since(auction, next, limit).await {
-                Ok(page) => page,
-                Err(e) => {
-                    warn!(%auction, error = %e, "cannot read the event stream for a replay");
-                    return Ok(false);
-                }
-            };
-            if page.first().is_none_or(|e| e.seq() != next + 1) {
-                // Trimmed from Redis (or lost with it): PostgreSQL has the older ones.
-                page = match self
-                    .state
-                    .store
-                    .events_after(auction, next, limit as u32)
-                    .await
-                {
-                    Ok(page) => page,
-                    Err(e) => {
-                        warn!(%auction, error = %e, "cannot read PostgreSQL for a replay");
-                        return Ok(false);
-                    }
-                };
-                if page.first().is_none_or(|e| e.seq() != next + 1) {
-                    return Ok(false);
-                }
-            }
-            for event in page {
-                if event.seq() > upto {
-                    return Ok(true);
-                }
-                if event.seq() != next + 1 {
-                    return Ok(false);
-                }
-                next = event.seq();
-                self.send_event(auction, &event).await?;
-            }
-        }
-        Ok(true)
-    }
-
-    /// Drops what the connection knows of the auction and starts again from its current
-    /// state: `reset`, then a fresh `snapshot` (or an `error` if it cannot be read).
-    async fn resync(&mut self, auction: &AuctionId) -> Step {
-        let viewer = self.bidder_id().map(str::to_owned);
-        match self.state.engine.snapshot(auction, viewer.as_deref()).await {
-            Ok(snapshot) => {
-                let reset = ServerMessage::Reset {
-                    auction: auction.to_string(),
-                    epoch: snapshot.epoch,
-                    seq: snapshot.seq,
-                    reason: ResetReason::Restored,
-                };
-                if self.send_msg(&reset).await.is_err() {
-                    return Step::Drop;
-                }
-                self.subs.insert(
-                    auction.clone(),
-                    Delivered {
-                        epoch: snapshot.epoch,
-                        seq: snapshot.seq,
-                    },
-                );
-                self.reply(&ServerMessage::snapshot(auction, &snapshot))
-                    .await
-            }
-            Err(e) => {
-                warn!(%auction, error = %e, "cannot read the restored state");
-                self.subs.remove(auction);
-                self.state.fanout.stop_watching(auction, self.handle.id);
-                self.reply(&ServerMessage::Error {
-                    code: ErrorCode::Unavailable,
-                    message:
-                        "the auction was restored but its state cannot be read; subscribe again"
-                            .into(),
-                    r#ref: None,
-                    auction: Some(auction.to_string()),
-                })
-                .await
-            }
-        }
-    }
-
-    async fn send_event(&mut self, auction: &AuctionId, event: &AuctionEvent) -> Result<(), Gone> {
-        let messages = event_messages(auction, event);
-        for message in &messages.public {
-            self.send_msg(message).await?;
-        }
-        if let Some((who, outbid)) = &messages.outbid
-            && Some(who.as_str()) == self.bidder_id()
-        {
-            self.send_msg(outbid).await?;
-        }
-        Ok(())
-    }
-
-    async fn on_event(&mut self, event: &FanoutEvent) -> Step {
-        let mine = event
-            .outbid
-            .as_ref()
-            .filter(|(who, _)| Some(who.as_str()) == self.bidder_id())
-            .map(|(_, frame)| frame.clone());
-        let Some(&delivered) = self.subs.get(&event.auction) else {
-            if let Some(frame) = mine
-                && self.bid_on.contains(&event.auction)
-                && self.send_text(frame).await.is_err()
-            {
-                return Step::Drop;
-            }
-            return Step::Continue;
-        };
-        if event.restored {
-            if event.epoch == Some(delivered.epoch) && event.seq == delivered.seq {
-                return Step::Continue; // Already resynchronised on this epoch.
-            }
-            return self.resync(&event.auction).await;
-        }
-        if event.epoch.is_some_and(|e| e != delivered.epoch) {
-            // An event of another history: ours was restored (or is about to be).
-            return self.resync(&event.auction).await;
-        }
-        let last = delivered.seq;
-        if event.seq <= last {
-            return Step::Continue;
-        }
-        if event.seq > last + 1 {
-            debug!(auction = %event.auction, last, seq = event.seq, "filling a gap from the stream");
-            match self.replay(&event.auction, last, event.seq - 1).await {
-                Ok(true) => {}
-                Ok(false) => return self.resync(&event.auction).await,
-                Err(Gone) => return Step::Drop,
-            }
-        }
-        self.subs.insert(
-            event.auction.clone(),
-            Delivered {
-                epoch: delivered.epoch,
-                seq: event.seq,
-            },
-        );
-        for frame in event.public.iter().cloned() {
-            if self.send_text(frame).await.is_err() {
-                return Step::Drop;
-            }
-        }
-        if let Some(frame) = mine
-            && self.send_text(frame).await.is_err()
-        {
-            return Step::Drop;
-        }
-        Step::Continue
-    }
-
-    async fn bid(&mut self, auction: AuctionId, request: BidRequest, r#ref: Ref) -> Step {
-        let rejected = |code: ErrorCode, message: String| ServerMessage::BidRejected {
-            r#ref: r#ref.clone(),
-            auction: Some(auction.to_string()),
-            code,
-            message,
-            min_next: None,
-            retry_after_ms: None,
-        };
-        let bidder = match &self.identity {
-            Some(identity) if !identity.may_bid => {
-                self.state
-                    .metrics
-                    .bids
-                    .with_label_values(&["FORBIDDEN"])
-                    .inc();
-                let message = format!(
-                    "this token may watch but not bid: it lacks {}",
-                    self.state.auth.bid_requirement().unwrap_or_default()
-                );
-                return self.reply(&rejected(ErrorCode::Forbidden, message)).await;
-            }
-            Some(identity) if identity.valid_at(unix_now(), self.state.auth.leeway()) => {
-                identity.bidder.clone()
-            }
-            other => {
-                let message = if other.is_none() {
-                    "anonymous connections may watch but not bid; connect with a token"
-                } else {
-                    "token expired; send a refresh with a fresh token"
-                };
-                self.state
-                    .metrics
-                    .bids
-                    .with_label_values(&["UNAUTHENTICATED"])
-                    .inc();
-                return self
-                    .reply(&rejected(ErrorCode::Unauthenticated, message.into()))
-                    .await;
-            }
-        };
-        let started = Instant::now();
-        // Be subscribed before the bid lands, so that losing the lead is never missed.
-        let was_interested = self.interested(&auction);
-        // The auctions a connection follows (subscribed or bid on) are bounded too.
-        let limit = self.state.config.max_subscriptions;
-        if !was_interested && self.bid_on.len() >= limit {
-            return self
-                .reply(&rejected(
-                    ErrorCode::TooLarge,
-                    format!("at most {limit} auctions bid on per connection; open another"),
-                ))
-                .await;
-        }
-        if !was_interested
-            && let Err(e) = self.state.fanout.join(&auction, &self.handle, false).await
-        {
-            warn!(%auction, error = %e, "cannot subscribe for outbid notices");
-        }
-        let result = self
-            .state
-            .engine
-            .place_bid(&auction, &bidder, request)
-            .await;
-        self.state
-            .metrics
-            .bid_latency
-            .observe(started.elapsed().as_secs_f64());
-        let reply = match result {
-            Ok(accepted) => {
-                self.bid_on.insert(auction.clone());
-                self.state
-                    .metrics
-                    .bids
-                    .with_label_values(&[accepted.outcome.as_str()])
-                    .inc();
-                ServerMessage::BidResult {
-                    r#ref: r#ref.clone(),
-                    auction: auction.to_string(),
-                    outcome: accepted.outcome,
-                    price: accepted.price,
-                    min_next: accepted.min_next,
-                    seq: accepted.seq,
-                    epoch: accepted.epoch,
-                }
-            }
-            Err(e) => {
-                if !was_interested {
-                    self.state.fanout.leave(&auction, self.handle.id).await;
-                }
-                match e {
-                    BidError::Rejected(mut r) => {
-                        if r.code == RejectCode::UnknownAuction {
-                            match self.state.missing(&auction).await {
-                                Missing::Unknown => {}
-                                Missing::Closed => r.code = RejectCode::AuctionClosed,
-                                Missing::Restoring | Missing::Unreachable => {
-                                    r.code = RejectCode::Unavailable;
-                                    r.retry_after_ms = Some(1_000);
-                                }
-                            }
-                        }
-                        self.state
-                            .metrics
-                            .bids
-                            .with_label_values(&[r.code.as_str()])
-                            .inc();
-                        ServerMessage::BidRejected {
-                            r#ref: r#ref.clone(),
-                            auction: Some(auction.to_string()),
-                            code: r.code.into(),
-                            message: rejection_message(r.code, r.min_next),
-                            min_next: r.min_next,
-                            retry_after_ms: r.retry_after_ms,
-                        }
-                    }
-                    BidError::Engine(e) => {
-                        warn!(%auction, error = %e, "bid failed in the engine");
-                        self.state
-                            .metrics
-                            .bids
-                            .with_label_values(&["UNAVAILABLE"])
-                            .inc();
-                        rejected(
-                            ErrorCode::Unavailable,
-                            "the bid could not be confirmed; check the snapshot before retrying"
-                                .into(),
-                        )
-                    }
-                }
-            }
-        };
-        self.reply(&reply).await
-    }
-}
-
-/// The human message of a rejection code.
-fn rejection_message(code: gavel_engine::RejectCode, min_next: Option<i64>) -> String {
-    use gavel_engine::RejectCode::*;
-    match code {
-        BidTooLow => match min_next {
-            Some(m) => format!("bid too low: the minimum next bid is {m}"),
-            None => "bid too low".to_owned(),
-        },
-        AlreadyLeading => {
-            "you are already leading: only a maximum above your current one changes anything"
-                .to_owned()
-        }
-        AuctionNotOpen => "the auction has not opened yet".to_owned(),
-        AuctionClosed => "the auction is closed".to_owned(),
-        UnknownAuction => "no such auction".to_owned(),
-        RateLimited => "too many bids; retry later".to_owned(),
-        InvalidAmount => {
-            "amounts must be integers between 1 and 10^15, with max >= amount".to_owned()
-        }
-        Unavailable => {
-            "the auction's live state is being restored; nothing was decided, retry shortly"
-                .to_owned()
-        }
-    }
 }
 
 /// Resolves once the process is shutting down.
@@ -1028,13 +565,18 @@ async fn until_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|down| *down).await;
 }
 
-/// Whether a socket error is tungstenite's size-limit error.
+/// Whether a socket error is tungstenite's size-limit error (a frame or message over
+/// `GAVEL_MAX_MESSAGE_BYTES`), found in the error's chain of sources.
 fn is_capacity_error(e: &axum::Error) -> bool {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        text.push_str(&s.to_string());
+        if matches!(
+            s.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
+            Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
+        ) {
+            return true;
+        }
         source = s.source();
     }
-    text.contains("Space limit exceeded") || text.contains("too long")
+    false
 }

@@ -696,3 +696,44 @@ async fn a_since_older_than_the_trimmed_stream_is_replayed_from_postgres() {
         assert_eq!(snapshot["seq"], BIDS + 1);
     }
 }
+
+/// Every bid is logged in a `bid` span naming its auction, bidder and ref and recording its
+/// outcome and seq: one bid can be followed through the logs (JSON lines, the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bid_has_a_span_in_the_logs() {
+    let env = Env::new().await;
+    let server = env.server(&[]);
+    let id = env.auction(10).await;
+    let mut alice = Client::connect(&server, Some(&token("alice", "Alice", 600))).await;
+    let r = alice.bid(&id, Some(100), None, "span-1").await;
+    assert_eq!(r["outcome"], "leading");
+    let r = alice.bid(&id, Some(5), None, "span-2").await;
+    assert_eq!(r["code"], "ALREADY_LEADING");
+    let spans = |reference: &str| -> Vec<Value> {
+        server
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["message"] == "bid answered" && l["span"]["ref"] == reference)
+            .map(|l| l["span"].clone())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while spans("span-2").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let accepted = spans("span-1");
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert_eq!(
+        accepted[0],
+        json!({"name":"bid","auction":id.to_string(),"bidder":"alice","ref":"span-1",
+               "outcome":"leading","seq":1})
+    );
+    let refused = spans("span-2");
+    assert_eq!(
+        refused[0],
+        json!({"name":"bid","auction":id.to_string(),"bidder":"alice","ref":"span-2",
+               "outcome":"ALREADY_LEADING"})
+    );
+}

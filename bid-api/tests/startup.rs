@@ -4,38 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use gavel_engine::testing::{database_url, free_port, temp_dir};
-
-/// A redis-server on a chosen port, killed on drop.
-struct RedisOnPort(Child);
-
-impl RedisOnPort {
-    fn start(port: u16) -> Self {
-        let dir = temp_dir("redis-late");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        Self(child)
-    }
-}
-
-impl Drop for RedisOnPort {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use gavel_engine::testing::{TestRedis, database_url, free_port};
 
 /// Polls `/readyz` until it answers `want` with a body containing `needle`; returns the body.
 async fn wait_readyz(server: &Server, want: u16, needle: &str) -> String {
@@ -78,7 +50,7 @@ async fn waits_for_redis_then_becomes_ready() {
     let (status, body) = server.get("/v1/auctions/ns/lot").await;
     assert_eq!(status, 503, "{body}");
 
-    let _redis = RedisOnPort::start(port);
+    let _redis = TestRedis::start_on(port);
     wait_readyz(&server, 200, "").await;
     // The real router now serves: an unknown auction is a 404, not "starting".
     let (status, body) = server.get("/v1/auctions/ns/lot").await;

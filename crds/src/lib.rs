@@ -10,8 +10,6 @@
 //! - [`crd`] is the CustomResourceDefinition; the `crdgen` binary prints it as YAML
 //!   (`crds/auction.yaml`, checked for drift by a test).
 
-#![warn(missing_docs)]
-
 use gavel_engine::settings::{MAX_SOFT_CLOSE_MS, MAX_TIERS};
 use gavel_engine::{AuctionSettings, BidLimit, Increments, Millis, SoftClose, Tier};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

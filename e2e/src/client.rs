@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::protocol::{
-    Amount, BidRejected, BidResult, ClientMessage, ErrorMessage, ServerMessage, Snapshot, Welcome,
+    Amount, Bid, BidRejected, BidResult, ClientMessage, ErrorMessage, HttpError, Ref,
+    ServerMessage, Snapshot, Subscribe, Welcome,
 };
 
 /// How long [`WsClient::connect`] waits for the `welcome`.
@@ -42,7 +43,7 @@ pub enum ClientError {
     /// The URL or a header could not be built.
     #[error("invalid request to {url}: {message}")]
     Request {
-        /// The URL.
+        /// The server address it was for.
         url: String,
         /// What is wrong.
         message: String,
@@ -50,9 +51,9 @@ pub enum ClientError {
     /// The WebSocket handshake or a later send failed.
     #[error("websocket {url}: {source}")]
     WebSocket {
-        /// The URL.
+        /// The server address it was for.
         url: String,
-        /// The cause.
+        /// tungstenite's error: the socket, TLS or handshake failure.
         #[source]
         source: Box<tokio_tungstenite::tungstenite::Error>,
     },
@@ -63,7 +64,7 @@ pub enum ClientError {
         label: String,
         /// What was awaited.
         what: String,
-        /// How long.
+        /// The time given.
         timeout: Duration,
     },
     /// The server answered with an `error` instead of what was asked for.
@@ -71,7 +72,7 @@ pub enum ClientError {
     Refused {
         /// The connection's label.
         label: String,
-        /// The error code.
+        /// The protocol's code, or `HTTP <status>` for a refused upgrade.
         code: String,
         /// The server's explanation.
         message: String,
@@ -193,10 +194,9 @@ impl WsClient {
                         .as_deref()
                         .map(String::from_utf8_lossy)
                         .unwrap_or_default();
-                    let message = serde_json::from_str::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
-                        .unwrap_or_else(|| body.trim().to_owned());
+                    let message = serde_json::from_str::<HttpError>(&body)
+                        .map(|e| e.message)
+                        .unwrap_or_else(|_| body.trim().to_owned());
                     ClientError::Refused {
                         label: label.clone(),
                         code: format!("HTTP {}", response.status().as_u16()),
@@ -262,10 +262,11 @@ impl WsClient {
             pending: VecDeque::new(),
             received: Vec::new(),
             closed: None,
+            // Replaced by the server's below, before the client is handed out.
             welcome: Welcome {
                 bidder: None,
-                server_time: None,
-                protocol: serde_json::Value::Null,
+                server_time: 0,
+                protocol: String::new(),
             },
             next_ref: 0,
             keep_history: true,
@@ -334,16 +335,17 @@ impl WsClient {
         auction: &str,
         timeout: Duration,
     ) -> Result<Snapshot, ClientError> {
-        self.send(&ClientMessage::Subscribe {
+        self.send(&ClientMessage::Subscribe(Subscribe {
             auction: auction.to_owned(),
             since: None,
-        })
+            epoch: None,
+        }))
         .await?;
         let reply = self
             .wait_for(&format!("snapshot of {auction}"), timeout, |m| match m {
                 ServerMessage::Snapshot(s) if s.auction == auction => Some(Ok(s.clone())),
                 // The answer to this subscribe: an unknown auction, a bad name, no capacity.
-                ServerMessage::Error(e) if e.reference.is_empty() => Some(Err(e.clone())),
+                ServerMessage::Error(e) if e.r#ref.is_none() => Some(Err(e.clone())),
                 _ => None,
             })
             .await?;
@@ -356,10 +358,11 @@ impl WsClient {
 
     /// Subscribes with `since`: the server replays every event after it. Does not wait.
     pub async fn subscribe_since(&mut self, auction: &str, since: u64) -> Result<(), ClientError> {
-        self.send(&ClientMessage::Subscribe {
+        self.send(&ClientMessage::Subscribe(Subscribe {
             auction: auction.to_owned(),
             since: Some(since),
-        })
+            epoch: None,
+        }))
         .await
     }
 
@@ -373,22 +376,22 @@ impl WsClient {
         timeout: Duration,
     ) -> Result<BidReply, ClientError> {
         self.next_ref += 1;
-        let reference = format!("{}-{}", self.label, self.next_ref);
-        self.send(&ClientMessage::Bid {
+        let reference = Ref::Text(format!("{}-{}", self.label, self.next_ref));
+        self.send(&ClientMessage::Bid(Bid {
             auction: auction.to_owned(),
             amount,
             max,
-            reference: reference.clone(),
-        })
+            r#ref: reference.clone(),
+        }))
         .await?;
         self.wait_for(&format!("reply to bid {reference}"), timeout, |m| match m {
-            ServerMessage::BidResult(r) if r.reference == reference => {
+            ServerMessage::BidResult(r) if r.r#ref == reference => {
                 Some(BidReply::Accepted(r.clone()))
             }
-            ServerMessage::BidRejected(r) if r.reference == reference => {
+            ServerMessage::BidRejected(r) if r.r#ref == reference => {
                 Some(BidReply::Rejected(r.clone()))
             }
-            ServerMessage::Error(e) if e.reference.is_empty() || e.reference == reference => {
+            ServerMessage::Error(e) if e.r#ref.as_ref().is_none_or(|r| *r == reference) => {
                 Some(BidReply::Error(e.clone()))
             }
             _ => None,

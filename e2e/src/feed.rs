@@ -60,8 +60,8 @@ pub fn describe(msg: &ServerMessage, currency: &str) -> String {
                 opt_money(s.price, &s.currency),
                 s.leader.as_deref().unwrap_or("-"),
                 s.bid_count,
-                opt_money(s.min_next, &s.currency),
-                s.ends_at.map_or_else(|| "-".into(), clock),
+                money(s.min_next, &s.currency),
+                clock(s.ends_at),
                 if s.reserve_met { "met" } else { "not met" },
             );
             if let Some(max) = s.your_max {
@@ -76,13 +76,13 @@ pub fn describe(msg: &ServerMessage, currency: &str) -> String {
         ServerMessage::BidResult(r) => format!(
             "#{} bid {} accepted: {}; price {}, min next {}",
             r.seq,
-            r.reference,
+            r.r#ref,
             outcome(r.outcome),
             money(r.price, currency),
             money(r.min_next, currency)
         ),
         ServerMessage::BidRejected(r) => {
-            let mut line = format!("bid {} refused: {} {}", r.reference, r.code, r.message);
+            let mut line = format!("bid {} refused: {} {}", r.r#ref, r.code, r.message);
             if let Some(min) = r.min_next {
                 line.push_str(&format!(" (min next {})", money(min, currency)));
             }
@@ -92,27 +92,26 @@ pub fn describe(msg: &ServerMessage, currency: &str) -> String {
             line
         }
         ServerMessage::Price(p) => format!(
-            "#{} price {} - leader {} - {} bid(s), min next {}{}",
+            "#{} price {} - leader {} - {} bid(s), min next {}, ends {} UTC",
             p.seq,
             money(p.price, currency),
-            p.leader.as_deref().unwrap_or("-"),
+            p.leader,
             p.bid_count,
-            opt_money(p.min_next, currency),
-            p.ends_at
-                .map(|e| format!(", ends {} UTC", clock(e)))
-                .unwrap_or_default()
+            money(p.min_next, currency),
+            clock(p.ends_at)
         ),
         ServerMessage::Outbid(o) => format!(
             "#{} OUTBID: price now {}, min next {}",
             o.seq,
             money(o.price, currency),
-            opt_money(o.min_next, currency)
+            money(o.min_next, currency)
         ),
         ServerMessage::Extended(e) => format!(
             "#{} SOFT CLOSE: end extended to {} UTC",
             e.seq,
             clock(e.ends_at)
         ),
+        ServerMessage::Closed(c) if c.cancelled => format!("#{} CANCELLED: no result", c.seq),
         ServerMessage::Closed(c) => match &c.winner {
             Some(w) => format!(
                 "#{} CLOSED: winner {} at {}{}",
@@ -133,8 +132,14 @@ pub fn describe(msg: &ServerMessage, currency: &str) -> String {
             ),
         },
         ServerMessage::Error(e) => format!("error {}: {}", e.code, e.message),
+        ServerMessage::Refreshed(r) => format!(
+            "token refreshed for {}{}",
+            r.bidder,
+            r.expires_at
+                .map(|e| format!(", expires {} UTC", clock(e)))
+                .unwrap_or_default()
+        ),
         ServerMessage::Pong => "pong".into(),
-        ServerMessage::Unknown => "(a message of a type this client does not know)".into(),
     }
 }
 
@@ -162,7 +167,7 @@ mod tests {
     #[test]
     fn describes_a_close() {
         let msg = ServerMessage::parse(
-            r#"{"type":"closed","auction":"a/b","seq":9,"winner":"carol","final_price":192,"reserve_met":true}"#,
+            r#"{"type":"closed","auction":"a/b","seq":9,"winner":"carol","final_price":192,"reserve_met":true,"cancelled":false}"#,
         )
         .unwrap();
         assert_eq!(describe(&msg, "USD"), "#9 CLOSED: winner carol at USD 1.92");

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::client::{Auth, ClientError, WsClient};
 use crate::http;
-use crate::protocol::{Amount, Millis, Snapshot, format_rfc3339};
+use crate::protocol::{Amount, Millis, Phase, Snapshot, format_rfc3339};
 
 /// The bid-api binary's name.
 pub const BID_API_BIN: &str = "gavel-bid-api";
@@ -101,7 +101,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PlatformError + '_ {
 /// An Auction's spec, as a scenario or the demo declares it (README § The Auction resource).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuctionSpec {
-    /// Title.
+    /// The lot's title (`spec.title`).
     pub title: String,
     /// ISO 4217 currency.
     pub currency: String,
@@ -126,13 +126,7 @@ pub struct AuctionSpec {
     pub retention: Option<String>,
 }
 
-/// Now, as Unix milliseconds of this machine's clock.
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
+pub use gavel_engine::runtime::now_ms;
 
 impl AuctionSpec {
     /// An auction in USD opening when provisioned and ending `ends_in` from now, with a
@@ -557,7 +551,7 @@ impl Platform {
             let last;
             match self.rest_snapshot(0, id).await {
                 Ok(r) if r.status == 200 => match serde_json::from_value::<Snapshot>(r.json()) {
-                    Ok(s) if s.is_open() => return Ok(s),
+                    Ok(s) if s.phase == Phase::Open => return Ok(s),
                     Ok(s) => last = format!("phase {}", s.phase),
                     Err(e) => last = format!("unparsable snapshot {}: {e}", r.body),
                 },

@@ -17,7 +17,7 @@ use gavel_e2e::platform::{
     status_paths,
 };
 use gavel_e2e::protocol::Outcome;
-use gavel_e2e::{AuctionSpec, Auth, BidReply, Code, ServerMessage, WsClient};
+use gavel_e2e::{AuctionSpec, Auth, BidReply, ErrorCode, ServerMessage, WsClient};
 use gavel_engine::store::Store;
 use tokio::sync::watch;
 
@@ -60,7 +60,7 @@ async fn bidder(
             continue;
         };
         if let Ok(snapshot) = client.subscribe(&auction, T).await {
-            min_next = snapshot.min_next.unwrap_or(min_next);
+            min_next = snapshot.min_next;
         }
         while !*stop.borrow() {
             n += 1;
@@ -91,12 +91,12 @@ async fn bidder(
                         min_next = m;
                     }
                     match r.code {
-                        Code::AuctionClosed => return,
-                        Code::Unavailable | Code::UnknownAuction => {
+                        ErrorCode::AuctionClosed => return,
+                        ErrorCode::Unavailable | ErrorCode::UnknownAuction => {
                             *load.unavailable.lock().unwrap() += 1;
                             tokio::time::sleep(Duration::from_millis(200)).await;
                             if let Ok(s) = client.subscribe(&auction, T).await {
-                                min_next = s.min_next.unwrap_or(min_next);
+                                min_next = s.min_next;
                             }
                         }
                         _ => {}

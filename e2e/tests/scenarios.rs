@@ -11,8 +11,10 @@
 use std::time::Duration;
 
 use gavel_e2e::platform::{now_ms, unique_name};
-use gavel_e2e::protocol::{BidRejected, BidResult, Closed, PriceUpdate};
-use gavel_e2e::{AuctionSpec, Auth, BidReply, Code, Outcome, Platform, ServerMessage, WsClient};
+use gavel_e2e::protocol::{BidRejected, BidResult, Closed, Phase, Price, Subscribe};
+use gavel_e2e::{
+    AuctionSpec, Auth, BidReply, ErrorCode, Outcome, Platform, ServerMessage, WsClient,
+};
 
 /// Generous wait for anything that should be immediate.
 const T: Duration = Duration::from_secs(15);
@@ -69,7 +71,7 @@ fn rejected(reply: BidReply) -> BidRejected {
     }
 }
 
-async fn price_seq(c: &mut WsClient, seq: u64) -> PriceUpdate {
+async fn price_seq(c: &mut WsClient, seq: u64) -> Price {
     c.wait_for(&format!("price #{seq}"), T, |m| match m {
         ServerMessage::Price(p) if p.seq == seq => Some(p.clone()),
         _ => None,
@@ -143,7 +145,7 @@ async fn seed_example() {
     let mut seen = Vec::new();
     for seq in 1..=5 {
         let p = price_seq(&mut w, seq).await;
-        seen.push((p.price, p.leader.unwrap_or_default()));
+        seen.push((p.price, p.leader));
     }
     let expected = [
         (100, "alice"),
@@ -245,7 +247,7 @@ async fn tiers() {
     let r = accepted(bid(&mut a, &id, Some(10_000), None).await);
     assert_eq!((r.price, r.min_next), (10_000, 10_500));
     let r = rejected(bid(&mut b, &id, Some(10_400), None).await);
-    assert_eq!((r.code, r.min_next), (Code::BidTooLow, Some(10_500)));
+    assert_eq!((r.code, r.min_next), (ErrorCode::BidTooLow, Some(10_500)));
     let r = accepted(bid(&mut b, &id, Some(10_500), None).await);
     assert_eq!(
         (r.outcome, r.price, r.min_next),
@@ -271,7 +273,7 @@ async fn tiers() {
     );
     // A leader's bid that does not raise its ceiling changes nothing: refused.
     let r = rejected(bid(&mut a, &id, None, Some(300_000)).await);
-    assert_eq!((r.code, r.min_next), (Code::AlreadyLeading, None));
+    assert_eq!((r.code, r.min_next), (ErrorCode::AlreadyLeading, None));
     let r = accepted(bid(&mut b, &id, Some(102_000), None).await);
     assert_eq!((r.outcome, r.seq), (Outcome::Outbid, 5));
 }
@@ -347,7 +349,7 @@ async fn tie() {
         (Outcome::Outbid, 500, 510)
     );
     let p = price_seq(&mut w, 2).await;
-    assert_eq!((p.price, p.leader.as_deref()), (500, Some("ann")));
+    assert_eq!((p.price, p.leader.as_str()), (500, "ann"));
     let r = accepted(bid(&mut b, &id, None, Some(510)).await);
     assert_eq!((r.outcome, r.price), (Outcome::Leading, 510));
 }
@@ -366,7 +368,7 @@ async fn soft_close_extension() {
         .received()
         .iter()
         .find_map(|m| match m {
-            ServerMessage::Snapshot(s) => s.ends_at,
+            ServerMessage::Snapshot(s) => Some(s.ends_at),
             _ => None,
         })
         .expect("snapshot with ends_at");
@@ -375,7 +377,7 @@ async fn soft_close_extension() {
     let early = scheduled_end - now_ms() > 3200;
     let first = accepted(bid(&mut a, &id, Some(100), None).await);
     let p = price_seq(&mut w, first.seq).await;
-    let first_extended = p.ends_at != Some(scheduled_end);
+    let first_extended = p.ends_at != scheduled_end;
     assert!(
         !(early && first_extended),
         "a bid outside the window moved the end"
@@ -403,7 +405,7 @@ async fn soft_close_extension() {
         ext.ends_at - before
     );
     let p = price_seq(&mut w, second.seq).await;
-    assert_eq!(p.ends_at, Some(ext.ends_at));
+    assert_eq!(p.ends_at, ext.ends_at);
 
     // After the scheduled end, before the new one: still open, and it extends again.
     let wait = scheduled_end + 300 - now_ms();
@@ -483,7 +485,7 @@ async fn closes_on_time_with_result() {
         .received()
         .iter()
         .find_map(|m| match m {
-            ServerMessage::Snapshot(s) => s.ends_at,
+            ServerMessage::Snapshot(s) => Some(s.ends_at),
             _ => None,
         })
         .expect("ends_at");
@@ -549,7 +551,7 @@ async fn cross_process_outbid() {
         })
         .await
         .expect("ann is told on process 0");
-    assert_eq!((o.seq, o.price, o.min_next), (r.seq, 200, Some(210)));
+    assert_eq!((o.seq, o.price, o.min_next), (r.seq, 200, 210));
     let r = accepted(bid(&mut a, &id, None, Some(1000)).await);
     assert_eq!((r.outcome, r.price), (Outcome::Leading, 210));
     let o = b
@@ -562,7 +564,7 @@ async fn cross_process_outbid() {
     assert_eq!(o.seq, 3);
     for w in [&mut w0, &mut w1] {
         let p = price_seq(w, 3).await;
-        assert_eq!((p.price, p.leader.as_deref()), (210, Some("ann")));
+        assert_eq!((p.price, p.leader.as_str()), (210, "ann"));
     }
     assert_eq!(broadcast_seqs(&w0, &id), vec![1, 2, 3]);
     assert_eq!(broadcast_seqs(&w1, &id), vec![1, 2, 3]);
@@ -609,7 +611,7 @@ async fn resume_with_since() {
     assert_eq!((snap.seq, snap.price), (5, Some(140)));
     accepted(bid(&mut b, &id, Some(150), None).await);
     let p = price_seq(&mut w, 6).await;
-    assert_eq!((p.price, p.leader.as_deref()), (160, Some("ann")));
+    assert_eq!((p.price, p.leader.as_str()), (160, "ann"));
     assert_eq!(
         broadcast_seqs(&w, &id),
         vec![3, 4, 5, 6],
@@ -632,9 +634,9 @@ async fn bids_after_close_rejected() {
     let (c, _) = closed(&mut w, &id).await;
     assert_eq!(c.winner.as_deref(), Some("ann"));
     let r = rejected(bid(&mut b, &id, Some(500), None).await);
-    assert_eq!(r.code, Code::AuctionClosed, "{r:?}");
+    assert_eq!(r.code, ErrorCode::AuctionClosed, "{r:?}");
     let r = rejected(bid(&mut a, &id, None, Some(900)).await);
-    assert_eq!(r.code, Code::AuctionClosed, "{r:?}");
+    assert_eq!(r.code, ErrorCode::AuctionClosed, "{r:?}");
     let r = platform()
         .rest_snapshot(1, &id)
         .await
@@ -662,16 +664,16 @@ async fn bad_input_gets_typed_errors() {
         })
         .await
         .expect("error");
-    assert_eq!(e.code, Code::InvalidMessage);
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
     a.ping(T).await.expect("still open after a malformed frame");
     for amount in [-5, 0] {
         let r = rejected(bid(&mut a, &id, Some(amount), None).await);
-        assert_eq!(r.code, Code::InvalidAmount, "{amount}: {r:?}");
+        assert_eq!(r.code, ErrorCode::InvalidAmount, "{amount}: {r:?}");
     }
     let r = rejected(bid(&mut a, &id, Some(100), Some(50)).await);
-    assert_eq!(r.code, Code::InvalidAmount, "max below amount: {r:?}");
+    assert_eq!(r.code, ErrorCode::InvalidAmount, "max below amount: {r:?}");
     let r = rejected(bid(&mut a, &id, Some(99), None).await);
-    assert_eq!((r.code, r.min_next), (Code::BidTooLow, Some(100)));
+    assert_eq!((r.code, r.min_next), (ErrorCode::BidTooLow, Some(100)));
     let r = rejected(
         bid(
             &mut a,
@@ -681,11 +683,12 @@ async fn bad_input_gets_typed_errors() {
         )
         .await,
     );
-    assert_eq!(r.code, Code::UnknownAuction);
-    a.send(&gavel_e2e::ClientMessage::Subscribe {
+    assert_eq!(r.code, ErrorCode::UnknownAuction);
+    a.send(&gavel_e2e::ClientMessage::Subscribe(Subscribe {
         auction: format!("{}/nope", platform().namespace),
         since: None,
-    })
+        epoch: None,
+    }))
     .await
     .expect("send");
     let e = a
@@ -695,7 +698,7 @@ async fn bad_input_gets_typed_errors() {
         })
         .await
         .expect("an error for an unknown auction");
-    assert_eq!(e.code, Code::UnknownAuction);
+    assert_eq!(e.code, ErrorCode::UnknownAuction);
 
     let mut anon = WsClient::connect(platform().ws_url(1), &Auth::Anonymous)
         .await
@@ -706,7 +709,7 @@ async fn bad_input_gets_typed_errors() {
         BidReply::Error(e) => e.code,
         BidReply::Accepted(r) => panic!("an anonymous bid was accepted: {r:?}"),
     };
-    assert_eq!(code, Code::Unauthenticated);
+    assert_eq!(code, ErrorCode::Unauthenticated);
     let s = a.subscribe(&id, T).await.expect("snapshot");
     assert_eq!(s.bid_count, 0, "refused bids changed nothing");
 }
@@ -969,7 +972,7 @@ async fn rate_limits_and_oversized_frames() {
         match bid(&mut a, &id, Some(amount), None).await {
             BidReply::Accepted(_) => codes.push(None),
             BidReply::Rejected(r) => {
-                if r.code == Code::RateLimited {
+                if r.code == ErrorCode::RateLimited {
                     assert!(r.retry_after_ms.is_some(), "{r:?}");
                 }
                 codes.push(Some(r.code));
@@ -982,7 +985,10 @@ async fn rate_limits_and_oversized_frames() {
         [None, None],
         "the burst of 2 goes through: {codes:?}"
     );
-    assert!(codes[2..].contains(&Some(Code::RateLimited)), "{codes:?}");
+    assert!(
+        codes[2..].contains(&Some(ErrorCode::RateLimited)),
+        "{codes:?}"
+    );
 
     // A flood of messages on one connection.
     let mut f = platform().watcher(1).await.expect("connect");
@@ -991,7 +997,7 @@ async fn rate_limits_and_oversized_frames() {
     }
     let e = f
         .wait_for("RATE_LIMITED", T, |m| match m {
-            ServerMessage::Error(e) if e.code == Code::RateLimited => Some(e.clone()),
+            ServerMessage::Error(e) if e.code == ErrorCode::RateLimited => Some(e.clone()),
             _ => None,
         })
         .await;
@@ -1050,7 +1056,7 @@ async fn bearer_token_bidder() {
     assert_eq!(r.outcome, Outcome::Leading);
     let p = price_seq(&mut w, r.seq).await;
     // The display name carries the tag of the bidder id (GAVEL_DISPLAY_NAME_TAG).
-    let leader = p.leader.unwrap_or_default();
+    let leader = p.leader;
     assert!(leader.starts_with("Zoë Q #"), "{leader}");
     assert!(!leader.contains("user-42"), "{leader}");
 
@@ -1063,7 +1069,7 @@ async fn bearer_token_bidder() {
                 BidReply::Error(e) => e.code,
                 BidReply::Accepted(r) => panic!("a forged token bid: {r:?}"),
             };
-            assert_eq!(code, Code::Unauthenticated);
+            assert_eq!(code, ErrorCode::Unauthenticated);
         }
     }
 }
@@ -1119,7 +1125,7 @@ async fn closed_auction_leaves_redis_and_is_served_from_postgres() {
     // WebSocket: the snapshot with the result, then `since` replays the whole history.
     let mut w = platform().watcher(1).await.expect("watcher");
     let s = w.subscribe(&id, T).await.expect("snapshot from PostgreSQL");
-    assert_eq!(s.phase.to_lowercase(), "closed");
+    assert_eq!(s.phase, Phase::Closed);
     assert_eq!(
         (s.price, s.leader.as_deref(), s.bid_count, s.seq),
         (Some(160), Some("bob"), 3, 4)
@@ -1139,7 +1145,7 @@ async fn closed_auction_leaves_redis_and_is_served_from_postgres() {
     assert_eq!(s.your_max, Some(300));
     // A bid: closed, not unknown.
     let r = rejected(bid(&mut b2, &id, Some(500), None).await);
-    assert_eq!(r.code, Code::AuctionClosed);
+    assert_eq!(r.code, ErrorCode::AuctionClosed);
     // REST: snapshot and history.
     let r = platform()
         .rest_snapshot(0, &id)

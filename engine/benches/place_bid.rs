@@ -238,10 +238,7 @@ async fn measure(
 ) -> Run {
     let id = id.clone();
     let engine = Engine::connect(url, connections).await.expect("connect");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let now = gavel_engine::runtime::now_ms();
     let settings = AuctionSettings {
         title: "Benchmark".into(),
         currency: "USD".into(),

@@ -580,7 +580,7 @@ impl Flusher {
                 self.ack(redis, &done).await?;
                 stats.written += done.len() as u64;
                 self.metrics.written.inc_by(report.written as u64);
-                let now = crate::settings::unix_millis();
+                let now = crate::runtime::now_ms();
                 for (i, (_, item)) in good.iter().enumerate() {
                     if let AuctionEvent::Bid(bid) = &item.event
                         && !conflicts.contains(&i)

@@ -110,24 +110,10 @@ pub struct InvalidAuctionId(pub String);
 
 impl AuctionId {
     /// Builds an id from its parts, checking them as Kubernetes does (DNS-1123 label for
-    /// the namespace, DNS-1123 subdomain for the name).
+    /// the namespace, DNS-1123 subdomain for the name): the protocol's rule of auction
+    /// names, [`gavel_protocol::names`].
     pub fn new(namespace: &str, name: &str) -> Result<Self, InvalidAuctionId> {
-        let label_ok = |s: &str, max: usize, dots: bool| {
-            !s.is_empty()
-                && s.len() <= max
-                && s.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.')
-                })
-                && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
-                // Each dot-separated label of a subdomain is itself alphanumeric at both
-                // ends: no `..`, no `.-` (names may end up in paths and keys).
-                && s.split('.').all(|label| {
-                    label.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                        && label.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
-                })
-        };
-        if label_ok(namespace, 63, false) && label_ok(name, 253, true) {
+        if gavel_protocol::names::valid_parts(namespace, name) {
             Ok(Self {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),

@@ -14,6 +14,8 @@
 //!   Cluster (`GAVEL_REDIS_URL`).
 //! - [`redis_stats`]: Redis memory use and out-of-memory refusals as metrics.
 //! - [`redact`]: connection URLs with their password hidden, for logs and errors.
+//! - [`runtime`]: what every binary shares: the clock in Unix ms, the duration grammar of
+//!   flags, the log format, the shutdown signal.
 //! - [`startup`]: waiting for a dependency with a capped backoff at start-up, instead of
 //!   exiting (the bid-api and the operator).
 //! - `testing` (feature `testing`): throw-away Redis and PostgreSQL servers for tests.
@@ -28,6 +30,7 @@ pub mod redis;
 pub mod redis_stats;
 pub mod restore;
 pub mod rules;
+pub mod runtime;
 pub mod settings;
 pub mod startup;
 pub mod store;

@@ -38,39 +38,9 @@ impl BidRequest {
     }
 }
 
-/// How an accepted bid left its bidder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The bidder leads.
-    Leading,
-    /// The bid was recorded but the leader's ceiling beat it.
-    Outbid,
-    /// The leader raised its own ceiling and nothing public changed: no event, no seq of
-    /// its own, no soft-close extension; recorded privately (see README § Bidding rules).
-    CeilingRaised,
-}
-
-impl Outcome {
-    /// The protocol's name of the outcome.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Leading => "leading",
-            Outcome::Outbid => "outbid",
-            Outcome::CeilingRaised => "ceiling_raised",
-        }
-    }
-
-    /// Parses the protocol's name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "leading" => Some(Outcome::Leading),
-            "outbid" => Some(Outcome::Outbid),
-            "ceiling_raised" => Some(Outcome::CeilingRaised),
-            _ => None,
-        }
-    }
-}
+/// How an accepted bid left its bidder: the protocol's type, so that the engine's record
+/// and the wire cannot spell it differently.
+pub use gavel_protocol::Outcome;
 
 /// Why a bid was refused. The codes are those of the WebSocket protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -95,19 +65,26 @@ pub enum RejectCode {
     Unavailable,
 }
 
-impl RejectCode {
-    /// The protocol's name of the code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectCode::BidTooLow => "BID_TOO_LOW",
-            RejectCode::AlreadyLeading => "ALREADY_LEADING",
-            RejectCode::AuctionNotOpen => "AUCTION_NOT_OPEN",
-            RejectCode::AuctionClosed => "AUCTION_CLOSED",
-            RejectCode::UnknownAuction => "UNKNOWN_AUCTION",
-            RejectCode::RateLimited => "RATE_LIMITED",
-            RejectCode::InvalidAmount => "INVALID_AMOUNT",
-            RejectCode::Unavailable => "UNAVAILABLE",
+impl From<RejectCode> for gavel_protocol::ErrorCode {
+    fn from(code: RejectCode) -> Self {
+        use gavel_protocol::ErrorCode;
+        match code {
+            RejectCode::BidTooLow => ErrorCode::BidTooLow,
+            RejectCode::AlreadyLeading => ErrorCode::AlreadyLeading,
+            RejectCode::AuctionNotOpen => ErrorCode::AuctionNotOpen,
+            RejectCode::AuctionClosed => ErrorCode::AuctionClosed,
+            RejectCode::UnknownAuction => ErrorCode::UnknownAuction,
+            RejectCode::RateLimited => ErrorCode::RateLimited,
+            RejectCode::InvalidAmount => ErrorCode::InvalidAmount,
+            RejectCode::Unavailable => ErrorCode::Unavailable,
         }
+    }
+}
+
+impl RejectCode {
+    /// The protocol's name of the code (its [`gavel_protocol::ErrorCode`]).
+    pub fn as_str(self) -> &'static str {
+        gavel_protocol::ErrorCode::from(self).as_str()
     }
 
     /// Parses the protocol's name.
@@ -130,7 +107,7 @@ impl RejectCode {
 /// A refused bid: the code, and the hints that apply to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
-    /// Why.
+    /// The rule that refused it; the protocol's code of the same name.
     pub code: RejectCode,
     /// The lowest amount that would be accepted now (`BID_TOO_LOW`).
     pub min_next: Option<Amount>,
@@ -291,12 +268,12 @@ impl AuctionModel {
         }
     }
 
-    /// The settings.
+    /// The settings the model was opened with.
     pub fn settings(&self) -> &AuctionSettings {
         &self.settings
     }
 
-    /// The live state.
+    /// Price, leader, ceilings and seq after the bids applied so far.
     pub fn state(&self) -> &AuctionState {
         &self.state
     }

@@ -13,9 +13,9 @@ pub type Amount = i64;
 /// A point in time as milliseconds since the Unix epoch.
 pub type Millis = i64;
 
-/// The largest amount Gavel accepts anywhere (10^15 minor units). Sums such as
-/// `price + step` stay far below 2^53, so Lua's doubles compute them exactly.
-pub const MAX_AMOUNT: Amount = 1_000_000_000_000_000;
+/// The largest amount Gavel accepts anywhere (10^15 minor units), the protocol's limit.
+/// Sums such as `price + step` stay far below 2^53, so Lua's doubles compute them exactly.
+pub const MAX_AMOUNT: Amount = gavel_protocol::MAX_AMOUNT;
 
 /// The most increment tiers an auction may declare.
 pub const MAX_TIERS: usize = 32;
@@ -247,16 +247,6 @@ pub enum SettingsError {
         /// What is wrong and what is allowed.
         message: String,
     },
-}
-
-/// Milliseconds since the Unix epoch by this machine's clock (0 before 1970), for
-/// measurements; decisions use Redis server time.
-pub fn unix_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| {
-            Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
-        })
 }
 
 #[cfg(test)]

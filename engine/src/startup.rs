@@ -69,39 +69,54 @@ impl Startup {
             .unwrap_or_else(PoisonError::into_inner) = reason;
     }
 
-    /// Runs `attempt` until it succeeds, waiting `FIRST_BACKOFF` doubling up to `MAX_BACKOFF`
-    /// between tries and logging each failure; `what` names the dependency in logs and
-    /// `/readyz`.
-    pub async fn retry<T, E, F, Fut>(&self, what: &str, mut attempt: F) -> T
+    /// Runs `attempt` until it succeeds (see [`retry`]), `/readyz` saying what it waits
+    /// for meanwhile.
+    pub async fn retry<T, E, F, Fut>(&self, what: &str, attempt: F) -> T
     where
         E: Display,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let mut backoff = FIRST_BACKOFF;
-        let mut failures: u32 = 0;
         self.set(format!("connecting to {what}"));
-        loop {
-            match attempt().await {
-                Ok(value) => {
-                    if failures > 0 {
-                        info!(dependency = what, failures, "{what} reached");
-                    }
-                    return value;
+        retry(what, attempt, |e| {
+            self.set(format!("waiting for {what}: {e}"))
+        })
+        .await
+    }
+}
+
+/// Runs `attempt` until it succeeds, waiting [`FIRST_BACKOFF`] doubling up to
+/// [`MAX_BACKOFF`] between tries and logging each failure (`<what> not reachable yet;
+/// retrying`) and the eventual success; `on_failure` sees each error. The one retry loop of
+/// start-up and of the bid-api's background migrations.
+pub async fn retry<T, E, F, Fut>(what: &str, mut attempt: F, mut on_failure: impl FnMut(&E)) -> T
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    let mut failures: u32 = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => {
+                if failures > 0 {
+                    info!(dependency = what, failures, "{what} reached");
                 }
-                Err(e) => {
-                    failures += 1;
-                    warn!(
-                        dependency = what,
-                        failures,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        error = %e,
-                        "{what} not reachable yet; retrying"
-                    );
-                    self.set(format!("waiting for {what}: {e}"));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+                return value;
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(
+                    dependency = what,
+                    failures,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    error = %e,
+                    "{what} not reachable yet; retrying"
+                );
+                on_failure(&e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -545,7 +545,7 @@ impl Store {
             scheduled_ends_at: ends_at,
             reserve_met: result.reserve_met,
             your_max: viewer.and(your_max),
-            server_time: crate::settings::unix_millis(),
+            server_time: crate::runtime::now_ms(),
             epoch: epoch as u64,
             halted: None,
             result: Some(result),

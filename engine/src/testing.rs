@@ -17,7 +17,10 @@ use tokio::sync::OnceCell;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Picks a port that is free right now.
+/// A port nothing listens on right now: for addresses that must refuse connections.
+/// A server started on it may lose it to another process before it binds, so servers a
+/// test starts bind port 0 and report their port (bid-api, operator: [`logged_port`]) or
+/// retry on another port ([`TestRedis`], [`TestPostgres`]).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -47,19 +50,124 @@ fn find_binary(name: &str, extra: &[PathBuf], package: &str) -> PathBuf {
         })
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+/// Why a server a test started is not serving.
+#[derive(Debug)]
+enum StartError {
+    /// Another process took the port first: try another one.
+    PortTaken,
+    /// Anything else, with the server's log.
+    Failed(String),
+}
+
+/// Waits until `child` listens on `port` and its log says `ready` (so the server that
+/// answers is this one, not another process that took the port).
+fn wait_for_port(
+    port: u16,
+    child: &mut Child,
+    what: &str,
+    log: &Path,
+    ready: &str,
+) -> Result<(), StartError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(ready) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{what} exited with {status} before listening on {port}:\n{log}");
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("already in use") {
+                return Err(StartError::PortTaken);
+            }
+            return Err(StartError::Failed(format!(
+                "{what} exited with {status} before listening on {port}:\n{text}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("{what} did not listen on port {port} within 30s");
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(StartError::Failed(format!(
+        "{what} did not listen on port {port} within 30s"
+    )))
+}
+
+/// Starts a server with `start` on a free port, on another one if the port was taken
+/// before the server bound it.
+fn on_free_port<T>(mut start: impl FnMut(u16) -> Result<T, StartError>) -> (u16, T) {
+    for _ in 0..10 {
+        let port = free_port();
+        match start(port) {
+            Ok(server) => return (port, server),
+            Err(StartError::PortTaken) => continue,
+            Err(StartError::Failed(why)) => panic!("{why}"),
+        }
+    }
+    panic!("no free port kept long enough to start a server on it");
+}
+
+/// The port a process reported in its log (`path`): the `listen` or `addr` field of the
+/// first line containing `message`, in JSON or text logs. `None` until that line is
+/// written. The processes of tests bind port 0 and are found this way.
+pub fn logged_port(path: &Path, message: &str) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.contains(message))?;
+    let address = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(json) => ["listen", "addr"]
+            .iter()
+            .find_map(|k| json.get(*k)?.as_str().map(str::to_owned))?,
+        Err(_) => line
+            .split_whitespace()
+            .find_map(|w| {
+                w.strip_prefix("listen=")
+                    .or_else(|| w.strip_prefix("addr="))
+            })?
+            .to_owned(),
+    };
+    address.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The answer to a plain HTTP/1.1 GET.
+#[derive(Clone, Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The whole answer as text: status line, headers and body.
+    pub raw: String,
+}
+
+impl HttpAnswer {
+    /// The body.
+    pub fn body(&self) -> &str {
+        self.raw.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+    }
+}
+
+/// A plain HTTP/1.1 GET of `path` on `127.0.0.1:port` over a raw TCP socket, with extra
+/// `headers` (tests of what a server answers, byte for byte). Fails while nothing listens.
+pub async fn http_get(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpAnswer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(HttpAnswer { status, raw })
 }
 
 /// Runs `program` with `args` and `envs` for at most `limit` (then SIGTERM), and returns
@@ -158,9 +266,26 @@ impl TestRedis {
     /// Starts a server with these extra arguments on a free port.
     pub fn start_with(args: &[&str]) -> Self {
         let dir = temp_dir("redis");
-        let port = free_port();
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let child = spawn_redis(port, &dir, &args);
+        let (port, child) = on_free_port(|port| spawn_redis(port, &dir, &args));
+        watchdog(child.id(), &dir);
+        Self {
+            child,
+            dir,
+            port,
+            args,
+        }
+    }
+
+    /// Starts a server with no persistence on `port`, chosen before the server starts (a
+    /// process under test was told to wait for it there); panics if the port was taken.
+    pub fn start_on(port: u16) -> Self {
+        let dir = temp_dir("redis");
+        let args: Vec<String> = ["--save", "", "--appendonly", "no"]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        let child = respawn_redis(port, &dir, &args);
         watchdog(child.id(), &dir);
         Self {
             child,
@@ -190,7 +315,7 @@ impl TestRedis {
     /// settings (after [`TestRedis::kill`]; with persistence it reloads its data).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn_redis(self.port, &self.dir, &self.args);
+        self.child = respawn_redis(self.port, &self.dir, &self.args);
         watchdog(self.child.id(), &self.dir);
     }
 
@@ -206,12 +331,18 @@ impl TestRedis {
                 }
             }
         }
-        self.child = spawn_redis(self.port, &self.dir, &self.args);
+        self.child = respawn_redis(self.port, &self.dir, &self.args);
         watchdog(self.child.id(), &self.dir);
     }
 }
 
-fn spawn_redis(port: u16, dir: &Path, args: &[String]) -> Child {
+/// Starts `redis-server` on a port fixed in advance (a restart, a port a process under test
+/// was told), panicking if it does not start.
+fn respawn_redis(port: u16, dir: &Path, args: &[String]) -> Child {
+    spawn_redis(port, dir, args).unwrap_or_else(|e| panic!("redis-server did not start: {e:?}"))
+}
+
+fn spawn_redis(port: u16, dir: &Path, args: &[String]) -> Result<Child, StartError> {
     let bin = find_binary("redis-server", &[], "redis-server");
     let log = dir.join("redis.log");
     let mut child = Command::new(bin)
@@ -226,8 +357,14 @@ fn spawn_redis(port: u16, dir: &Path, args: &[String]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("cannot start redis-server");
-    wait_for_port(port, &mut child, "redis-server", &log);
-    child
+    wait_for_port(
+        port,
+        &mut child,
+        "redis-server",
+        &log,
+        "Ready to accept connections",
+    )?;
+    Ok(child)
 }
 
 impl Drop for TestRedis {
@@ -681,15 +818,25 @@ impl TestPostgres {
         let mut pg = Self {
             child: None,
             dir,
-            port: free_port(),
+            port: 0,
             postgres,
             run_as,
         };
-        pg.start_server();
+        let (port, ()) = on_free_port(|port| {
+            pg.port = port;
+            pg.try_start_server()
+        });
+        pg.port = port;
         pg
     }
 
     fn start_server(&mut self) {
+        if let Err(e) = self.try_start_server() {
+            panic!("postgres did not restart: {e:?}");
+        }
+    }
+
+    fn try_start_server(&mut self) -> Result<(), StartError> {
         use std::os::unix::process::CommandExt;
         let log = self.dir.join("postgres.log");
         let log_file = std::fs::File::create(&log).expect("cannot create the postgres log");
@@ -720,9 +867,16 @@ impl TestPostgres {
             cmd.uid(uid).gid(gid);
         }
         let mut child = cmd.spawn().expect("cannot start postgres");
-        wait_for_port(self.port, &mut child, "postgres", &log);
+        wait_for_port(
+            self.port,
+            &mut child,
+            "postgres",
+            &log,
+            "database system is ready to accept connections",
+        )?;
         watchdog(child.id(), &self.dir);
         self.child = Some(child);
+        Ok(())
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.

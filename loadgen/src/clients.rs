@@ -2,13 +2,15 @@
 //!
 //! Each connection runs in its own task: it connects, subscribes, reports itself ready,
 //! waits for the common start, does its work until the deadline and returns its
-//! [`ConnStats`]. Messages are parsed into a small borrowed view of the fields used here.
+//! [`ConnStats`]. Frames are the protocol's types ([`gavel_protocol`]): a bid is one
+//! [`Bid`] per connection, re-framed per send; server frames are read through the
+//! protocol's borrowed [`ServerFrame`], with no DOM and no copy of their strings.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use serde::Deserialize;
+use gavel_protocol::{Bid, MessageType, Outcome, Ref, ServerFrame, Subscribe};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -26,7 +28,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub enum Role {
     /// Bids on one auction under the name `bidder-<index>`.
     Bidder {
-        /// Bidder number.
+        /// Its number: names it, picks its auction (`index % auctions`) and spreads its
+        /// sends over the interval.
         index: usize,
         /// Time between bids; `None` waits for each reply before the next bid.
         interval: Option<Duration>,
@@ -51,25 +54,6 @@ pub struct Shared {
     pub start: watch::Receiver<Option<Instant>>,
     /// How long the run lasts after the start.
     pub duration: Duration,
-}
-
-/// The fields of server messages that the load generator reads.
-#[derive(Deserialize)]
-struct ServerMessage<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(default)]
-    auction: Option<String>,
-    #[serde(default)]
-    seq: Option<u64>,
-    #[serde(default, rename = "ref")]
-    reference: Option<serde_json::Value>,
-    #[serde(default)]
-    min_next: Option<i64>,
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    outcome: Option<&'a str>,
 }
 
 /// Opens one connection; bidders identify themselves with development auth.
@@ -159,6 +143,13 @@ async fn bid(ws: &mut Ws, index: usize, interval: Option<Duration>, shared: &Sha
     let mut min_next: i64 = 1;
     let mut pending: std::collections::HashMap<u64, Instant> = Default::default();
     let mut counter: u64 = 0;
+    // One bid, re-framed with a new ceiling and ref each time: nothing else is allocated.
+    let mut frame = Bid {
+        auction: auction.clone(),
+        amount: None,
+        max: None,
+        r#ref: Ref::Number(0),
+    };
     // Spread interval bidders over the interval so the rate is smooth.
     let mut next_send = match interval {
         Some(every) => start + every.mul_f64((index as f64 * 0.618_034) % 1.0),
@@ -174,11 +165,9 @@ async fn bid(ws: &mut Ws, index: usize, interval: Option<Duration>, shared: &Sha
             _ = tokio::time::sleep_until(next_send.into()), if may_send => {
                 counter += 1;
                 let escalation = start.elapsed().as_micros() as i64 * 10 + (index % 10) as i64;
-                let frame = format!(
-                    r#"{{"type":"bid","auction":"{auction}","max":{},"ref":"{counter}"}}"#,
-                    (1_000_000 + escalation).max(min_next)
-                );
-                if ws.send(Message::text(frame)).await.is_err() {
+                frame.max = Some((1_000_000 + escalation).max(min_next));
+                frame.r#ref = Ref::Number(counter);
+                if ws.send(Message::text(frame.to_json())).await.is_err() {
                     stats.errored = true;
                     break;
                 }
@@ -197,11 +186,8 @@ async fn bid(ws: &mut Ws, index: usize, interval: Option<Duration>, shared: &Sha
                 };
                 note_close(&mut stats, &message);
                 let Message::Text(text) = message else { continue };
-                let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else { continue };
-                let reference = msg
-                    .reference
-                    .as_ref()
-                    .and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or_else(|| r.as_u64()));
+                let Ok(msg) = ServerFrame::parse(&text) else { continue };
+                let reference = msg.r#ref.as_ref().and_then(|r| r.as_number());
                 let Some(sent_at) = reference.and_then(|r| pending.remove(&r)) else { continue };
                 let micros = sent_at.elapsed().as_micros() as u64;
                 let _ = stats.reply_latency.record(micros.max(1));
@@ -209,16 +195,16 @@ async fn bid(ws: &mut Ws, index: usize, interval: Option<Duration>, shared: &Sha
                     min_next = min_next.max(next);
                 }
                 match msg.kind {
-                    "bid_result" => {
+                    MessageType::BidResult => {
                         Live::inc(&live.accepted);
                         // A leader's private raise has no event (its seq is another's).
-                        if let Some(seq) = msg.seq.filter(|_| msg.outcome != Some("ceiling_raised")) {
+                        if let Some(seq) = msg.seq.filter(|_| msg.outcome != Some(Outcome::CeilingRaised)) {
                             stats.accepted_sent_at.push(((auction_index, seq), sent_at));
                         }
                     }
-                    "bid_rejected" => {
+                    MessageType::BidRejected => {
                         Live::inc(&live.rejected);
-                        let code = msg.code.unwrap_or_default();
+                        let code = msg.code.map_or("", |c| c.as_str());
                         *stats.rejections.entry(code).or_default() += 1;
                     }
                     _ => {}
@@ -243,8 +229,12 @@ async fn watch(
     let live = &shared.live;
     let auctions = &shared.auctions[..count.min(shared.auctions.len())];
     for auction in auctions {
-        let frame = format!(r#"{{"type":"subscribe","auction":"{auction}"}}"#);
-        if ws.send(Message::text(frame)).await.is_err() {
+        let frame = Subscribe {
+            auction: auction.clone(),
+            since: None,
+            epoch: None,
+        };
+        if ws.send(Message::text(frame.to_json())).await.is_err() {
             Live::inc(&live.failed);
             stats.errored = true;
             return stats;
@@ -275,14 +265,14 @@ async fn watch(
                 };
                 note_close(&mut stats, &message);
                 let Message::Text(text) = message else { continue };
-                let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else { continue };
+                let Ok(msg) = ServerFrame::parse(&text) else { continue };
                 let index = msg
                     .auction
                     .as_deref()
                     .and_then(|a| auctions.iter().position(|x| x == a));
                 let (Some(index), Some(seq)) = (index, msg.seq) else { continue };
                 match msg.kind {
-                    "snapshot" => {
+                    MessageType::Snapshot => {
                         trackers[index].reset(seq);
                         snapshots += 1;
                         if !ready && snapshots >= auctions.len() {
@@ -291,14 +281,14 @@ async fn watch(
                             Live::inc(&live.ready);
                         }
                     }
-                    "price" | "closed" => {
-                        if msg.kind == "price" {
+                    MessageType::Price | MessageType::Closed => {
+                        if msg.kind == MessageType::Price {
                             Live::inc(&live.prices);
                         }
                         let (lost, reordered) = trackers[index].observe(seq);
                         stats.lost += lost;
                         stats.out_of_order += reordered;
-                        if timed && msg.kind == "price" {
+                        if timed && msg.kind == MessageType::Price {
                             stats.price_seen_at.push(((index, seq), Instant::now()));
                         }
                     }

@@ -10,9 +10,9 @@ use serde::Serialize;
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Serialize, Clone, Copy, Default)]
 pub struct Percentiles {
-    /// Samples.
+    /// How many latencies were measured.
     pub count: u64,
-    /// Median.
+    /// 50th percentile (the median).
     pub p50_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,

@@ -39,9 +39,7 @@ async fn provision(config: &Config) -> anyhow::Result<()> {
         .as_deref()
         .context("--provision needs --redis-url (or GAVEL_REDIS_URL)")?;
     let engine = Engine::connect(url, 1).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = gavel_engine::runtime::now_ms();
     for auction in &config.auctions {
         let id: AuctionId = auction.parse()?;
         let settings = AuctionSettings {
@@ -174,7 +172,11 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         bids_sent: Live::get(&live.sent),
         accepted_per_s: accepted as f64 / elapsed,
         accepted,
-        rejected: total.rejections.clone().into_iter().collect(),
+        rejected: total
+            .rejections
+            .iter()
+            .map(|(code, n)| ((*code).to_owned(), *n))
+            .collect(),
         unanswered: total.unanswered,
         bid_result_latency: Percentiles::of(&total.reply_latency),
         broadcast_latency: Percentiles::of(&total.broadcast_latency()),

@@ -59,7 +59,7 @@ pub struct ConnStats {
     /// Close codes received from the server.
     pub close_codes: HashMap<u16, u64>,
     /// Rejections by code.
-    pub rejections: HashMap<String, u64>,
+    pub rejections: HashMap<&'static str, u64>,
     /// Bids sent but never answered.
     pub unanswered: u64,
     /// The connection ended with a transport error.

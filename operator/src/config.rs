@@ -4,16 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-/// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line (for log collectors).
-    Json,
-    /// Human-readable lines (for a terminal).
-    Text,
-}
+pub use gavel_engine::runtime::{LogFormat, parse_duration};
 
 /// Gavel's Auction operator.
 #[derive(Clone, Debug, Parser)]
@@ -89,7 +82,9 @@ pub struct Args {
     #[arg(long, env = "GAVEL_OPERATOR_FLUSH")]
     pub flush: Option<bool>,
 
-    /// Log format.
+    /// How log lines are written to stderr: `json`, one object per line with the current
+    /// span's fields (for log collectors), or `text` (for people). `RUST_LOG` filters them
+    /// (default `info`).
     #[arg(long, env = "GAVEL_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
@@ -128,13 +123,6 @@ impl Args {
                 format!("{host}-{}", std::process::id())
             })
     }
-}
-
-/// Parses `250ms`, `5s`, `1m30s` (the manifest syntax).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    gavel_crds::duration::parse_ms("duration", text)
-        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
-        .map_err(|e| e.message)
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ pub struct Context {
     pub client: Client,
     /// Engine-side I/O.
     pub lifecycle: Lifecycle,
-    /// Metrics.
+    /// Reconcile counts and durations, auctions per phase (`/metrics`).
     pub metrics: Arc<Metrics>,
     /// Event publisher.
     pub recorder: Recorder,

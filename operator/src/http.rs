@@ -87,6 +87,13 @@ pub async fn serve(addr: SocketAddr, state: HttpState) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    serve_on(listener, state).await
+}
+
+/// Serves the endpoints on a bound listener (port 0 included: the address it got is
+/// logged).
+pub async fn serve_on(listener: tokio::net::TcpListener, state: HttpState) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "metrics and health endpoints listening");
     axum::serve(listener, router(state)).await?;
     Ok(())
@@ -95,21 +102,20 @@ pub async fn serve(addr: SocketAddr, state: HttpState) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gavel_engine::testing::{database_url, free_port, redis_url};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use gavel_engine::testing::{database_url, free_port, http_get, redis_url};
 
     async fn get(addr: SocketAddr, path: &str) -> String {
-        for _ in 0..100 {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-                let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                s.write_all(req.as_bytes()).await.unwrap();
-                let mut out = String::new();
-                s.read_to_string(&mut out).await.unwrap();
-                return out;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("server never listened on {addr}");
+        http_get(addr.port(), path, &[])
+            .await
+            .expect("HTTP GET")
+            .raw
+    }
+
+    /// Serves on a port the system chose (no race for a free port).
+    async fn start(state: HttpState) -> (SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (addr, tokio::spawn(serve_on(listener, state)))
     }
 
     #[tokio::test]
@@ -119,8 +125,7 @@ mod tests {
         let store = Store::connect_lazy(&database_url().await).unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
         metrics.reconciled(std::time::Duration::from_millis(2), None);
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let server = tokio::spawn(serve(addr, HttpState::started(metrics, engine, store)));
+        let (addr, server) = start(HttpState::started(metrics, engine, store)).await;
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         let ready = get(addr, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
@@ -140,9 +145,8 @@ mod tests {
         let store =
             Store::connect_lazy(&format!("postgres://postgres@127.0.0.1:{}/x", free_port()))
                 .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let server = tokio::spawn(serve(addr, HttpState::started(metrics, engine, store)));
+        let (addr, server) = start(HttpState::started(metrics, engine, store)).await;
         let ready = get(addr, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
         assert!(ready.contains("postgres"));

@@ -11,8 +11,6 @@
 //! - [`startup`]: waiting (with backoff) for Redis, PostgreSQL and the API server at start.
 //! - [`metrics`], [`http`], [`telemetry`], [`config`]: the process around it.
 
-#![warn(missing_docs)]
-
 pub mod config;
 pub mod controller;
 pub mod http;

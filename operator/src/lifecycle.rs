@@ -9,13 +9,13 @@
 //! after every accepted event has been flushed there.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gavel_crds::{Auction, AuctionStatus, SpecError};
 use gavel_engine::flusher::{FlushError, Flusher};
 use gavel_engine::restore::restored_state;
 use gavel_engine::store::{Store, StoreError};
-use gavel_engine::{AuctionId, CloseOutcome, Engine, EngineError, Millis, RestoreMode, Restored};
+use gavel_engine::{AuctionId, CloseOutcome, Engine, EngineError, RestoreMode, Restored};
 use kube::ResourceExt;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -78,11 +78,7 @@ const DURABLE_TIMEOUT: Duration = Duration::from_millis(500);
 const DURABLE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch by the local clock.
-pub fn local_now() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
-        Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
-    })
-}
+pub use gavel_engine::runtime::now_ms as local_now;
 
 /// The auction's id, or why its name cannot be one.
 pub fn auction_id(auction: &Auction) -> Result<AuctionId, SpecError> {

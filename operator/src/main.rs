@@ -7,6 +7,7 @@ use clap::Parser;
 use gavel_engine::Engine;
 use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
 use gavel_engine::redis_stats::{self, RedisStats};
+use gavel_engine::runtime::shutdown_signal;
 use gavel_engine::store::Store;
 use gavel_operator::config::Args;
 use gavel_operator::controller::{self, Context};
@@ -31,25 +32,6 @@ async fn main() -> anyhow::Result<()> {
         return Err(e);
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    info!("shutting down");
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

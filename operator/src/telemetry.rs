@@ -1,27 +1,9 @@
-//! Logging through `tracing`: JSON lines by default, filtered by `RUST_LOG`.
-
-use std::io::IsTerminal;
-
-use tracing_subscriber::EnvFilter;
+//! Logging through `tracing`: the format and subscriber every Gavel binary shares
+//! ([`gavel_engine::runtime`]), JSON lines on stderr by default, filtered by `RUST_LOG`.
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. Fails only if one is already installed.
 pub fn init(format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(gavel_engine::startup::log_colours(
-            std::io::stderr().is_terminal(),
-        ));
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    }
-    .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+    gavel_engine::runtime::init_logging(format).map_err(anyhow::Error::msg)
 }

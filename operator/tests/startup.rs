@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gavel_engine::testing::{database_url, free_port, redis_url, temp_dir};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use gavel_engine::testing::{
+    TestRedis, database_url, free_port, http_get, logged_port, redis_url, temp_dir,
+};
 
 /// Generous bound on any single wait, only to avoid hangs.
 const WAIT: Duration = Duration::from_secs(30);
@@ -31,13 +32,14 @@ impl Drop for Proc {
     }
 }
 
+/// Starts the operator on a port of its choosing (port 0) and returns it with the port it
+/// logged.
 fn operator(args: &[&str], envs: &[(&str, &str)]) -> (Proc, u16) {
-    let port = free_port();
     let dir = temp_dir("operator-startup");
     let log = dir.join("operator.log");
     let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_gavel-operator"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .envs(envs.iter().copied())
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -47,20 +49,28 @@ fn operator(args: &[&str], envs: &[(&str, &str)]) -> (Proc, u16) {
         .stderr(file)
         .spawn()
         .expect("start gavel-operator");
-    (Proc { child, log }, port)
+    let mut proc = Proc { child, log };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(port) = logged_port(&proc.log, "health endpoints listening") {
+            return (proc, port);
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("the operator exited with {status}:\n{}", proc.logs());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no port logged:\n{}",
+            proc.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
-/// A plain HTTP GET: (status, body); None while nothing listens.
+/// A plain HTTP GET: (status, the whole answer); None while nothing listens.
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let status = out.get(9..12)?.parse().ok()?;
-    Some((status, out))
+    let answer = http_get(port, path, &[]).await.ok()?;
+    Some((answer.status, answer.raw))
 }
 
 /// Polls `path` until it answers `want` with a body containing `needle`.
@@ -83,25 +93,6 @@ async fn wait_for(p: &Proc, port: u16, path: &str, want: u16, needle: &str) {
     }
 }
 
-/// A redis-server on a chosen port, killed on drop.
-fn redis_on(port: u16) -> Proc {
-    let dir = temp_dir("redis-late");
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    Proc {
-        child,
-        log: dir.join("none"),
-    }
-}
-
 #[tokio::test]
 async fn waits_for_redis_then_becomes_ready() {
     let redis_port = free_port();
@@ -120,7 +111,7 @@ async fn waits_for_redis_then_becomes_ready() {
     );
     wait_for(&op, port, "/healthz", 200, "ok").await;
     wait_for(&op, port, "/readyz", 503, "waiting for Redis").await;
-    let _redis = redis_on(redis_port);
+    let _redis = TestRedis::start_on(redis_port);
     wait_for(&op, port, "/readyz", 200, "ready").await;
     assert!(op.logs().contains("Redis reached"), "{}", op.logs());
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use gavel_engine::store::Store;
-use gavel_engine::testing::{TestRedis, database_url, free_port, redis_url, temp_dir};
+use gavel_engine::testing::{TestRedis, database_url, logged_port, redis_url, temp_dir};
 use gavel_engine::{AuctionId, AuctionSettings, BidRequest, Bidder, Engine, Increments};
+use gavel_protocol::{Bid, ClientMessage, Ref, ServerMessage, Subscribe};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -112,12 +112,7 @@ pub fn auction_id() -> AuctionId {
     AuctionId::new(&format!("t{}", std::process::id()), &format!("lot-{n}")).unwrap()
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+pub use gavel_engine::runtime::now_ms;
 
 /// Open now for an hour, starting price 100, flat step.
 pub fn open_now(step: i64) -> AuctionSettings {
@@ -168,7 +163,12 @@ impl Server {
     }
 
     fn spawn(redis: &str, database: &str, extra: &[&str], secret: bool, started: bool) -> Self {
-        let port = free_port();
+        static CONSUMER: AtomicU32 = AtomicU32::new(0);
+        let consumer = format!(
+            "test-{}-{}",
+            std::process::id(),
+            CONSUMER.fetch_add(1, Ordering::Relaxed)
+        );
         let secret_args: &[&str] = if secret {
             &["--jwt-secret", SECRET]
         } else {
@@ -178,12 +178,13 @@ impl Server {
         let log = dir.join("bid-api.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gavel-bid-api"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            // Port 0: the process binds a free port and logs it (no race for the port).
+            .args(["--listen", "127.0.0.1:0"])
             .args(["--redis-url", redis, "--database-url", database])
             .args(secret_args)
             // Exact display names in the protocol tests (the tag has tests of its own).
             .args(["--jwt-leeway", "0s", "--display-name-tag", "false"])
-            .args(["--flush-consumer", &format!("test-{port}")])
+            .args(["--flush-consumer", &consumer])
             .args(extra)
             .env_remove("GAVEL_DEV_AUTH")
             .env_remove("GAVEL_ALLOWED_ORIGINS")
@@ -195,7 +196,7 @@ impl Server {
             .expect("start gavel-bid-api");
         let mut server = Self {
             child: Some(child),
-            port,
+            port: 0,
             log,
         };
         server.wait_ready(started);
@@ -208,23 +209,19 @@ impl Server {
         Self::spawn(redis, database, extra, true, false)
     }
 
-    /// Waits until the port answers and, with `started`, until start-up is over (the
-    /// start-up router's `/readyz` says `"starting":true`).
+    /// Waits until the process listens (its log names the port it bound) and, with
+    /// `started`, until start-up is over and the real router serves (`bid-api listening`).
     fn wait_ready(&mut self, started: bool) {
+        let message = if started {
+            "bid-api listening"
+        } else {
+            "bid-api starting"
+        };
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                if !started {
-                    return;
-                }
-                use std::io::{Read, Write};
-                let mut body = String::new();
-                let asked = s
-                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    .and_then(|()| s.read_to_string(&mut body));
-                if asked.is_ok() && !body.is_empty() && !body.contains("\"starting\":true") {
-                    return;
-                }
+            if let Some(port) = logged_port(&self.log, message) {
+                self.port = port;
+                return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("bid-api exited with {status}:\n{}", self.logs());
@@ -298,38 +295,23 @@ impl Drop for Server {
 
 /// A plain HTTP/1.1 GET with extra headers: (status, body).
 pub async fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+    let answer = gavel_engine::testing::http_get(port, path, headers)
         .await
-        .expect("http timeout")
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+        .expect("HTTP GET");
+    (answer.status, answer.body().to_owned())
 }
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A WebSocket client speaking the v1 protocol.
+/// A WebSocket client speaking the v1 protocol: frames it sends are the protocol's types,
+/// and every frame it receives must parse as one (the tests then read them as JSON values,
+/// so that they assert on the wire text itself).
 pub struct Client {
     pub ws: Ws,
     pub welcome: Value,
+    /// Whether each received frame is checked against the protocol (on, but for a reader
+    /// that must keep pace with the server in a throughput test).
+    pub check_protocol: bool,
 }
 
 /// How a read ended when it did not yield a message.
@@ -363,6 +345,7 @@ impl Client {
         let mut client = Self {
             ws,
             welcome: Value::Null,
+            check_protocol: true,
         };
         client.welcome = client.next().await;
         assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
@@ -390,6 +373,12 @@ impl Client {
                 .map_err(|_| End::Failed("timeout".into()))?;
             match frame {
                 Some(Ok(Message::Text(t))) => {
+                    // Every frame must be a message of the protocol as clients read it.
+                    if self.check_protocol
+                        && let Err(e) = ServerMessage::parse(t.as_str())
+                    {
+                        panic!("the server sent a frame outside the protocol ({e}): {t}");
+                    }
                     return Ok(serde_json::from_str(t.as_str()).expect("server sent JSON"));
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -433,7 +422,7 @@ impl Client {
 
     /// Sends a ping and waits for its pong: every earlier reply has arrived.
     pub async fn sync(&mut self) -> Vec<Value> {
-        self.send(json!({"type":"ping"})).await;
+        self.send_text(&ClientMessage::Ping.to_json()).await;
         let mut before = Vec::new();
         loop {
             let m = self.next().await;
@@ -445,11 +434,12 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, id: &AuctionId, since: Option<u64>) -> Vec<Value> {
-        let mut msg = json!({"type":"subscribe","auction":id.to_string()});
-        if let Some(since) = since {
-            msg["since"] = json!(since);
-        }
-        self.send(msg).await;
+        let msg = Subscribe {
+            auction: id.to_string(),
+            since,
+            epoch: None,
+        };
+        self.send_text(&msg.to_json()).await;
         let mut got = Vec::new();
         loop {
             let m = self.next().await;
@@ -469,14 +459,13 @@ impl Client {
         max: Option<i64>,
         r: &str,
     ) -> Value {
-        let mut msg = json!({"type":"bid","auction":id.to_string(),"ref":r});
-        if let Some(a) = amount {
-            msg["amount"] = json!(a);
-        }
-        if let Some(m) = max {
-            msg["max"] = json!(m);
-        }
-        self.send(msg).await;
+        let msg = Bid {
+            auction: id.to_string(),
+            amount,
+            max,
+            r#ref: Ref::from(r),
+        };
+        self.send_text(&msg.to_json()).await;
         loop {
             let m = self.next().await;
             if (m["type"] == "bid_result" || m["type"] == "bid_rejected") && m["ref"] == r {

@@ -185,7 +185,7 @@ async fn watcher(
     let (tx, rx) = watch::channel(Seen {
         price: snapshot.price,
         leader: snapshot.leader.clone(),
-        ends_at: snapshot.ends_at,
+        ends_at: Some(snapshot.ends_at),
         ..Seen::default()
     });
     tokio::spawn(async move {
@@ -205,10 +205,8 @@ async fn watcher(
             tx.send_modify(|seen| match &msg {
                 ServerMessage::Price(p) => {
                     seen.price = Some(p.price);
-                    seen.leader = p.leader.clone();
-                    if p.ends_at.is_some() {
-                        seen.ends_at = p.ends_at;
-                    }
+                    seen.leader = Some(p.leader.clone());
+                    seen.ends_at = Some(p.ends_at);
                 }
                 ServerMessage::Extended(e) => {
                     seen.ends_at = Some(e.ends_at);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use gavel_e2e::protocol::ClientMessage;
+use gavel_e2e::protocol::{ClientMessage, Subscribe};
 use gavel_e2e::{Auth, BidReply, ClientError, ServerMessage, WsClient, envfile, feed};
 
 /// The exit statuses `gavel --help` documents.
@@ -211,7 +211,7 @@ async fn follow_feed(
         println!("{}  {}", now_clock(), feed::describe(&msg, &currency));
         let done = match &msg {
             ServerMessage::Closed(c) => c.auction == auction,
-            ServerMessage::Snapshot(s) => s.auction == auction && s.is_final(),
+            ServerMessage::Snapshot(s) => s.auction == auction && s.phase.is_final(),
             ServerMessage::Error(e) => {
                 return Err(ClientError::Refused {
                     label: "watch".into(),
@@ -232,10 +232,11 @@ async fn watch(auction: String, since: Option<u64>, follow: bool, conn: Conn) ->
     let mut client = connect(&conn).await?;
     client.keep_history(false);
     client
-        .send(&ClientMessage::Subscribe {
+        .send(&ClientMessage::Subscribe(Subscribe {
             auction: auction.clone(),
             since,
-        })
+            epoch: None,
+        }))
         .await?;
     follow_feed(&mut client, &auction, String::new(), follow).await
 }

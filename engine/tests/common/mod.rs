@@ -40,10 +40,7 @@ pub fn settings(step: i64) -> AuctionSettings {
 
 /// Settings open right now by server time, for an hour.
 pub fn open_now(step: i64) -> AuctionSettings {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64;
+    let now = gavel_engine::runtime::now_ms();
     AuctionSettings {
         starts_at: None,
         ends_at: now + 3_600_000,

@@ -1,0 +1,152 @@
+//! Bids of a connection: who may bid, the limit on auctions bid on, the engine's decision
+//! and its reply, counted in `gavel_bids_total{outcome}`, each bid in a tracing span.
+
+use std::time::Instant;
+
+use gavel_engine::{AuctionId, BidError, BidRequest, RejectCode};
+use tracing::{Instrument, debug, debug_span, warn};
+
+use super::{Connection, Step, reply};
+use crate::auth::unix_now;
+use crate::protocol::{ErrorCode, Ref, ServerMessage};
+use crate::state::Missing;
+
+impl Connection {
+    /// Decides one bid and replies, in a span that names it (auction, bidder, ref) and
+    /// records how it ended (outcome, seq): one bid can be followed through the logs.
+    pub(super) async fn bid(
+        &mut self,
+        auction: AuctionId,
+        request: BidRequest,
+        r#ref: Ref,
+    ) -> Step {
+        let span = debug_span!(
+            "bid",
+            auction = %auction,
+            bidder = self.bidder_id().unwrap_or("-"),
+            "ref" = %r#ref,
+            outcome = tracing::field::Empty,
+            seq = tracing::field::Empty,
+        );
+        let reply = self
+            .decide_bid(&auction, request, &r#ref)
+            .instrument(span.clone())
+            .await;
+        if let Some(label) = reply.bid_label() {
+            span.record("outcome", label);
+        }
+        if let ServerMessage::BidResult(result) = &reply {
+            span.record("seq", result.seq);
+        }
+        span.in_scope(|| debug!("bid answered"));
+        self.reply(&reply).await
+    }
+
+    /// The reply to a bid: refused before the engine (identity, limits) or decided by it.
+    /// Counted in `gavel_bids_total{outcome}` except for limit refusals.
+    async fn decide_bid(
+        &mut self,
+        auction: &AuctionId,
+        request: BidRequest,
+        r#ref: &Ref,
+    ) -> ServerMessage {
+        let bidder = match &self.identity {
+            Some(identity) if !identity.may_bid => {
+                let message = format!(
+                    "this token may watch but not bid: it lacks {}",
+                    self.state.auth.bid_requirement().unwrap_or_default()
+                );
+                return self.count(reply::rejected(
+                    auction,
+                    r#ref,
+                    ErrorCode::Forbidden,
+                    message,
+                ));
+            }
+            Some(identity) if identity.valid_at(unix_now(), self.state.auth.leeway()) => {
+                identity.bidder.clone()
+            }
+            other => {
+                let message = if other.is_none() {
+                    "anonymous connections may watch but not bid; connect with a token"
+                } else {
+                    "token expired; send a refresh with a fresh token"
+                };
+                return self.count(reply::rejected(
+                    auction,
+                    r#ref,
+                    ErrorCode::Unauthenticated,
+                    message.into(),
+                ));
+            }
+        };
+        let started = Instant::now();
+        // Be subscribed before the bid lands, so that losing the lead is never missed.
+        let was_interested = self.interested(auction);
+        // The auctions a connection follows (subscribed or bid on) are bounded too.
+        let limit = self.state.config.max_subscriptions;
+        if !was_interested && self.bid_on.len() >= limit {
+            return reply::rejected(
+                auction,
+                r#ref,
+                ErrorCode::TooLarge,
+                format!("at most {limit} auctions bid on per connection; open another"),
+            );
+        }
+        if !was_interested
+            && let Err(e) = self.state.fanout.join(auction, &self.handle, false).await
+        {
+            warn!(%auction, error = %e, "cannot subscribe for outbid notices");
+        }
+        let result = self.state.engine.place_bid(auction, &bidder, request).await;
+        self.state
+            .metrics
+            .bid_latency
+            .observe(started.elapsed().as_secs_f64());
+        let reply = match result {
+            Ok(accepted) => {
+                self.bid_on.insert(auction.clone());
+                reply::accepted(auction, r#ref, &accepted)
+            }
+            Err(e) => {
+                if !was_interested {
+                    self.state.fanout.leave(auction, self.handle.id).await;
+                }
+                match e {
+                    BidError::Rejected(mut r) => {
+                        if r.code == RejectCode::UnknownAuction {
+                            match self.state.missing(auction).await {
+                                Missing::Unknown => {}
+                                Missing::Closed => r.code = RejectCode::AuctionClosed,
+                                Missing::Restoring | Missing::Unreachable => {
+                                    r.code = RejectCode::Unavailable;
+                                    r.retry_after_ms = Some(1_000);
+                                }
+                            }
+                        }
+                        reply::refused(auction, r#ref, &r)
+                    }
+                    BidError::Engine(e) => {
+                        warn!(%auction, error = %e, "bid failed in the engine");
+                        reply::rejected(
+                            auction,
+                            r#ref,
+                            ErrorCode::Unavailable,
+                            "the bid could not be confirmed; check the snapshot before retrying"
+                                .into(),
+                        )
+                    }
+                }
+            }
+        };
+        self.count(reply)
+    }
+
+    /// Counts a bid's reply in `gavel_bids_total{outcome}`.
+    fn count(&self, reply: ServerMessage) -> ServerMessage {
+        if let Some(label) = reply.bid_label() {
+            self.state.metrics.bids.with_label_values(&[label]).inc();
+        }
+        reply
+    }
+}
