@@ -104,10 +104,11 @@ for pod in $(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api -o
 done
 pg_port=$(forward pod/gavel-postgresql-0 5432)
 
-log "bids on the smoke auction"
-python3 scripts/ws-bid.py "${ws_urls[0]}" "$AUCTION_NS/kind-smoke" alice 2000
+log "bids on the smoke auction (the gavel CLI)"
+cargo build --workspace --all-features --locked --bins
+target/debug/gavel bid --url "${ws_urls[0]}" --bidder alice "$AUCTION_NS/kind-smoke" --amount 2000
 # Through the other pod, when there are two: the bid reaches Redis all the same.
-python3 scripts/ws-bid.py "${ws_urls[${#ws_urls[@]}-1]}" "$AUCTION_NS/kind-smoke" bob 2500
+target/debug/gavel bid --url "${ws_urls[${#ws_urls[@]}-1]}" --bidder bob "$AUCTION_NS/kind-smoke" --amount 2500
 
 log "e2e scenarios"
 join() { local IFS=,; echo "$*"; }

@@ -10,21 +10,53 @@ re-opened after 100 ms (counted as a reconnect). Every acknowledged public bid (
 a leader's re-bid, `ceiling_raised`, is a private raise without a bid of its own) is written to OUT.json as {"seq", "bidder", "amount"} so the caller can check that each is in
 PostgreSQL exactly once. Sends only to WS_URL; stops by itself.
 """
+import base64
 import json
 import os
 import socket
+import struct
 import sys
 import threading
 import time
+from urllib.parse import quote, urlsplit
 
-from importlib.machinery import SourceFileLoader  # noqa: E402
 
-ws = SourceFileLoader("ws_bid", os.path.join(os.path.dirname(__file__), "..", "ws-bid.py")).load_module()
+def send_frame(sock, opcode, payload):
+    """One masked WebSocket frame (RFC 6455 section 5.2), as a client must send it."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def recv_exact(f, n):
+    data = f.read(n)
+    if len(data) != n:
+        raise EOFError("connection closed")
+    return data
+
+
+def recv_frame(f):
+    """(opcode, payload) of the next frame from the server."""
+    b0, b1 = recv_exact(f, 2)
+    n = b1 & 0x7F
+    if n == 126:
+        (n,) = struct.unpack("!H", recv_exact(f, 2))
+    elif n == 127:
+        (n,) = struct.unpack("!Q", recv_exact(f, 8))
+    mask = recv_exact(f, 4) if b1 & 0x80 else None
+    data = recv_exact(f, n)
+    if mask:
+        data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    return b0 & 0x0F, data
 
 
 def connect(url, bidder):
-    from urllib.parse import quote, urlsplit
-    import base64
     u = urlsplit(url)
     sock = socket.create_connection((u.hostname, u.port or 80), timeout=5)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -67,9 +99,9 @@ def main():
                         amount = state["next"]
                     n += 1
                     ref = f"{bidder}-{n}"
-                    ws.send_frame(sock, 0x1, json.dumps({"type": "bid", "auction": auction, "amount": amount, "ref": ref}).encode())
+                    send_frame(sock, 0x1, json.dumps({"type": "bid", "auction": auction, "amount": amount, "ref": ref}).encode())
                     while True:
-                        opcode, data = ws.recv_frame(f)
+                        opcode, data = recv_frame(f)
                         if opcode == 0x8:
                             raise EOFError("closed by the server")
                         if opcode != 0x1:

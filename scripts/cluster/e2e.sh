@@ -77,7 +77,11 @@ if [[ ${GAVEL_CLUSTER_PROFILE:-release} == debug ]]; then
 elif [[ ${SKIP_BUILD:-0} != 1 ]]; then
   log "release binaries"
   cargo build --release --locked -p gavel-bid-api -p gavel-operator
+  # The scenarios' test binary and the `gavel` CLI (debug, as `make test` builds them).
+  cargo test --workspace --all-features --locked --no-run
 fi
+# One bid through the `gavel` CLI; exit status 0 when it is accepted.
+bid() { target/debug/gavel bid --url "$1" --bidder "$3" "$2" --amount "$4"; }
 
 log "cluster"
 KUBECONFIG=$(scripts/cluster/cluster.sh up)
@@ -155,8 +159,8 @@ join() { local IFS=,; echo "$*"; }
 log "smoke auction $AUC/smoke, ending in 40 s, bids through each pod's own address"
 auction smoke "$(in_s 40)" | kubectl apply -f -
 kubectl -n "$AUC" wait auction/smoke --for=jsonpath='{.status.phase}'=Open --timeout=60s
-python3 scripts/ws-bid.py "${ws_urls[0]}" "$AUC/smoke" alice 2000
-python3 scripts/ws-bid.py "${ws_urls[1]}" "$AUC/smoke" bob 2500
+bid "${ws_urls[0]}" "$AUC/smoke" alice 2000
+bid "${ws_urls[1]}" "$AUC/smoke" bob 2500
 
 log "e2e scenarios (pods ${api_ips[*]}, kubectl backend)"
 # --workspace --all-features: the features `make test` builds with, so nothing is rebuilt.
@@ -183,7 +187,7 @@ echo "ok: smoke closed, winner $winner at $price"
 log "operator failover: leader deleted 3 s before an end; the other replica closes it, once"
 auction failover "$(in_s 25)" | kubectl apply -f -
 kubectl -n "$AUC" wait auction/failover --for=jsonpath='{.status.phase}'=Open --timeout=60s
-python3 scripts/ws-bid.py "${ws_urls[0]}" "$AUC/failover" carol 2000
+bid "${ws_urls[0]}" "$AUC/failover" carol 2000
 lease=$(kubectl -n "$NS" get lease -o jsonpath='{range .items[*]}{.metadata.name} {.spec.holderIdentity}{"\n"}{end}' | grep -i gavel | head -1)
 leader=${lease#* }
 [[ -n $leader ]] || fail "no leader in the operator's Lease"
