@@ -140,21 +140,11 @@ pub fn status_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Parses one manifest into an Auction, with a message a person can act on.
+/// Parses one manifest into an Auction, with a message a person can act on: unknown
+/// fields are refused with their path and the nearest known name, type errors name their
+/// path (see [`gavel_crds::manifest`]).
 pub fn parse_manifest(text: &str) -> Result<Auction, String> {
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
-    let api_version = value.get("apiVersion").and_then(|v| v.as_str());
-    let kind = value.get("kind").and_then(|v| v.as_str());
-    if api_version != Some("gavel.dev/v1alpha1") || kind != Some("Auction") {
-        return Err(format!(
-            "expected apiVersion gavel.dev/v1alpha1 and kind Auction, got {} {}",
-            api_version.unwrap_or("(none)"),
-            kind.unwrap_or("(none)")
-        ));
-    }
-    let mut auction: Auction =
-        serde_yaml::from_value(value).map_err(|e| format!("not a valid Auction: {e}"))?;
+    let mut auction = gavel_crds::manifest::from_yaml(text).map_err(|e| e.to_string())?;
     if auction.metadata.name.as_deref().is_none_or(str::is_empty) {
         return Err("metadata.name is required".into());
     }
@@ -763,5 +753,59 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.metadata.namespace.as_deref(), Some("default"));
+    }
+
+    const HEAD: &str = "apiVersion: gavel.dev/v1alpha1\nkind: Auction\nmetadata: {name: a}\nspec:\n  title: x\n  currency: USD\n  increments: [{from: 0, step: 1}]\n  endsAt: '2030-01-01T00:00:00Z'\n";
+
+    /// #18: a typo must not silently change an auction (`reserve:` opened it with no
+    /// reserve, `softclose:` with no soft close).
+    #[test]
+    fn unknown_fields_are_refused_with_their_path_and_the_nearest_name() {
+        for (extra, expected) in [
+            (
+                "  startingPrice: 100\n  reserve: 50000\n",
+                "unknown field `spec.reserve`, did you mean `reservePrice`?",
+            ),
+            (
+                "  startingPrice: 100\n  softclose: {window: 60s, extension: 60s}\n",
+                "unknown field `spec.softclose`, did you mean `softClose`?",
+            ),
+            (
+                "  startingPrice: 100\n  softClose: {window: 60s, extention: 60s}\n",
+                "unknown field `spec.softClose.extention`, did you mean `extension`?",
+            ),
+            (
+                "  startingPrice: 100\n  bidLimit: {perSecond: 1, burst: 1, colour: red}\n",
+                "unknown field `spec.bidLimit.colour`",
+            ),
+        ] {
+            let err = parse_manifest(&format!("{HEAD}{extra}")).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let err = parse_manifest(
+            &HEAD.replace("metadata: {name: a}", "metadata: {name: a, namspace: shop}"),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("unknown field `metadata.namspace`, did you mean `namespace`?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = parse_manifest(&format!("{HEAD}  startingPrice: 100.50\n")).unwrap_err();
+        assert!(
+            err.contains("spec.startingPrice: invalid type: floating point `100.5`, expected i64"),
+            "{err}"
+        );
+        let err = parse_manifest(&format!(
+            "{HEAD}  startingPrice: 100\n  bidLimit: {{perSecond: fast, burst: 1}}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("spec.bidLimit.perSecond: invalid type"),
+            "{err}"
+        );
     }
 }
