@@ -17,18 +17,18 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
-use crate::lifecycle::{Lifecycle, LifecycleError, local_now};
-use crate::metrics::Metrics;
-use crate::status::{self, Note, Severity};
+use crate::backoff::Backoffs;
+use crate::lifecycle::{Lifecycle, LifecycleError, local_now, reconcile_span};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::status::{self, Failure, Note, Severity};
 
 /// Field manager of the operator's status writes.
 pub const FIELD_MANAGER: &str = "gavel-operator";
 
-/// Retry delay after a failed reconcile.
-const ERROR_REQUEUE: Duration = Duration::from_secs(5);
-/// Retry delay while a deletion waits for the last bids to reach PostgreSQL.
+/// Retry delay while a deletion waits for the last bids to reach PostgreSQL (not a
+/// failure: no backoff).
 const PENDING_REQUEUE: Duration = Duration::from_millis(500);
 
 /// Why a reconcile failed; it is retried.
@@ -49,17 +49,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// The `kind` label of the error metric.
-    pub fn kind(&self) -> &'static str {
+    /// What failed: the `kind` label of the error metric, and what decides the retry.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Lifecycle(LifecycleError::Engine(_)) => "redis",
-            Error::Lifecycle(LifecycleError::Store(_)) => "postgres",
-            Error::Lifecycle(LifecycleError::Flush(_)) => "flush",
-            Error::Kube(_) => "kube",
-            Error::Pending(_) => "pending",
+            Error::Lifecycle(e) => e.kind(),
+            Error::Kube(_) => ErrorKind::Kube,
+            Error::Pending(_) => ErrorKind::Pending,
             Error::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.kind(),
-                _ => "kube",
+                _ => ErrorKind::Kube,
             },
         }
     }
@@ -75,6 +73,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Event publisher.
     pub recorder: Recorder,
+    /// Each failing Auction's retry delays.
+    pub backoffs: Backoffs,
 }
 
 impl Context {
@@ -92,11 +92,13 @@ impl Context {
                 instance: Some(identity.to_owned()),
             },
         );
+        let backoffs = metrics.backoffs(lifecycle.timing().retry);
         Self {
             client,
             lifecycle,
             metrics,
             recorder,
+            backoffs,
         }
     }
 }
@@ -109,31 +111,49 @@ fn key(auction: &Auction) -> String {
     )
 }
 
-/// Reconciles one Auction (the `Controller`'s reconciler).
+/// Reconciles one Auction (the `Controller`'s reconciler), in a span of its own (auction,
+/// generation, step).
 pub async fn reconcile(auction: Arc<Auction>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let namespace = auction.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<Auction> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer::finalizer(&api, FINALIZER, auction, |event| async {
-        match event {
-            FinalizerEvent::Apply(a) => apply(&a, &ctx, &api).await,
-            FinalizerEvent::Cleanup(a) => cleanup(&a, &ctx, &api).await,
+    let span = reconcile_span(&auction, auction.metadata.deletion_timestamp.is_some());
+    async move {
+        let started = Instant::now();
+        let key = key(&auction);
+        let namespace = auction.namespace().unwrap_or_else(|| "default".into());
+        let api: Api<Auction> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = finalizer::finalizer(&api, FINALIZER, auction, |event| async {
+            match event {
+                FinalizerEvent::Apply(a) => apply(&a, &ctx, &api).await,
+                FinalizerEvent::Cleanup(a) => cleanup(&a, &ctx, &api).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
+        if result.is_ok() {
+            ctx.backoffs.reset(&key);
         }
-    })
+        ctx.metrics
+            .reconciled(started.elapsed(), result.as_ref().err().map(Error::kind));
+        result
+    }
+    .instrument(span)
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .reconciled(started.elapsed(), result.as_ref().err().map(Error::kind));
-    result
 }
 
 async fn apply(auction: &Auction, ctx: &Context, api: &Api<Auction>) -> Result<Action, Error> {
     let outcome = match ctx.lifecycle.reconcile(auction, false).await {
         Ok(outcome) => outcome,
         Err(e) => {
+            // The delay `error_policy` will use, announced in the status.
+            let next = ctx.backoffs.peek(&key(auction));
+            let failure = Failure {
+                message: e.to_string(),
+                redis: e.is_redis(),
+                attempt: next.attempt,
+                retry_in: next.wait,
+            };
             let status = status::unavailable(
                 auction.status.as_ref(),
-                &e.to_string(),
+                &failure,
                 local_now(),
                 auction.metadata.generation,
             );
@@ -217,9 +237,9 @@ async fn publish(ctx: &Context, auction: &Auction, notes: &[Note]) {
                 Severity::Normal => EventType::Normal,
                 Severity::Warning => EventType::Warning,
             },
-            reason: note.reason.clone(),
+            reason: note.reason.as_str().into(),
             note: Some(note.message.clone()),
-            action: note.action.clone(),
+            action: note.action.as_str().into(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
@@ -228,13 +248,23 @@ async fn publish(ctx: &Context, auction: &Auction, notes: &[Note]) {
     }
 }
 
-/// Requeue policy after a failed reconcile.
-pub fn error_policy(auction: Arc<Auction>, error: &Error, _ctx: Arc<Context>) -> Action {
-    if error.kind() == "pending" {
+/// Requeue policy after a failed reconcile: per-auction exponential backoff with jitter,
+/// capped ([`crate::backoff`]); reset by the next success. A deletion waiting for its
+/// last bids is not a failure and comes back shortly.
+pub fn error_policy(auction: Arc<Auction>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key(&auction);
+    if error.kind() == ErrorKind::Pending {
         return Action::requeue(PENDING_REQUEUE);
     }
-    warn!(auction = %key(&auction), error = %error, "reconcile failed; retrying");
-    Action::requeue(ERROR_REQUEUE)
+    let delay = ctx.backoffs.fail(&key);
+    warn!(
+        auction = %key,
+        error = %error,
+        attempt = delay.attempt,
+        retry_in_ms = u64::try_from(delay.wait.as_millis()).unwrap_or(u64::MAX),
+        "reconcile failed; retrying"
+    );
+    Action::requeue(delay.wait)
 }
 
 /// Checks that the Auction CRD is installed, with an actionable message if not.

@@ -12,8 +12,8 @@ use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
 use gavel_engine::store::Store;
 use gavel_engine::testing::{TestRedis, database_url, redis_url, temp_dir};
 use gavel_engine::{
-    AuctionEvent, AuctionId, BidAccepted, BidRequest, Bidder, CloseMode, Engine, EngineError,
-    Millis,
+    AuctionEvent, AuctionId, BidAccepted, BidError, BidRequest, Bidder, CloseMode, Engine,
+    EngineError, Millis,
 };
 use gavel_operator::lifecycle::{Lifecycle, local_now, run_flusher};
 use gavel_operator::metrics::Metrics;
@@ -734,4 +734,87 @@ async fn a_few_hundred_auctions_ending_together_each_close_once_with_their_winne
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// #18: a file removed while the standalone operator was stopped must not leave its auction
+/// open and taking bids after the restart. On start, the operator reconciles what it
+/// provisioned from the folder against what the folder holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_removed_while_stopped_is_deleted_at_the_next_start() {
+    let s = servers().await;
+    let dir = temp_dir("operator-orphan");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let end = local_now() + 3_600_000;
+    let gone = AuctionId::new("shop", "gone").unwrap();
+    let gone_file = dir.join("gone.yaml");
+    std::fs::write(&gone_file, manifest("gone", None, end, "")).unwrap();
+    let kept = AuctionId::new("shop", "kept").unwrap();
+    let kept_file = dir.join("kept.yaml");
+    std::fs::write(&kept_file, manifest("kept", None, end, "")).unwrap();
+    // Renamed while stopped: the file now names another auction.
+    let renamed = AuctionId::new("shop", "before").unwrap();
+    let renamed_file = dir.join("renamed.yaml");
+    std::fs::write(&renamed_file, manifest("before", None, end, "")).unwrap();
+
+    let op = Operator::start(&dir, &s, "operator-orphan-1").await;
+    for file in [&gone_file, &kept_file, &renamed_file] {
+        wait_status(file, Duration::from_secs(10), "Open", phase(Phase::Open)).await;
+    }
+    bid(&engine, &gone, "Ann", Some(10_000), None).await;
+    op.stop().await;
+
+    std::fs::remove_file(&gone_file).unwrap();
+    std::fs::write(&renamed_file, manifest("after", None, end, "")).unwrap();
+    let op = Operator::start(&dir, &s, "operator-orphan-2").await;
+    // The removed file's auction is cancelled, recorded and leaves Redis; its status file
+    // goes too. Same for the auction the renamed file no longer names.
+    for (id, status_file) in [(&gone, status_path(&gone_file)), (&renamed, PathBuf::new())] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let removed = matches!(
+                engine.snapshot(id, None).await,
+                Err(EngineError::UnknownAuction(_))
+            );
+            if removed && !status_file.is_file() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} is still live (or its status file is left) after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let result = store.result(id).await.unwrap().expect("result recorded");
+        assert!(result.cancelled, "{id}: {result:?}");
+    }
+    assert_eq!(store.bid_count(&gone).await.unwrap(), 1);
+    let err = engine
+        .place_bid(
+            &gone,
+            &Bidder::new("bob-id", "Bob").unwrap(),
+            BidRequest {
+                amount: Some(20_000),
+                max: None,
+            },
+        )
+        .await
+        .expect_err("a bid on the removed auction was accepted");
+    assert!(
+        matches!(
+            err,
+            BidError::Engine(EngineError::UnknownAuction(_)) | BidError::Rejected(_)
+        ),
+        "{err:?}"
+    );
+    // The others are untouched; the renamed file's new auction runs.
+    assert_eq!(read_status(&kept_file).unwrap().phase, Some(Phase::Open));
+    assert!(engine.snapshot(&kept, None).await.unwrap().result.is_none());
+    let after = AuctionId::new("shop", "after").unwrap();
+    wait_status(&renamed_file, Duration::from_secs(10), "after Open", |st| {
+        st.phase == Some(Phase::Open)
+    })
+    .await;
+    assert!(engine.snapshot(&after, None).await.is_ok());
+    op.stop().await;
 }

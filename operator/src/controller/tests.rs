@@ -166,7 +166,9 @@ async fn no_more_requests(server: &mut Handle<Request<Body>, Response<Body>>) {
 }
 
 fn condition(status: &AuctionStatus, kind: &str) -> (String, String, String) {
-    let c = crate::status::condition(&status.conditions, kind).expect(kind);
+    let kind = crate::status::ConditionType::parse(kind).expect(kind);
+    let c = crate::status::condition(&status.conditions, kind)
+        .unwrap_or_else(|| panic!("no {kind} condition"));
     (c.status.clone(), c.reason.clone(), c.message.clone())
 }
 
