@@ -107,9 +107,13 @@ pub fn from_yaml(text: &str) -> Result<Auction, ManifestError> {
     if !unknown.is_empty() {
         return Err(ManifestError::UnknownFields(unknown));
     }
-    // From the text again (not the value), so that the error also says where (line and
-    // column).
-    serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+    from_value(value)
+}
+
+/// Reads one Auction from its JSON form (as YAML or an API server gives it), naming the
+/// path of a type error; unknown fields are not looked at (see [`unknown_fields`]).
+pub fn from_value(value: Value) -> Result<Auction, ManifestError> {
+    serde_path_to_error::deserialize(value)
         .map_err(|e| ManifestError::Invalid(with_path(&e.path().to_string(), e.inner())))
 }
 

@@ -1,4 +1,6 @@
-//! Logging through `tracing`: JSON lines by default, filtered by `RUST_LOG`.
+//! Logging through `tracing`: JSON lines by default, filtered by `RUST_LOG`. Each line
+//! carries the span it was logged in (`span`: a reconcile's auction, generation and step;
+//! a flush batch's consumer and size); text lines prefix it.
 
 use std::io::IsTerminal;
 
@@ -19,7 +21,8 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     }
