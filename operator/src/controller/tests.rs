@@ -507,3 +507,49 @@ async fn the_controller_closes_a_listed_auction_at_its_end() {
         .expect("the controller did not stop")
         .unwrap();
 }
+
+/// #18 part 6: a failing Auction is retried with its own exponential backoff (announced
+/// before it is used, so the status can say it), other Auctions are not affected, a
+/// deletion waiting for its last bids is no failure, and the first success resets it.
+#[tokio::test]
+async fn failed_reconciles_back_off_per_auction() {
+    let f = fixture().await;
+    let a = Arc::new(finalized(auction(60_000, 120_000)));
+    let failure = || Error::Kube(kube::Error::Service("connection refused".into()));
+    let mut waits = Vec::new();
+    for attempt in 1..=5 {
+        let next = f.ctx.backoffs.peek("shop/strat");
+        assert_eq!(next.attempt, attempt);
+        let action = error_policy(a.clone(), &failure(), f.ctx.clone());
+        assert_eq!(action, Action::requeue(next.wait), "attempt {attempt}");
+        waits.push(next.wait);
+    }
+    let first = Timing::default().retry.first;
+    for (i, w) in waits.iter().enumerate() {
+        assert!(
+            *w >= first * 2u32.pow(i as u32),
+            "attempt {}: {waits:?}",
+            i + 1
+        );
+        assert!(
+            *w < first * 2u32.pow(i as u32 + 1),
+            "attempt {}: {waits:?}",
+            i + 1
+        );
+    }
+    assert_eq!(f.ctx.backoffs.failing(), 1);
+    assert_eq!(f.ctx.metrics.backing_off.get(), 1);
+    assert_eq!(f.ctx.metrics.retry_delay.get_sample_count(), 5);
+
+    // Another Auction starts from the first delay.
+    assert_eq!(f.ctx.backoffs.peek("shop/other").attempt, 1);
+
+    // Waiting for the last bids of a deletion is not a failure.
+    let pending = error_policy(a.clone(), &Error::Pending("flushing".into()), f.ctx.clone());
+    assert_eq!(pending, Action::requeue(Duration::from_millis(500)));
+    assert_eq!(f.ctx.backoffs.peek("shop/strat").attempt, 6);
+
+    f.ctx.backoffs.reset("shop/strat");
+    assert_eq!(f.ctx.backoffs.peek("shop/strat").attempt, 1);
+    assert_eq!(f.ctx.metrics.backing_off.get(), 0);
+}
