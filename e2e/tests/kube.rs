@@ -767,7 +767,9 @@ async fn kubectl_full(args: &[&str], stdin: &str) -> (bool, String, String) {
         .spawn()
         .expect("kubectl");
     if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(stdin.as_bytes()).await.expect("kubectl stdin");
+        pipe.write_all(stdin.as_bytes())
+            .await
+            .expect("kubectl stdin");
     }
     let out = child.wait_with_output().await.expect("kubectl");
     (
@@ -808,11 +810,8 @@ async fn unknown_fields_currency_and_an_end_already_past() {
         "{stderr}"
     );
     assert!(auction(&name).await.is_none());
-    let (ok, _, stderr) = kubectl_full(
-        &["apply", "--validate=warn", "-f", "-"],
-        &typo.to_string(),
-    )
-    .await;
+    let (ok, _, stderr) =
+        kubectl_full(&["apply", "--validate=warn", "-f", "-"], &typo.to_string()).await;
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains("Warning") && stderr.contains("unknown field \"spec.reserve\""),
@@ -821,7 +820,10 @@ async fn unknown_fields_currency_and_an_end_already_past() {
     let open = wait_phase(&name, "Open", T).await;
     assert!(open["spec"]["reserve"].is_null(), "not pruned: {open}");
     assert!(open["spec"]["reservePrice"].is_null(), "{open}");
-    assert_eq!(open["status"]["reserveMet"], true, "opened without a reserve");
+    assert_eq!(
+        open["status"]["reserveMet"], true,
+        "opened without a reserve"
+    );
 
     let mut bad_currency = manifest(&unique_name("xyz"), now_ms() + 3_600_000);
     bad_currency["spec"]["currency"] = json!("XYZ");
@@ -918,11 +920,18 @@ async fn conditions_tell_the_truth_through_kubectl() {
     let closed_at = closed["status"]["closedAt"].as_str().unwrap().to_owned();
     assert_eq!(
         condition(&closed, "Open"),
-        ("False".into(), "Ended".into(), format!("closed at {closed_at}"))
+        (
+            "False".into(),
+            "Ended".into(),
+            format!("closed at {closed_at}")
+        )
     );
     let (ok, reason, message) = condition(&closed, "Ready");
     assert_eq!((ok.as_str(), reason.as_str()), ("True", "Completed"));
-    assert!(message.starts_with(&format!("closed at {closed_at}; result recorded")), "{message}");
+    assert!(
+        message.starts_with(&format!("closed at {closed_at}; result recorded")),
+        "{message}"
+    );
 
     // Cancel: a new generation, reported as what happened, never Provisioning.
     let cancelled = unique_name("truth-cancel");
@@ -944,9 +953,16 @@ async fn conditions_tell_the_truth_through_kubectl() {
     .await
     .expect("cancel");
     let st = wait_phase(&cancelled, "Cancelled", T).await;
-    assert_eq!(st["status"]["observedGeneration"], st["metadata"]["generation"]);
+    assert_eq!(
+        st["status"]["observedGeneration"],
+        st["metadata"]["generation"]
+    );
     let (ok, reason, message) = condition(&st, "Ready");
-    assert_eq!((ok.as_str(), reason.as_str()), ("True", "Completed"), "{message}");
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("True", "Completed"),
+        "{message}"
+    );
     assert!(message.starts_with("cancelled at "), "{message}");
     assert_eq!(condition(&st, "Open").1, "Cancelled");
 

@@ -858,7 +858,13 @@ fn child_process(dir: &std::path::Path, program: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         (ppid == parent && String::from_utf8_lossy(&cmdline).contains(program)).then_some(pid)
     })
@@ -953,7 +959,11 @@ async fn local_up_demo_down() {
             "demo output lacks {expected:?}:\n{demo_out}"
         );
     }
-    assert_eq!(partly_code, Some(1), "status with the operator killed: {partly}");
+    assert_eq!(
+        partly_code,
+        Some(1),
+        "status with the operator killed: {partly}"
+    );
     assert!(
         partly
             .lines()

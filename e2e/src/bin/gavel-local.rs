@@ -209,8 +209,11 @@ async fn check_kube(kubectl: &str, kubeconfig: &str) -> Result<(), String> {
 /// Asks every process named in the env file, at the same time.
 async fn check_processes(vars: &std::collections::BTreeMap<String, String>) -> Vec<Check> {
     let var = |k: &str| vars.get(k).cloned().unwrap_or_default();
-    let mut checks: Vec<(String, String, futures::future::BoxFuture<'static, Result<(), String>>)> =
-        Vec::new();
+    let mut checks: Vec<(
+        String,
+        String,
+        futures::future::BoxFuture<'static, Result<(), String>>,
+    )> = Vec::new();
     let redis = var("GAVEL_REDIS_URL");
     checks.push((
         "redis".into(),
@@ -241,8 +244,7 @@ async fn check_processes(vars: &std::collections::BTreeMap<String, String>) -> V
         operator.clone(),
         Box::pin(async move { check_ready(&operator).await }),
     ));
-    if let (Some(kubectl), Some(kubeconfig)) = (vars.get("GAVEL_KUBECTL"), vars.get("KUBECONFIG"))
-    {
+    if let (Some(kubectl), Some(kubeconfig)) = (vars.get("GAVEL_KUBECTL"), vars.get("KUBECONFIG")) {
         let (kubectl, kubeconfig) = (kubectl.clone(), kubeconfig.clone());
         checks.push((
             "kube-apiserver".into(),
