@@ -206,14 +206,13 @@ async fn check_kube(kubectl: &str, kubeconfig: &str) -> Result<(), String> {
     }
 }
 
+/// One process's check, to run: `Err(why)` when it does not answer as it should.
+type Probe = futures::future::BoxFuture<'static, Result<(), String>>;
+
 /// Asks every process named in the env file, at the same time.
 async fn check_processes(vars: &std::collections::BTreeMap<String, String>) -> Vec<Check> {
     let var = |k: &str| vars.get(k).cloned().unwrap_or_default();
-    let mut checks: Vec<(
-        String,
-        String,
-        futures::future::BoxFuture<'static, Result<(), String>>,
-    )> = Vec::new();
+    let mut checks: Vec<(String, String, Probe)> = Vec::new();
     let redis = var("GAVEL_REDIS_URL");
     checks.push((
         "redis".into(),
