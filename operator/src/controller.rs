@@ -75,6 +75,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Each failing Auction's retry delays.
     pub backoffs: Backoffs,
+    /// The status this replica last wrote, by uid (see [`Context::fresh`]).
+    written: std::sync::Mutex<std::collections::HashMap<String, AuctionStatus>>,
 }
 
 impl Context {
@@ -99,6 +101,56 @@ impl Context {
             metrics,
             recorder,
             backoffs,
+            written: Default::default(),
+        }
+    }
+
+    fn written(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, AuctionStatus>> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The object to reconcile: `auction` as the watch gave it, or, when its status is not
+    /// the one this replica last wrote, the object as the API server holds it now. The
+    /// watch cache can lag behind our own status write (a reconcile triggered meanwhile —
+    /// by the close in Redis — then sees the phase before it): computed from such a stale
+    /// copy, a transition's Event would be published twice.
+    async fn fresh(
+        &self,
+        api: &Api<Auction>,
+        auction: &Auction,
+    ) -> Result<Option<Auction>, kube::Error> {
+        let Some(uid) = auction.metadata.uid.as_deref() else {
+            return Ok(None);
+        };
+        let stale = self
+            .written()
+            .get(uid)
+            .is_some_and(|mine| status::differs(auction.status.as_ref(), mine));
+        if !stale {
+            return Ok(None);
+        }
+        let by_name =
+            ListParams::default().fields(&format!("metadata.name={}", auction.name_any()));
+        let current = api
+            .list(&by_name)
+            .await?
+            .items
+            .into_iter()
+            .find(|current| current.metadata.uid == auction.metadata.uid);
+        Ok(current)
+    }
+
+    fn remember(&self, auction: &Auction, status: &AuctionStatus) {
+        if let Some(uid) = auction.metadata.uid.clone() {
+            self.written().insert(uid, status.clone());
+        }
+    }
+
+    fn forget(&self, auction: &Auction) {
+        if let Some(uid) = auction.metadata.uid.as_deref() {
+            self.written().remove(uid);
         }
     }
 }
@@ -140,6 +192,8 @@ pub async fn reconcile(auction: Arc<Auction>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn apply(auction: &Auction, ctx: &Context, api: &Api<Auction>) -> Result<Action, Error> {
+    let fresh = ctx.fresh(api, auction).await?;
+    let auction = fresh.as_ref().unwrap_or(auction);
     let outcome = match ctx.lifecycle.reconcile(auction, false).await {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -157,16 +211,20 @@ async fn apply(auction: &Auction, ctx: &Context, api: &Api<Auction>) -> Result<A
                 local_now(),
                 auction.metadata.generation,
             );
-            if status::differs(auction.status.as_ref(), &status)
-                && let Err(patch_error) = patch_status(api, auction, &status).await
-            {
-                debug!(error = %patch_error, "cannot report the failure in the status");
+            if status::differs(auction.status.as_ref(), &status) {
+                match patch_status(api, auction, &status).await {
+                    Ok(()) => ctx.remember(auction, &status),
+                    Err(patch_error) => {
+                        debug!(error = %patch_error, "cannot report the failure in the status")
+                    }
+                }
             }
             return Err(e.into());
         }
     };
     if status::differs(auction.status.as_ref(), &outcome.status) {
         patch_status(api, auction, &outcome.status).await?;
+        ctx.remember(auction, &outcome.status);
     }
     publish(ctx, auction, &outcome.events).await;
     ctx.metrics.set_phase(&key(auction), outcome.status.phase);
@@ -190,6 +248,7 @@ async fn cleanup(auction: &Auction, ctx: &Context, api: &Api<Auction>) -> Result
     }
     publish(ctx, auction, &outcome.events).await;
     ctx.metrics.set_phase(&key(auction), None);
+    ctx.forget(auction);
     Ok(Action::await_change())
 }
 
