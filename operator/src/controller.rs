@@ -139,6 +139,12 @@ impl Context {
             .items
             .into_iter()
             .find(|current| current.metadata.uid == auction.metadata.uid);
+        // What the API server holds is the latest now (another replica may have written
+        // it): copies that match it are not read again.
+        match current.as_ref().and_then(|c| c.status.as_ref()) {
+            Some(status) => self.remember(auction, status),
+            None => self.forget(auction),
+        }
         Ok(current)
     }
 
