@@ -7,6 +7,9 @@
 //!   ascending from 0, pricing frozen once open, …) are CEL `x-kubernetes-validations`
 //!   evaluated by the API server; [`AuctionSpec::to_settings`] checks them again (plus the
 //!   engine's bounds) and names the offending field, for the operator's conditions.
+//! - [`manifest::from_yaml`] reads a manifest strictly (unknown fields refused with the
+//!   nearest known name, type errors with their path), where no API server prunes it;
+//!   [`currency`] checks ISO 4217 codes.
 //! - [`crd`] is the CustomResourceDefinition; the `crdgen` binary prints it as YAML
 //!   (`crds/auction.yaml`, checked for drift by a test).
 
@@ -21,7 +24,9 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod currency;
 pub mod duration;
+pub mod manifest;
 
 /// API group of the resource.
 pub const GROUP: &str = "gavel.dev";
@@ -98,6 +103,9 @@ const PRICING_UNCHANGED: &str = "self.spec.startingPrice == oldSelf.spec.startin
     validation = Rule::new("!has(self.spec.startsAt) || self.spec.endsAt > self.spec.startsAt")
         .message("endsAt must be after startsAt")
         .field_path(".spec.endsAt"),
+    validation = Rule::new(currency::cel_rule())
+        .message("currency must be an ISO 4217 code with a minor unit, such as USD, EUR or JPY")
+        .field_path(".spec.currency"),
     validation = Rule::new("!has(self.spec.reservePrice) || self.spec.reservePrice >= self.spec.startingPrice")
         .message("reservePrice must be at least startingPrice")
         .field_path(".spec.reservePrice"),
@@ -131,8 +139,8 @@ pub struct AuctionSpec {
     /// Human title shown to bidders, 1 to 200 characters.
     #[schemars(length(min = 1, max = 200))]
     pub title: String,
-    /// ISO 4217 currency code, three upper-case letters (USD, EUR, …). Every amount of
-    /// the auction is in this currency's minor unit.
+    /// ISO 4217 currency code with a minor unit (USD, EUR, JPY, …). Every amount of the
+    /// auction is in this currency's minor unit (cents for USD, yen for JPY, fils for BHD).
     #[schemars(length(min = 3, max = 3), regex(pattern = r"^[A-Z]{3}$"))]
     pub currency: String,
     /// Lowest first bid, in minor units (10000 = 100.00 USD). Frozen once the auction is
@@ -368,6 +376,7 @@ impl AuctionSpec {
     /// Converts the spec to the engine's settings and validates them, naming the field at
     /// fault. Never panics, whatever the input.
     pub fn to_settings(&self) -> Result<AuctionSettings, SpecError> {
+        currency::check(&self.currency)?;
         if self.increments.len() > MAX_TIERS {
             return Err(SpecError::new(
                 "increments",

@@ -112,6 +112,7 @@ fn yaml_has_what_a_platform_team_needs() {
         .collect();
     let has = |needle: &str| rules.iter().any(|r| r.contains(needle));
     assert!(has("self.spec.endsAt > self.spec.startsAt"));
+    assert!(has("self.spec.currency in ['AED'"));
     assert!(has("self.spec.reservePrice >= self.spec.startingPrice"));
     assert!(has("self.spec.increments[0].from == 0"));
     assert!(has("isSorted()"));
@@ -157,7 +158,13 @@ fn cel_accepts_the_design_example() {
 #[test]
 fn cel_refuses_cross_field_errors_with_their_message() {
     type Change = fn(&mut Value);
-    let cases: [(&str, Change); 6] = [
+    let cases: [(&str, Change); 8] = [
+        ("currency must be an ISO 4217 code", |s| {
+            s["currency"] = json!("XYZ")
+        }),
+        ("currency must be an ISO 4217 code", |s| {
+            s["currency"] = json!("XAU")
+        }),
         ("endsAt must be after startsAt", |s| {
             s["endsAt"] = json!("2026-12-01T17:00:00Z")
         }),
@@ -279,9 +286,11 @@ fn example_converts_to_engine_settings() {
 #[test]
 fn conversion_errors_name_the_field() {
     type Change = fn(&mut AuctionSpec);
-    let cases: [(&str, Change); 12] = [
+    let cases: [(&str, Change); 14] = [
         ("title", |s| s.title = "  ".into()),
         ("currency", |s| s.currency = "usd".into()),
+        ("currency", |s| s.currency = "XYZ".into()),
+        ("currency", |s| s.currency = "XAU".into()),
         ("startingPrice", |s| s.starting_price = 0),
         ("startingPrice", |s| s.starting_price = i64::MAX),
         ("reservePrice", |s| s.reserve_price = Some(1)),
@@ -349,8 +358,9 @@ fn example_manifests_of_the_repository_are_valid() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let auction: Auction =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name} is not an Auction: {e}"));
+        // Strictly: an example with a typo would teach it.
+        let auction: Auction = crate::manifest::from_yaml(&text)
+            .unwrap_or_else(|e| panic!("{name} is not an Auction: {e}"));
         let json = serde_json::to_value(&auction).unwrap();
         validate(&json, None).unwrap_or_else(|e| panic!("{name} fails the CEL rules: {e}"));
         auction

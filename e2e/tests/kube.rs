@@ -752,3 +752,237 @@ async fn api_server_restarted_while_watching() {
     apply(&manifest(&after, now_ms() + 3_600_000)).await;
     wait_phase(&after, "Open", LONG).await;
 }
+
+/// `kubectl` as the admin: whether it succeeded, its standard output and its standard
+/// error (where kubectl prints warnings).
+async fn kubectl_full(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(cp().kubectl_program())
+        .arg("--kubeconfig")
+        .arg(cp().kubeconfig())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.as_bytes())
+            .await
+            .expect("kubectl stdin");
+    }
+    let out = child.wait_with_output().await.expect("kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The condition `kind` of an Auction object: (status, reason, message).
+fn condition(auction: &Value, kind: &str) -> (String, String, String) {
+    let c = auction["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition: {auction}"));
+    let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    (text("status"), text("reason"), text("message"))
+}
+
+/// #18 part 4 against a real API server (README § The Auction resource): a field the
+/// schema does not have is refused by kubectl's default field validation (strict), naming
+/// it; `--validate=warn` prints a warning and the API server prunes the field (the auction
+/// opens without it); a currency outside ISO 4217 is refused by the CRD's CEL rule; an
+/// auction whose endsAt passed before it was provisioned is not opened (Failed,
+/// `AlreadyEnded`, a Warning Event) until endsAt moves.
+#[tokio::test]
+async fn unknown_fields_currency_and_an_end_already_past() {
+    let _shared = shared().platform.read().await;
+    let name = unique_name("typo");
+    let mut typo = manifest(&name, now_ms() + 3_600_000);
+    typo["spec"]["reserve"] = json!(50_000);
+    let (ok, _, stderr) = kubectl_full(&["apply", "-f", "-"], &typo.to_string()).await;
+    assert!(!ok, "an unknown field was accepted under strict validation");
+    assert!(
+        stderr.contains("unknown field \"spec.reserve\""),
+        "{stderr}"
+    );
+    assert!(auction(&name).await.is_none());
+    let (ok, _, stderr) =
+        kubectl_full(&["apply", "--validate=warn", "-f", "-"], &typo.to_string()).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Warning") && stderr.contains("unknown field \"spec.reserve\""),
+        "{stderr}"
+    );
+    let open = wait_phase(&name, "Open", T).await;
+    assert!(open["spec"]["reserve"].is_null(), "not pruned: {open}");
+    assert!(open["spec"]["reservePrice"].is_null(), "{open}");
+    assert_eq!(
+        open["status"]["reserveMet"], true,
+        "opened without a reserve"
+    );
+
+    let mut bad_currency = manifest(&unique_name("xyz"), now_ms() + 3_600_000);
+    bad_currency["spec"]["currency"] = json!("XYZ");
+    let (ok, _, stderr) = kubectl_full(&["apply", "-f", "-"], &bad_currency.to_string()).await;
+    assert!(!ok, "currency XYZ accepted");
+    assert!(
+        stderr.contains("currency must be an ISO 4217 code"),
+        "{stderr}"
+    );
+
+    let late = unique_name("late");
+    apply(&manifest(&late, now_ms() - 60_000)).await;
+    let failed = wait_phase(&late, "Failed", T).await;
+    let (ok, reason, message) = condition(&failed, "Ready");
+    assert_eq!((ok.as_str(), reason.as_str()), ("False", "AlreadyEnded"));
+    assert!(message.contains("so it was never opened"), "{message}");
+    let uid = failed["metadata"]["uid"].as_str().unwrap().to_owned();
+    let ev = eventually("the AlreadyEnded event", T, || async {
+        let ev = events(&uid).await;
+        reasons(&ev).contains(&"AlreadyEnded").then_some(ev)
+    })
+    .await;
+    assert_eq!(reasons(&ev), ["AlreadyEnded"], "{ev:?}");
+    cp().kubectl(
+        &[
+            "patch",
+            "auction",
+            &late,
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            &json!({"spec": {"endsAt": format_rfc3339(now_ms() + 3_600_000)}}).to_string(),
+        ],
+        None,
+    )
+    .await
+    .expect("endsAt moved");
+    let open = wait_phase(&late, "Open", T).await;
+    assert_eq!(condition(&open, "Ready").1, "Provisioned");
+}
+
+/// #18 parts 5 and 6 through the API server: the conditions read with kubectl after open,
+/// a soft-close extension, the close, a cancel, and a failure (Redis down: Ready says which
+/// attempt failed and when the next is, Open is Unknown; the auction closes once Redis is
+/// back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_tell_the_truth_through_kubectl() {
+    let mut p = shared().platform.write().await;
+    restart_stopped_operators(&mut p).await;
+    let name = unique_name("truth");
+    let id = format!("{NS}/{name}");
+    let ends = now_ms() + 5_000;
+    let mut m = manifest(&name, ends);
+    m["spec"]["softClose"] = json!({"window": "3s", "extension": "3s"});
+    apply(&m).await;
+    let open = wait_phase(&name, "Open", T).await;
+    assert_eq!(
+        condition(&open, "Ready"),
+        (
+            "True".into(),
+            "Provisioned".into(),
+            "provisioned in Redis and PostgreSQL".into()
+        )
+    );
+    assert_eq!(
+        condition(&open, "Open"),
+        (
+            "True".into(),
+            "BiddingOpen".into(),
+            format!("taking bids until {}", format_rfc3339(ends))
+        )
+    );
+
+    let mut erin = bidder(0, "erin", &id).await;
+    until(ends - 2_000).await;
+    bid(&mut erin, &id, 2000).await;
+    let extended = eventually("the extension in the status", T, || async {
+        auction(&name)
+            .await
+            .filter(|a| condition(a, "Open").2.contains("extended by soft close"))
+    })
+    .await;
+    assert_eq!(
+        condition(&extended, "Open").2,
+        format!(
+            "taking bids until {} (extended by soft close from {})",
+            extended["status"]["effectiveEndsAt"].as_str().unwrap(),
+            format_rfc3339(ends)
+        )
+    );
+
+    let closed = wait_phase(&name, "Closed", LONG).await;
+    let closed_at = closed["status"]["closedAt"].as_str().unwrap().to_owned();
+    assert_eq!(
+        condition(&closed, "Open"),
+        (
+            "False".into(),
+            "Ended".into(),
+            format!("closed at {closed_at}")
+        )
+    );
+    let (ok, reason, message) = condition(&closed, "Ready");
+    assert_eq!((ok.as_str(), reason.as_str()), ("True", "Completed"));
+    assert!(
+        message.starts_with(&format!("closed at {closed_at}; result recorded")),
+        "{message}"
+    );
+
+    // Cancel: a new generation, reported as what happened, never Provisioning.
+    let cancelled = unique_name("truth-cancel");
+    apply(&manifest(&cancelled, now_ms() + 3_600_000)).await;
+    wait_phase(&cancelled, "Open", T).await;
+    cp().kubectl(
+        &[
+            "patch",
+            "auction",
+            &cancelled,
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"cancel":true}}"#,
+        ],
+        None,
+    )
+    .await
+    .expect("cancel");
+    let st = wait_phase(&cancelled, "Cancelled", T).await;
+    assert_eq!(
+        st["status"]["observedGeneration"],
+        st["metadata"]["generation"]
+    );
+    let (ok, reason, message) = condition(&st, "Ready");
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("True", "Completed"),
+        "{message}"
+    );
+    assert!(message.starts_with("cancelled at "), "{message}");
+    assert_eq!(condition(&st, "Open").1, "Cancelled");
+
+    // A failure: Redis down at the end of an auction.
+    let failing = unique_name("truth-fail");
+    let failing_ends = now_ms() + 3_000;
+    apply(&manifest(&failing, failing_ends)).await;
+    wait_phase(&failing, "Open", T).await;
+    tokio::task::block_in_place(|| p.redis().expect("one Redis server").kill());
+    let down = eventually("two failures in the status", LONG, || async {
+        auction(&failing)
+            .await
+            .filter(|a| condition(a, "Ready").2.contains("failed 2 times in a row"))
+    })
+    .await;
+    let (ok, reason, message) = condition(&down, "Ready");
+    assert_eq!((ok.as_str(), reason.as_str()), ("False", "Unavailable"));
+    assert!(message.contains(", retrying in "), "{message}");
+    assert_eq!(condition(&down, "Open").0, "Unknown");
+    tokio::task::block_in_place(|| p.redis().expect("one Redis server").restart());
+    let closed = wait_phase(&failing, "Closed", LONG).await;
+    assert_eq!(condition(&closed, "Ready").1, "Completed");
+}

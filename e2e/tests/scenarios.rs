@@ -850,6 +850,29 @@ async fn cli_bids_and_watches() {
     assert!(out.contains("CLOSED: winner zed at USD 10.00"), "{out}");
 }
 
+/// The pid of the child of the `gavel-local run` of `dir` whose command line contains
+/// `program`.
+fn child_process(dir: &std::path::Path, program: &str) -> Option<u32> {
+    let parent: u32 = std::fs::read_to_string(dir.join("local.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == parent && String::from_utf8_lossy(&cmdline).contains(program)).then_some(pid)
+    })
+}
+
 /// `make up`, `make demo` and `make down` in one: `gavel-local up` starts a second local
 /// platform in a temporary folder, `gavel-demo` runs against it, `gavel-local down`
 /// stops it. Local platforms only.
@@ -892,8 +915,25 @@ async fn local_up_demo_down() {
     let stderr = String::from_utf8_lossy(&piped.stderr);
     assert!(!stderr.contains("panicked"), "closed pipe: {stderr}");
 
+    for process in ["redis", "postgres", "bid-api-1", "bid-api-2", "operator"] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.trim_start().starts_with(process) && l.contains(" up ")),
+            "{process} not reported up:\n{status}"
+        );
+    }
+
     let env_file = dir.join("env").display().to_string();
     let (demo_code, demo_out) = run_bin(demo, &["--env-file", &env_file, "--pace-ms", "100"]).await;
+    // #18: `status` checks each process: with the operator dead it says which one is down
+    // (it said "Gavel is up" before).
+    let operator = child_process(&dir, "gavel-operator")
+        .unwrap_or_else(|| panic!("no operator process under gavel-local"));
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &operator.to_string()])
+        .status();
+    let (partly_code, partly) = run_bin(local, &["--dir", &dir_s, "status"]).await;
     // The demo prints each auction's bidder page, served by the platform.
     let page = demo_out
         .split_once("watch it in a browser: ")
@@ -922,6 +962,24 @@ async fn local_up_demo_down() {
             "demo output lacks {expected:?}:\n{demo_out}"
         );
     }
+    assert_eq!(
+        partly_code,
+        Some(1),
+        "status with the operator killed: {partly}"
+    );
+    assert!(
+        partly
+            .lines()
+            .any(|l| l.trim_start().starts_with("operator") && l.contains("DOWN")),
+        "{partly}"
+    );
+    assert!(partly.contains("down: operator;"), "{partly}");
+    assert!(
+        partly
+            .lines()
+            .any(|l| l.trim_start().starts_with("bid-api-1") && l.contains(" up ")),
+        "{partly}"
+    );
     assert_eq!(down_code, Some(0), "gavel-local down: {down_out}");
     assert!(!dir.join("env").exists(), "down leaves no env file");
     // Log files are plain text (no colour codes) and hold no secret.

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::client::Engine;
 use crate::event::AuctionEvent;
@@ -410,7 +410,14 @@ impl Flusher {
         }
         self.own_pending
             .extend(entries.iter().map(|e| e.stream.clone()));
-        self.flush(&redis, entries).await
+        // One span per batch (which consumer, how many events), around everything said
+        // while writing it: an event's way into PostgreSQL can be followed in the logs.
+        let span = info_span!(
+            "flush_batch",
+            consumer = %self.config.consumer,
+            events = entries.len()
+        );
+        self.flush(&redis, entries).instrument(span).await
     }
 
     /// Creates the group on every flush stream (and the stream), from the start, so that
@@ -590,7 +597,17 @@ impl Flusher {
                             .observe((now - bid.at).max(0) as f64 / 1000.0);
                     }
                 }
-                debug!(count = done.len(), "flushed events");
+                debug!(
+                    count = done.len(),
+                    events = %good
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !conflicts.contains(i))
+                        .map(|(_, (_, item))| format!("{}#{}", item.auction, item.event.seq()))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    "flushed events"
+                );
             }
             Err(e) if e.is_transient() => {
                 self.metrics.failures.inc();

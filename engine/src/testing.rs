@@ -429,8 +429,7 @@ impl TestCluster {
         let nodes: Vec<ClusterNode> = (0..count)
             .map(|_| {
                 let dir = temp_dir("redis-cluster");
-                let port = free_port();
-                let child = spawn_redis(port, &dir, &all);
+                let (port, child) = on_free_port(|port| spawn_redis(port, &dir, &all));
                 watchdog(child.id(), &dir);
                 ClusterNode {
                     child: Some(child),

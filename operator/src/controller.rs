@@ -17,18 +17,18 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
-use crate::lifecycle::{Lifecycle, LifecycleError, local_now};
-use crate::metrics::Metrics;
-use crate::status::{self, Note, Severity};
+use crate::backoff::Backoffs;
+use crate::lifecycle::{Lifecycle, LifecycleError, local_now, reconcile_span};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::status::{self, Failure, Note, Severity};
 
 /// Field manager of the operator's status writes.
 pub const FIELD_MANAGER: &str = "gavel-operator";
 
-/// Retry delay after a failed reconcile.
-const ERROR_REQUEUE: Duration = Duration::from_secs(5);
-/// Retry delay while a deletion waits for the last bids to reach PostgreSQL.
+/// Retry delay while a deletion waits for the last bids to reach PostgreSQL (not a
+/// failure: no backoff).
 const PENDING_REQUEUE: Duration = Duration::from_millis(500);
 
 /// Why a reconcile failed; it is retried.
@@ -49,17 +49,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// The `kind` label of the error metric.
-    pub fn kind(&self) -> &'static str {
+    /// What failed: the `kind` label of the error metric, and what decides the retry.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Lifecycle(LifecycleError::Engine(_)) => "redis",
-            Error::Lifecycle(LifecycleError::Store(_)) => "postgres",
-            Error::Lifecycle(LifecycleError::Flush(_)) => "flush",
-            Error::Kube(_) => "kube",
-            Error::Pending(_) => "pending",
+            Error::Lifecycle(e) => e.kind(),
+            Error::Kube(_) => ErrorKind::Kube,
+            Error::Pending(_) => ErrorKind::Pending,
             Error::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.kind(),
-                _ => "kube",
+                _ => ErrorKind::Kube,
             },
         }
     }
@@ -75,6 +73,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Event publisher.
     pub recorder: Recorder,
+    /// Each failing Auction's retry delays.
+    pub backoffs: Backoffs,
+    /// The status this replica last wrote, by uid (see [`Context::fresh`]).
+    written: std::sync::Mutex<std::collections::HashMap<String, AuctionStatus>>,
 }
 
 impl Context {
@@ -92,11 +94,69 @@ impl Context {
                 instance: Some(identity.to_owned()),
             },
         );
+        let backoffs = metrics.backoffs(lifecycle.timing().retry);
         Self {
             client,
             lifecycle,
             metrics,
             recorder,
+            backoffs,
+            written: Default::default(),
+        }
+    }
+
+    fn written(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, AuctionStatus>> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The object to reconcile: `auction` as the watch gave it, or, when its status is not
+    /// the one this replica last wrote, the object as the API server holds it now. The
+    /// watch cache can lag behind our own status write (a reconcile triggered meanwhile —
+    /// by the close in Redis — then sees the phase before it): computed from such a stale
+    /// copy, a transition's Event would be published twice.
+    async fn fresh(
+        &self,
+        api: &Api<Auction>,
+        auction: &Auction,
+    ) -> Result<Option<Auction>, kube::Error> {
+        let Some(uid) = auction.metadata.uid.as_deref() else {
+            return Ok(None);
+        };
+        let stale = self
+            .written()
+            .get(uid)
+            .is_some_and(|mine| status::differs(auction.status.as_ref(), mine));
+        if !stale {
+            return Ok(None);
+        }
+        let by_name =
+            ListParams::default().fields(&format!("metadata.name={}", auction.name_any()));
+        let current = api
+            .list(&by_name)
+            .await?
+            .items
+            .into_iter()
+            .find(|current| current.metadata.uid == auction.metadata.uid);
+        // What the API server holds is the latest now (another replica may have written
+        // it): copies that match it are not read again.
+        match current.as_ref().and_then(|c| c.status.as_ref()) {
+            Some(status) => self.remember(auction, status),
+            None => self.forget(auction),
+        }
+        Ok(current)
+    }
+
+    fn remember(&self, auction: &Auction, status: &AuctionStatus) {
+        if let Some(uid) = auction.metadata.uid.clone() {
+            self.written().insert(uid, status.clone());
+        }
+    }
+
+    fn forget(&self, auction: &Auction) {
+        if let Some(uid) = auction.metadata.uid.as_deref() {
+            self.written().remove(uid);
         }
     }
 }
@@ -109,44 +169,68 @@ fn key(auction: &Auction) -> String {
     )
 }
 
-/// Reconciles one Auction (the `Controller`'s reconciler).
+/// Reconciles one Auction (the `Controller`'s reconciler), in a span of its own (auction,
+/// generation, step).
 pub async fn reconcile(auction: Arc<Auction>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let namespace = auction.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<Auction> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer::finalizer(&api, FINALIZER, auction, |event| async {
-        match event {
-            FinalizerEvent::Apply(a) => apply(&a, &ctx, &api).await,
-            FinalizerEvent::Cleanup(a) => cleanup(&a, &ctx, &api).await,
+    let span = reconcile_span(&auction, auction.metadata.deletion_timestamp.is_some());
+    async move {
+        let started = Instant::now();
+        let key = key(&auction);
+        let namespace = auction.namespace().unwrap_or_else(|| "default".into());
+        let api: Api<Auction> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = finalizer::finalizer(&api, FINALIZER, auction, |event| async {
+            match event {
+                FinalizerEvent::Apply(a) => apply(&a, &ctx, &api).await,
+                FinalizerEvent::Cleanup(a) => cleanup(&a, &ctx, &api).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
+        if result.is_ok() {
+            ctx.backoffs.reset(&key);
         }
-    })
+        ctx.metrics
+            .reconciled(started.elapsed(), result.as_ref().err().map(Error::kind));
+        result
+    }
+    .instrument(span)
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .reconciled(started.elapsed(), result.as_ref().err().map(Error::kind));
-    result
 }
 
 async fn apply(auction: &Auction, ctx: &Context, api: &Api<Auction>) -> Result<Action, Error> {
+    let fresh = ctx.fresh(api, auction).await?;
+    let auction = fresh.as_ref().unwrap_or(auction);
     let outcome = match ctx.lifecycle.reconcile(auction, false).await {
         Ok(outcome) => outcome,
         Err(e) => {
+            // The delay `error_policy` will use, announced in the status.
+            let next = ctx.backoffs.peek(&key(auction));
+            let failure = Failure {
+                message: e.to_string(),
+                redis: e.is_redis(),
+                attempt: next.attempt,
+                retry_in: next.wait,
+            };
             let status = status::unavailable(
                 auction.status.as_ref(),
-                &e.to_string(),
+                &failure,
                 local_now(),
                 auction.metadata.generation,
             );
-            if status::differs(auction.status.as_ref(), &status)
-                && let Err(patch_error) = patch_status(api, auction, &status).await
-            {
-                debug!(error = %patch_error, "cannot report the failure in the status");
+            if status::differs(auction.status.as_ref(), &status) {
+                match patch_status(api, auction, &status).await {
+                    Ok(()) => ctx.remember(auction, &status),
+                    Err(patch_error) => {
+                        debug!(error = %patch_error, "cannot report the failure in the status")
+                    }
+                }
             }
             return Err(e.into());
         }
     };
     if status::differs(auction.status.as_ref(), &outcome.status) {
         patch_status(api, auction, &outcome.status).await?;
+        ctx.remember(auction, &outcome.status);
     }
     publish(ctx, auction, &outcome.events).await;
     ctx.metrics.set_phase(&key(auction), outcome.status.phase);
@@ -170,6 +254,7 @@ async fn cleanup(auction: &Auction, ctx: &Context, api: &Api<Auction>) -> Result
     }
     publish(ctx, auction, &outcome.events).await;
     ctx.metrics.set_phase(&key(auction), None);
+    ctx.forget(auction);
     Ok(Action::await_change())
 }
 
@@ -217,9 +302,9 @@ async fn publish(ctx: &Context, auction: &Auction, notes: &[Note]) {
                 Severity::Normal => EventType::Normal,
                 Severity::Warning => EventType::Warning,
             },
-            reason: note.reason.clone(),
+            reason: note.reason.as_str().into(),
             note: Some(note.message.clone()),
-            action: note.action.clone(),
+            action: note.action.as_str().into(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
@@ -228,13 +313,23 @@ async fn publish(ctx: &Context, auction: &Auction, notes: &[Note]) {
     }
 }
 
-/// Requeue policy after a failed reconcile.
-pub fn error_policy(auction: Arc<Auction>, error: &Error, _ctx: Arc<Context>) -> Action {
-    if error.kind() == "pending" {
+/// Requeue policy after a failed reconcile: per-auction exponential backoff with jitter,
+/// capped ([`crate::backoff`]); reset by the next success. A deletion waiting for its
+/// last bids is not a failure and comes back shortly.
+pub fn error_policy(auction: Arc<Auction>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key(&auction);
+    if error.kind() == ErrorKind::Pending {
         return Action::requeue(PENDING_REQUEUE);
     }
-    warn!(auction = %key(&auction), error = %error, "reconcile failed; retrying");
-    Action::requeue(ERROR_REQUEUE)
+    let delay = ctx.backoffs.fail(&key);
+    warn!(
+        auction = %key,
+        error = %error,
+        attempt = delay.attempt,
+        retry_in_ms = u64::try_from(delay.wait.as_millis()).unwrap_or(u64::MAX),
+        "reconcile failed; retrying"
+    );
+    Action::requeue(delay.wait)
 }
 
 /// Checks that the Auction CRD is installed, with an actionable message if not.

@@ -7,10 +7,12 @@
 //! - [`lifecycle`]: the observe → plan → act loop over the engine, shared by both modes.
 //! - [`controller`]: the kube-rs `Controller` (finalizer, status patches, Events).
 //! - [`standalone`]: the same loop over a directory of manifests (development mode).
+//! - [`backoff`]: per-auction retry delays after failures (exponential, jitter, capped).
 //! - [`leader`]: Lease-based leader election.
 //! - [`startup`]: waiting (with backoff) for Redis, PostgreSQL and the API server at start.
 //! - [`metrics`], [`http`], [`telemetry`], [`config`]: the process around it.
 
+pub mod backoff;
 pub mod config;
 pub mod controller;
 pub mod http;

@@ -18,10 +18,11 @@ use gavel_engine::store::{Store, StoreError};
 use gavel_engine::{AuctionId, CloseOutcome, Engine, EngineError, RestoreMode, Restored};
 use kube::ResourceExt;
 use tokio::sync::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{Span, debug, info, info_span, warn};
 
+use crate::metrics::ErrorKind;
 use crate::plan::{self, Durable, Live, Observed, Step, Timing};
-use crate::status::{self, CONDITION_RECORDED, Note};
+use crate::status::{self, ConditionType, EventAction, EventReason, Note, Severity};
 
 /// Most steps one reconcile carries out before it yields and comes back.
 const MAX_STEPS: usize = 8;
@@ -44,6 +45,40 @@ pub enum LifecycleError {
     /// Flushing the last bids failed.
     #[error("flush: {0}")]
     Flush(#[from] FlushError),
+}
+
+impl LifecycleError {
+    /// What failed, for the error metric and the retry policy.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LifecycleError::Engine(_) => ErrorKind::Redis,
+            LifecycleError::Store(_) => ErrorKind::Postgres,
+            LifecycleError::Flush(_) => ErrorKind::Flush,
+        }
+    }
+
+    /// Whether Redis failed (bids are refused meanwhile), rather than PostgreSQL.
+    pub fn is_redis(&self) -> bool {
+        self.kind() == ErrorKind::Redis
+    }
+}
+
+/// The span of one reconcile, in both modes: the auction, the generation of its spec,
+/// whether it is being deleted, and the step under way (recorded by
+/// [`Lifecycle::reconcile`] as it goes), so that every log line of a reconcile says which
+/// auction and step it belongs to.
+pub fn reconcile_span(auction: &Auction, deleting: bool) -> Span {
+    info_span!(
+        "reconcile",
+        auction = %format!(
+            "{}/{}",
+            auction.namespace().unwrap_or_else(|| "default".into()),
+            auction.name_any()
+        ),
+        generation = auction.metadata.generation,
+        deleting,
+        step = tracing::field::Empty,
+    )
 }
 
 /// What one reconcile decided.
@@ -93,8 +128,7 @@ pub fn auction_id(auction: &Auction) -> Result<AuctionId, SpecError> {
 pub fn recorded_in(status: Option<&AuctionStatus>) -> bool {
     status.is_some_and(|s| {
         s.phase.is_some_and(gavel_crds::Phase::is_final)
-            && status::condition(&s.conditions, CONDITION_RECORDED)
-                .is_some_and(|c| c.status == "True")
+            && status::is_true(&s.conditions, ConditionType::ResultRecorded)
     })
 }
 
@@ -158,6 +192,7 @@ impl Lifecycle {
                 .ok()
                 .flatten()
                 .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            removed: false,
         };
         let id = match auction_id(auction) {
             Ok(id) => id,
@@ -179,6 +214,7 @@ impl Lifecycle {
             obs.live = self.observe(&id).await?;
             obs.now = local_now();
             let step = plan::plan(&obs, &self.timing);
+            Span::current().record("step", step.name());
             debug!(auction = %id, ?step, "plan");
             match step {
                 Step::Wait { requeue } => {
@@ -234,6 +270,7 @@ impl Lifecycle {
                         // Its retention passed: the status stays what it was (closed and
                         // recorded); nothing is left to do for it.
                         info!(auction = %id, "closed auction left Redis; PostgreSQL serves it from now on");
+                        obs.removed = true;
                         return Ok(self.finish(auction, &obs, None, false));
                     }
                     info!(auction = %id, "live Redis state removed; PostgreSQL records kept");
@@ -363,12 +400,12 @@ impl Lifecycle {
     ) -> Outcome {
         let status = plan::desired_status(obs);
         let events = if released {
-            vec![Note {
-                severity: status::Severity::Normal,
-                reason: "Removed".into(),
-                action: "Remove".into(),
-                message: "live state removed from Redis; PostgreSQL records kept".into(),
-            }]
+            vec![Note::new(
+                Severity::Normal,
+                EventReason::Removed,
+                EventAction::Remove,
+                "live state removed from Redis; PostgreSQL records kept".into(),
+            )]
         } else {
             status::events(auction.status.as_ref(), &status, &auction.spec.currency)
         };

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the operator: reconciles, errors, durations, auctions by phase,
-//! leadership.
+//! retries, leadership. Every label value comes from an enum ([`ReconcileResult`],
+//! [`ErrorKind`], [`Phase`]), so the set of series is known in advance.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,14 +9,78 @@ use std::time::Duration;
 use gavel_crds::Phase;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+/// The `result` label of `gavel_operator_reconciles_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReconcileResult {
+    /// The reconcile finished.
+    Ok,
+    /// It failed; retried with backoff.
+    Error,
+}
+
+impl ReconcileResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconcileResult::Ok => "ok",
+            ReconcileResult::Error => "error",
+        }
+    }
+}
+
+/// Why a reconcile failed: the `kind` label of `gavel_operator_reconcile_errors_total`,
+/// and what decides how it is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Redis failed or answered something unexpected.
+    Redis,
+    /// PostgreSQL failed.
+    Postgres,
+    /// Flushing the last bids failed.
+    Flush,
+    /// The Kubernetes API server refused or failed a request.
+    Kube,
+    /// A deletion waits for the last bids to reach PostgreSQL (not a failure: retried
+    /// shortly, without backoff).
+    Pending,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Redis,
+        ErrorKind::Postgres,
+        ErrorKind::Flush,
+        ErrorKind::Kube,
+        ErrorKind::Pending,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Redis => "redis",
+            ErrorKind::Postgres => "postgres",
+            ErrorKind::Flush => "flush",
+            ErrorKind::Kube => "kube",
+            ErrorKind::Pending => "pending",
+        }
+    }
+}
+
 /// The operator's metrics, registered in [`Metrics::registry`].
 pub struct Metrics {
     /// Registry served on /metrics (the flusher's metrics are registered here too).
     pub registry: Registry,
     /// `gavel_operator_reconciles_total{result}`: ok or error.
     pub reconciles: IntCounterVec,
-    /// `gavel_operator_reconcile_errors_total{kind}`: redis, postgres, flush, kube.
+    /// `gavel_operator_reconcile_errors_total{kind}`: see [`ErrorKind`].
     pub errors: IntCounterVec,
+    /// `gavel_operator_auctions_backing_off`: auctions whose last reconcile failed, waiting
+    /// for their next attempt ([`crate::backoff`]).
+    pub backing_off: IntGauge,
+    /// `gavel_operator_retry_delay_seconds`: the delays chosen before retrying a failed
+    /// reconcile.
+    pub retry_delay: Histogram,
     /// `gavel_operator_reconcile_duration_seconds`.
     pub duration: Histogram,
     /// `gavel_operator_auctions{phase}`: auctions known to this replica, by phase.
@@ -52,6 +117,17 @@ impl Metrics {
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
+        let backing_off = IntGauge::new(
+            "gavel_operator_auctions_backing_off",
+            "Auctions whose last reconcile failed, waiting to be retried",
+        )?;
+        let retry_delay = Histogram::with_opts(
+            HistogramOpts::new(
+                "gavel_operator_retry_delay_seconds",
+                "Delay before retrying a failed reconcile (exponential, with jitter, capped)",
+            )
+            .buckets(vec![0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0]),
+        )?;
         let auctions = IntGaugeVec::new(
             Opts::new(
                 "gavel_operator_auctions",
@@ -66,15 +142,26 @@ impl Metrics {
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(backing_off.clone()))?;
+        registry.register(Box::new(retry_delay.clone()))?;
         registry.register(Box::new(auctions.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        // Every series exists from the start (at 0), so rates and alerts see it.
         for phase in Phase::ALL {
             auctions.with_label_values(&[phase.as_str()]).set(0);
+        }
+        for result in [ReconcileResult::Ok, ReconcileResult::Error] {
+            reconciles.with_label_values(&[result.as_str()]);
+        }
+        for kind in ErrorKind::ALL {
+            errors.with_label_values(&[kind.as_str()]);
         }
         Ok(Self {
             registry,
             reconciles,
             errors,
+            backing_off,
+            retry_delay,
             duration,
             auctions,
             leader,
@@ -83,15 +170,21 @@ impl Metrics {
     }
 
     /// Records one reconcile.
-    pub fn reconciled(&self, elapsed: Duration, error_kind: Option<&str>) {
+    pub fn reconciled(&self, elapsed: Duration, error: Option<ErrorKind>) {
         self.duration.observe(elapsed.as_secs_f64());
-        match error_kind {
-            None => self.reconciles.with_label_values(&["ok"]).inc(),
+        let result = match error {
+            None => ReconcileResult::Ok,
             Some(kind) => {
-                self.reconciles.with_label_values(&["error"]).inc();
-                self.errors.with_label_values(&[kind]).inc();
+                self.errors.with_label_values(&[kind.as_str()]).inc();
+                ReconcileResult::Error
             }
-        }
+        };
+        self.reconciles.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Per-auction retry state reported in these metrics.
+    pub fn backoffs(&self, policy: crate::backoff::RetryPolicy) -> crate::backoff::Backoffs {
+        crate::backoff::Backoffs::new(policy, self.backing_off.clone(), self.retry_delay.clone())
     }
 
     /// Notes the phase of auction `key` (`None` forgets it) and updates the gauge.
@@ -133,7 +226,7 @@ mod tests {
     fn counts_reconciles_and_phases() {
         let m = Metrics::new().unwrap();
         m.reconciled(Duration::from_millis(3), None);
-        m.reconciled(Duration::from_millis(3), Some("redis"));
+        m.reconciled(Duration::from_millis(3), Some(ErrorKind::Redis));
         m.set_phase("shop/a", Some(Phase::Open));
         m.set_phase("shop/b", Some(Phase::Open));
         m.set_phase("shop/b", Some(Phase::Closed));

@@ -11,9 +11,7 @@ use std::time::Duration;
 use gavel_crds::{AuctionStatus, Phase, SpecError};
 use gavel_engine::{AuctionResult, AuctionSettings, LivePhase, Millis, RestoreMode, Snapshot};
 
-use crate::status::{
-    self, CONDITION_OPEN, CONDITION_READY, CONDITION_RECORDED, CONDITION_RESTORED,
-};
+use crate::status::{self, ConditionStatus, ConditionType, Reason};
 
 /// How long after a deadline the operator wakes up, so that Redis's clock has certainly
 /// passed it when the close script runs.
@@ -111,6 +109,9 @@ pub struct Observed {
     pub restored: Option<String>,
     /// `spec.retention`, when set.
     pub retention: Option<Duration>,
+    /// The closed auction's live state left Redis during this reconcile (its retention
+    /// passed).
+    pub removed: bool,
 }
 
 impl Observed {
@@ -119,13 +120,29 @@ impl Observed {
         self.live.as_ref().map_or(self.now, |l| l.server_time)
     }
 
-    /// Whether this generation's settings still have to be pushed to Redis and PostgreSQL.
+    /// Whether this generation's settings still have to be pushed to Redis and PostgreSQL
+    /// (never once the auction is closed, or to be cancelled: a new generation then only
+    /// records what was asked).
     pub fn needs_provision(&self) -> bool {
         let observed = self.status.as_ref().and_then(|s| s.observed_generation);
         self.settings.is_ok()
             && self.refused.is_none()
             && !self.provisioned
+            && !self.cancel
+            && self.live.as_ref().is_none_or(|l| l.result.is_none())
             && (self.live.is_none() || observed != self.generation || observed.is_none())
+    }
+
+    /// Whether `endsAt` had already passed before the auction was ever provisioned: it is
+    /// then not opened (README § The Auction resource), until its spec changes. An
+    /// auction provisioned before (PostgreSQL or its status says so) whose end passed
+    /// while no operator ran still closes with its winner.
+    pub fn ended_before_provisioning(&self) -> bool {
+        self.live.is_none()
+            && !self.status_live()
+            && !self.status_final()
+            && self.durable.is_none_or(|d| !d.known && d.seq == 0)
+            && self.settings.as_ref().is_ok_and(|s| s.ends_at <= self.now)
     }
 
     /// Whether the status says the auction ended for good.
@@ -169,6 +186,22 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// The step's name in the reconcile span (`provision`, `close`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Provision => "provision",
+            Step::Restore(_) => "restore",
+            Step::Close(gavel_engine::CloseMode::Cancel) => "cancel",
+            Step::Close(_) => "close",
+            Step::Record(_) => "record",
+            Step::Remove => "remove",
+            Step::Release => "release",
+            Step::Wait { .. } => "wait",
+        }
+    }
+}
+
 /// Tuning of the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
@@ -184,6 +217,8 @@ pub struct Timing {
     /// How long a closed auction's live state stays in Redis after its result is
     /// recorded, unless its spec says otherwise.
     pub retention: Duration,
+    /// How a failed reconcile is retried (per auction, exponential with jitter).
+    pub retry: crate::backoff::RetryPolicy,
 }
 
 impl Default for Timing {
@@ -193,6 +228,7 @@ impl Default for Timing {
             idle: Duration::from_secs(300),
             flush_retry: Duration::from_millis(250),
             retention: Duration::from_secs(3_600),
+            retry: crate::backoff::RetryPolicy::default(),
         }
     }
 }
@@ -233,8 +269,9 @@ pub fn plan(o: &Observed, timing: &Timing) -> Step {
     }
     let Some(live) = &o.live else {
         // Not in Redis. A closed auction whose live state is gone stays closed; an invalid
-        // spec waits for a change of the object.
-        if o.status_final() || o.settings.is_err() {
+        // spec, or one whose end passed before it was ever opened, waits for a change of
+        // the object.
+        if o.status_final() || o.settings.is_err() || o.ended_before_provisioning() {
             return Step::Wait { requeue: None };
         }
         // Provisioned before: Redis lost it. Never provision it as new (that would reuse
@@ -291,7 +328,8 @@ pub fn plan(o: &Observed, timing: &Timing) -> Step {
     }
 }
 
-/// The status that describes what was observed.
+/// The status that describes what was observed: every condition's reason and message
+/// say what is true now (not which step ran last).
 pub fn desired_status(o: &Observed) -> AuctionStatus {
     let old = o.status.clone().unwrap_or_default();
     let now = o.now();
@@ -301,13 +339,20 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
         ..AuctionStatus::default()
     };
     let gen_ = o.generation;
-    let set = |s: &mut AuctionStatus, kind: &str, ok: bool, reason: &str, message: String| {
+    let set = |s: &mut AuctionStatus,
+               kind: ConditionType,
+               ok: ConditionStatus,
+               reason: Reason,
+               message: String| {
         status::set_condition(&mut s.conditions, kind, ok, reason, &message, now, gen_);
     };
+    use ConditionStatus::{False, True};
+    use ConditionType::{Open, Ready, Restored, ResultRecorded};
 
     let Some(live) = &o.live else {
         if o.status_final() {
-            // Redis lost the live state of a closed auction: keep the final report.
+            // Redis lost the live state of a closed auction, or let it go after its
+            // retention: keep the final report.
             return AuctionStatus {
                 observed_generation: o.generation,
                 ..old
@@ -318,19 +363,35 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
                 s.phase = Some(Phase::Failed);
                 set(
                     &mut s,
-                    CONDITION_READY,
-                    false,
-                    "InvalidSpec",
+                    Ready,
+                    False,
+                    Reason::InvalidSpec,
                     invalid_message(e),
+                );
+            }
+            Ok(settings) if o.ended_before_provisioning() => {
+                s.phase = Some(Phase::Failed);
+                set(
+                    &mut s,
+                    Ready,
+                    False,
+                    Reason::AlreadyEnded,
+                    format!(
+                        "endsAt {} had already passed when the operator first saw the auction \
+                         ({}), so it was never opened; set endsAt (and startsAt) in the future \
+                         to run it",
+                        gavel_crds::format_time(settings.ends_at),
+                        gavel_crds::format_time(now)
+                    ),
                 );
             }
             Ok(_) if o.durable.is_none() && o.status_live() => {
                 s.phase = old.phase;
                 set(
                     &mut s,
-                    CONDITION_READY,
-                    false,
-                    "Unavailable",
+                    Ready,
+                    False,
+                    Reason::Unavailable,
                     "Redis lost the live state; waiting for PostgreSQL to restore it from its record".into(),
                 );
             }
@@ -338,9 +399,9 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
                 s.phase = Some(Phase::Pending);
                 set(
                     &mut s,
-                    CONDITION_READY,
-                    false,
-                    "Provisioning",
+                    Ready,
+                    False,
+                    Reason::Provisioning,
                     "provisioning the auction in Redis and PostgreSQL".into(),
                 );
             }
@@ -350,9 +411,9 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
     if let Some(message) = &o.restored {
         set(
             &mut s,
-            CONDITION_RESTORED,
-            true,
-            "RestoredFromPostgres",
+            Restored,
+            True,
+            Reason::RestoredFromPostgres,
             message.clone(),
         );
     }
@@ -363,29 +424,35 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
     s.effective_ends_at = Some(gavel_crds::format_time(live.ends_at));
     s.reserve_met = Some(live.reserve_met);
 
+    let result = live.result.as_ref();
+    let ended = |r: &AuctionResult| {
+        format!(
+            "{} at {}",
+            if r.cancelled { "cancelled" } else { "closed" },
+            gavel_crds::format_time(r.closed_at)
+        )
+    };
     match (&o.settings, &o.refused) {
-        (Err(e), _) => set(&mut s, CONDITION_READY, false, "InvalidSpec", {
-            format!(
-                "{}; the auction keeps running with its last valid settings",
-                invalid_message(e)
-            )
+        (Err(e), _) => set(&mut s, Ready, False, Reason::InvalidSpec, {
+            let running = match result {
+                Some(r) => format!("the auction has ended ({}); its result stands", ended(r)),
+                None => "the auction keeps running with its last valid settings".into(),
+            };
+            format!("{}; {running}", invalid_message(e))
         }),
-        (Ok(_), Some(refusal)) => set(
-            &mut s,
-            CONDITION_READY,
-            false,
-            "PricingFrozen",
-            refusal.clone(),
-        ),
+        (Ok(_), Some(refusal)) => set(&mut s, Ready, False, Reason::PricingFrozen, refusal.clone()),
         (Ok(_), None) if o.needs_provision() => {
             // Keep a refusal of this very generation until the spec changes again.
             if !kept_refusal(&old, o.generation) {
                 set(
                     &mut s,
-                    CONDITION_READY,
-                    false,
-                    "Provisioning",
-                    "applying the new settings".into(),
+                    Ready,
+                    False,
+                    Reason::Provisioning,
+                    format!(
+                        "applying generation {} of the spec",
+                        o.generation.unwrap_or_default()
+                    ),
                 )
             }
         }
@@ -394,29 +461,42 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
             s.observed_generation = old.observed_generation;
             set(
                 &mut s,
-                CONDITION_READY,
-                false,
-                "Unavailable",
+                Ready,
+                False,
+                Reason::Unavailable,
                 format!(
                     "provisioned in Redis but not in PostgreSQL ({}); retrying",
                     o.store_error.as_deref().unwrap_or_default()
                 ),
             )
         }
-        (Ok(_), None) => {
-            if o.provisioned || !kept_refusal(&old, o.generation) {
+        (Ok(_), None) => match result {
+            Some(r) if o.recorded => {
+                let redis = if o.removed {
+                    "its live state has left Redis (retention passed); PostgreSQL serves it"
+                } else {
+                    "its live state stays in Redis for its retention, then PostgreSQL serves it"
+                };
                 set(
                     &mut s,
-                    CONDITION_READY,
-                    true,
-                    "Provisioned",
-                    "provisioned in Redis and PostgreSQL".into(),
+                    Ready,
+                    True,
+                    Reason::Completed,
+                    format!("{}; result recorded in PostgreSQL; {redis}", ended(r)),
                 )
             }
-        }
+            _ if o.provisioned || result.is_some() || !kept_refusal(&old, o.generation) => set(
+                &mut s,
+                Ready,
+                True,
+                Reason::Provisioned,
+                "provisioned in Redis and PostgreSQL".into(),
+            ),
+            _ => {}
+        },
     }
 
-    match &live.result {
+    match result {
         Some(result) => {
             let phase = if result.cancelled {
                 Phase::Cancelled
@@ -425,14 +505,14 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
             };
             set(
                 &mut s,
-                CONDITION_OPEN,
-                false,
+                Open,
+                False,
                 if result.cancelled {
-                    "Cancelled"
+                    Reason::Cancelled
                 } else {
-                    "Ended"
+                    Reason::Ended
                 },
-                format!("closed at {}", gavel_crds::format_time(result.closed_at)),
+                ended(result),
             );
             s.current_price = result.final_price;
             s.bid_count = Some(result.bid_count);
@@ -446,9 +526,9 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
                 s.leader = None;
                 set(
                     &mut s,
-                    CONDITION_RECORDED,
-                    true,
-                    "Recorded",
+                    ResultRecorded,
+                    True,
+                    Reason::Recorded,
                     "every accepted bid and the result are in PostgreSQL".into(),
                 );
             } else {
@@ -462,7 +542,7 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
                     }
                     _ => "recording the result in PostgreSQL".into(),
                 };
-                set(&mut s, CONDITION_RECORDED, false, "Flushing", waiting);
+                set(&mut s, ResultRecorded, False, Reason::Flushing, waiting);
             }
         }
         None => {
@@ -471,9 +551,9 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
                 s.phase = Some(Phase::Scheduled);
                 set(
                     &mut s,
-                    CONDITION_OPEN,
-                    false,
-                    "NotStarted",
+                    Open,
+                    False,
+                    Reason::NotStarted,
                     format!(
                         "bidding opens at {}",
                         gavel_crds::format_time(live.starts_at.unwrap_or_default())
@@ -483,20 +563,36 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
                 s.phase = Some(Phase::Open);
                 set(
                     &mut s,
-                    CONDITION_OPEN,
-                    false,
-                    "Ended",
-                    "ended; closing".into(),
+                    Open,
+                    False,
+                    Reason::Closing,
+                    format!(
+                        "ended at {}; closing",
+                        gavel_crds::format_time(live.ends_at)
+                    ),
                 );
             } else {
                 s.phase = Some(Phase::Open);
+                let scheduled_end = o
+                    .settings
+                    .as_ref()
+                    .ok()
+                    .filter(|_| o.refused.is_none())
+                    .map(|settings| settings.ends_at);
+                let extended = match scheduled_end {
+                    Some(end) if live.ends_at > end => format!(
+                        " (extended by soft close from {})",
+                        gavel_crds::format_time(end)
+                    ),
+                    _ => String::new(),
+                };
                 set(
                     &mut s,
-                    CONDITION_OPEN,
-                    true,
-                    "BiddingOpen",
+                    Open,
+                    True,
+                    Reason::BiddingOpen,
                     format!(
-                        "taking bids until {}",
+                        "taking bids until {}{extended}",
                         gavel_crds::format_time(live.ends_at)
                     ),
                 );
@@ -508,8 +604,7 @@ pub fn desired_status(o: &Observed) -> AuctionStatus {
 
 fn kept_refusal(old: &AuctionStatus, generation: Option<i64>) -> bool {
     old.observed_generation == generation
-        && status::condition(&old.conditions, CONDITION_READY)
-            .is_some_and(|c| c.reason == "PricingFrozen")
+        && status::reason(&old.conditions, ConditionType::Ready) == Some(Reason::PricingFrozen)
 }
 
 fn invalid_message(e: &SpecError) -> String {

@@ -15,7 +15,14 @@
 //!   temporary file renamed over it), and with `--status-stdout` also printed to stdout.
 //! - Removing a file deletes the auction: it is cancelled if still open, its last bids
 //!   are flushed, its live Redis state removed (PostgreSQL records stay), and its status
-//!   file removed.
+//!   file removed. So does a file that now names another auction, for the one it named.
+//! - What the operator provisioned from the folder is kept in the hidden file
+//!   [`LEDGER_FILE`] (auction → file and last spec). On start, and after every scan, an
+//!   auction of that list that no file names any more is deleted as above: a file removed
+//!   while no operator ran does not leave its auction open and taking bids.
+//! - A failed reconcile is retried with per-auction exponential backoff and jitter,
+//!   capped, reset by a success ([`crate::backoff`]); the status says which attempt failed
+//!   and when the next one is.
 //! - A file that does not parse gets a status with phase Failed and a message; the auction
 //!   it described before (if any) keeps its schedule.
 //! - Events are log lines (target `gavel_operator::events`).
@@ -29,17 +36,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::collections::BTreeMap;
+
 use gavel_crds::{Auction, AuctionStatus, Phase};
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use gavel_engine::changes::{ChangeFeed, Changed};
 
-use crate::lifecycle::{Lifecycle, auction_id, local_now, recorded_in};
+use crate::backoff::Backoffs;
+use crate::lifecycle::{
+    Lifecycle, LifecycleError, auction_id, local_now, reconcile_span, recorded_in,
+};
 use crate::metrics::Metrics;
-use crate::status::{self, CONDITION_READY, Severity};
+use crate::status::{self, ConditionType, Failure, Reason, Severity};
 
 /// Suffix of the status files.
 pub const STATUS_SUFFIX: &str = ".status.yaml";
@@ -47,7 +60,7 @@ pub const STATUS_SUFFIX: &str = ".status.yaml";
 /// Files modified this recently are read on every scan, whatever their modification time.
 const RECENT: Duration = Duration::from_secs(1);
 
-/// Retry delay after a failed reconcile.
+/// Due again after this long if a reconcile task never reports back (it panicked).
 const ERROR_RETRY: Duration = Duration::from_secs(1);
 
 /// How long a stopping operator waits for the reconciles under way.
@@ -59,6 +72,22 @@ enum Woke {
     Changed(Changed),
     Done(Box<Result<(tokio::task::Id, Done), tokio::task::JoinError>>),
 }
+
+/// The hidden file, in the manifests folder, listing what the operator provisioned from it.
+pub const LEDGER_FILE: &str = ".gavel-provisioned.yaml";
+
+/// One auction the operator provisioned from the folder: the file it came from and the
+/// last spec read there (what a deletion needs once the file is gone).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Held {
+    /// The manifest's file name in the folder.
+    file: String,
+    /// The Auction as last read from it.
+    auction: Auction,
+}
+
+/// Every auction provisioned from the folder, by `namespace/name`.
+type Ledger = BTreeMap<String, Held>;
 
 /// A file's modification time and length.
 type Stamp = (SystemTime, u64);
@@ -84,6 +113,9 @@ struct Entry {
     deleting: bool,
     /// A reconcile of it is under way.
     running: bool,
+    /// For an auction whose file is gone (or names another auction now): that file's name
+    /// (its status file is removed with the auction, unless the file is back).
+    orphan_of: Option<String>,
 }
 
 /// The directory-driven operator.
@@ -102,6 +134,9 @@ pub struct Standalone {
     in_flight: HashMap<tokio::task::Id, PathBuf>,
     feed: Option<ChangeFeed>,
     feed_tried: Option<Instant>,
+    backoffs: Backoffs,
+    /// The ledger as last written (`None` until read at the first scan).
+    ledger: Option<Ledger>,
 }
 
 /// A finished reconcile, back from its task.
@@ -140,21 +175,11 @@ pub fn status_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Parses one manifest into an Auction, with a message a person can act on.
+/// Parses one manifest into an Auction, with a message a person can act on: unknown
+/// fields are refused with their path and the nearest known name, type errors name their
+/// path (see [`gavel_crds::manifest`]).
 pub fn parse_manifest(text: &str) -> Result<Auction, String> {
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
-    let api_version = value.get("apiVersion").and_then(|v| v.as_str());
-    let kind = value.get("kind").and_then(|v| v.as_str());
-    if api_version != Some("gavel.dev/v1alpha1") || kind != Some("Auction") {
-        return Err(format!(
-            "expected apiVersion gavel.dev/v1alpha1 and kind Auction, got {} {}",
-            api_version.unwrap_or("(none)"),
-            kind.unwrap_or("(none)")
-        ));
-    }
-    let mut auction: Auction =
-        serde_yaml::from_value(value).map_err(|e| format!("not a valid Auction: {e}"))?;
+    let mut auction = gavel_crds::manifest::from_yaml(text).map_err(|e| e.to_string())?;
     if auction.metadata.name.as_deref().is_none_or(str::is_empty) {
         return Err("metadata.name is required".into());
     }
@@ -184,10 +209,13 @@ impl Standalone {
         stdout: bool,
     ) -> Self {
         metrics.leader.set(1);
+        let backoffs = metrics.backoffs(lifecycle.timing().retry);
         Self {
             dir,
             lifecycle,
             metrics,
+            backoffs,
+            ledger: None,
             poll,
             stdout,
             entries: HashMap::new(),
@@ -331,26 +359,31 @@ impl Standalone {
             let permits = self.permits.clone();
             let metrics = self.metrics.clone();
             let stdout = self.stdout;
-            let task = self.running.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                let started = Instant::now();
-                let result = lifecycle.reconcile(&job.auction, job.deleting).await;
-                let took = started.elapsed();
-                let written = match &result {
-                    Ok(outcome) if !outcome.released && !job.deleting => {
-                        let status = with_parse_error(outcome.status.clone(), &job);
-                        metrics.set_phase(&job.key, status.phase);
-                        write_status(&job.path, job.auction.status.as_ref(), status, stdout).await
+            let span = reconcile_span(&job.auction, job.deleting);
+            let task = self.running.spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    let started = Instant::now();
+                    let result = lifecycle.reconcile(&job.auction, job.deleting).await;
+                    let took = started.elapsed();
+                    let written = match &result {
+                        Ok(outcome) if !outcome.released && !job.deleting => {
+                            let status = with_parse_error(outcome.status.clone(), &job);
+                            metrics.set_phase(&job.key, status.phase);
+                            write_status(&job.path, job.auction.status.as_ref(), status, stdout)
+                                .await
+                        }
+                        _ => None,
+                    };
+                    Done {
+                        job,
+                        result,
+                        took,
+                        written,
                     }
-                    _ => None,
-                };
-                Done {
-                    job,
-                    result,
-                    took,
-                    written,
                 }
-            });
+                .instrument(span),
+            );
             if let Some(entry) = self.entries.get_mut(&path) {
                 entry.running = true;
             }
@@ -392,6 +425,9 @@ impl Standalone {
     }
 
     async fn scan(&mut self) -> anyhow::Result<()> {
+        if self.ledger.is_none() {
+            self.ledger = Some(read_ledger(&self.dir).await);
+        }
         let mut seen = HashSet::new();
         // One blocking task lists the directory and stats every manifest (thousands of
         // files cost a few system calls each, not a task each).
@@ -460,7 +496,97 @@ impl Standalone {
                 entry.due = Some(Instant::now());
             }
         }
+        self.adopt_orphans();
+        self.save_ledger().await;
         Ok(())
+    }
+
+    /// Every auction of the ledger that no file names any more (its file was removed while
+    /// no operator ran, or names another auction now) becomes an entry of its own, to be
+    /// deleted.
+    fn adopt_orphans(&mut self) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let claimed: HashSet<String> = self
+            .entries
+            .values()
+            .filter(|e| e.orphan_of.is_none())
+            .filter_map(|e| e.auction.as_ref())
+            .map(auction_key)
+            .collect();
+        // A file names the auction again: it is no orphan any more.
+        self.entries.retain(|_, e| {
+            e.orphan_of.is_none()
+                || e.auction
+                    .as_ref()
+                    .is_none_or(|a| !claimed.contains(&auction_key(a)))
+        });
+        let adopted: HashSet<String> = self
+            .entries
+            .values()
+            .filter(|e| e.orphan_of.is_some())
+            .filter_map(|e| e.auction.as_ref())
+            .map(auction_key)
+            .collect();
+        for (key, held) in ledger {
+            if claimed.contains(key) || adopted.contains(key) {
+                continue;
+            }
+            info!(
+                auction = %key,
+                file = %held.file,
+                "the file this auction was provisioned from is gone or names another auction: deleting the auction"
+            );
+            let mut auction = held.auction.clone();
+            auction.status = None;
+            self.entries.insert(
+                self.dir.join(format!(".orphan:{key}")),
+                Entry {
+                    auction: Some(auction),
+                    deleting: true,
+                    due: Some(Instant::now()),
+                    orphan_of: Some(held.file.clone()),
+                    ..Entry::default()
+                },
+            );
+        }
+    }
+
+    /// Writes the ledger if what the entries hold changed since it was last written.
+    async fn save_ledger(&mut self) {
+        let ledger: Ledger = self
+            .entries
+            .iter()
+            .filter_map(|(path, entry)| {
+                let auction = entry.auction.as_ref()?;
+                let file = match &entry.orphan_of {
+                    Some(file) => file.clone(),
+                    None => path.file_name()?.to_string_lossy().into_owned(),
+                };
+                let mut auction = auction.clone();
+                auction.status = None;
+                Some((auction_key(&auction), Held { file, auction }))
+            })
+            .collect();
+        if self.ledger.as_ref() == Some(&ledger) {
+            return;
+        }
+        let text = match serde_yaml::to_string(&ledger) {
+            Ok(yaml) => format!(
+                "# Written by gavel-operator --standalone: the auctions provisioned from this \
+                 folder, so that one whose file is removed while no operator runs is still \
+                 deleted. Do not edit.\n{yaml}"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot serialise the ledger");
+                return;
+            }
+        };
+        match write_atomically(&self.dir.join(LEDGER_FILE), &text).await {
+            Ok(()) => self.ledger = Some(ledger),
+            Err(e) => warn!(error = %e, "cannot write {LEDGER_FILE}; retrying at the next scan"),
+        }
     }
 
     /// What the reconcile of `path` needs, or `None` when there is nothing to reconcile
@@ -483,11 +609,7 @@ impl Standalone {
         };
         auction.metadata.generation = Some(entry.generation);
         auction.status = entry.status.clone();
-        let key = format!(
-            "{}/{}",
-            auction.metadata.namespace.as_deref().unwrap_or("default"),
-            auction.metadata.name.as_deref().unwrap_or_default()
-        );
+        let key = auction_key(&auction);
         Some(Job {
             path: path.to_owned(),
             auction,
@@ -512,13 +634,11 @@ impl Standalone {
         let Some(entry) = self.entries.get_mut(path) else {
             return;
         };
-        let kind = match &result {
-            Ok(_) => None,
-            Err(crate::lifecycle::LifecycleError::Engine(_)) => Some("redis"),
-            Err(crate::lifecycle::LifecycleError::Store(_)) => Some("postgres"),
-            Err(crate::lifecycle::LifecycleError::Flush(_)) => Some("flush"),
-        };
-        self.metrics.reconciled(took, kind);
+        self.metrics
+            .reconciled(took, result.as_ref().err().map(LifecycleError::kind));
+        if result.is_ok() {
+            self.backoffs.reset(&job.key);
+        }
         if written.is_some() {
             entry.status = written;
         }
@@ -552,11 +672,24 @@ impl Standalone {
                 }
             }
             Err(e) => {
-                warn!(auction = %job.key, error = %e, "reconcile failed; retrying");
-                entry.due = Some(if changed { now } else { now + ERROR_RETRY });
+                let delay = self.backoffs.fail(&job.key);
+                warn!(
+                    auction = %job.key,
+                    error = %e,
+                    attempt = delay.attempt,
+                    retry_in_ms = u64::try_from(delay.wait.as_millis()).unwrap_or(u64::MAX),
+                    "reconcile failed; retrying"
+                );
+                entry.due = Some(if changed { now } else { now + delay.wait });
+                let failure = Failure {
+                    message: e.to_string(),
+                    redis: e.is_redis(),
+                    attempt: delay.attempt,
+                    retry_in: delay.wait,
+                };
                 let status = status::unavailable(
                     entry.status.as_ref(),
-                    &e.to_string(),
+                    &failure,
                     local_now(),
                     Some(entry.generation),
                 );
@@ -573,17 +706,26 @@ impl Standalone {
     }
 
     async fn forget(&mut self, path: &Path) {
-        if let Some(entry) = self.entries.remove(path)
-            && let Some(a) = entry.auction
-        {
-            let key = format!(
-                "{}/{}",
-                a.metadata.namespace.as_deref().unwrap_or("default"),
-                a.metadata.name.as_deref().unwrap_or_default()
-            );
+        let Some(entry) = self.entries.remove(path) else {
+            return;
+        };
+        if let Some(a) = &entry.auction {
+            let key = auction_key(a);
             self.metrics.set_phase(&key, None);
+            self.backoffs.reset(&key);
         }
-        let _ = tokio::fs::remove_file(status_path(path)).await;
+        let status_file = match &entry.orphan_of {
+            // The file's status file, unless the file is there (naming another auction,
+            // whose status it holds now).
+            Some(file) => Some(self.dir.join(file))
+                .filter(|f| !f.exists())
+                .map(|f| status_path(&f)),
+            None => Some(status_path(path)),
+        };
+        if let Some(status_file) = status_file {
+            let _ = tokio::fs::remove_file(status_file).await;
+        }
+        self.save_ledger().await;
     }
 
     /// Writes the status of the entry of `path` (no reconcile of it under way).
@@ -602,9 +744,9 @@ fn with_parse_error(mut status: AuctionStatus, job: &Job) -> AuctionStatus {
     if let Some(error) = &job.parse_error {
         status::set_condition(
             &mut status.conditions,
-            CONDITION_READY,
+            ConditionType::Ready,
             false,
-            "InvalidManifest",
+            Reason::InvalidManifest,
             &format!("{error}; the auction keeps its last valid settings"),
             local_now(),
             Some(job.generation),
@@ -668,9 +810,9 @@ fn failed_status(old: Option<&AuctionStatus>, error: &str) -> AuctionStatus {
     };
     status::set_condition(
         &mut s.conditions,
-        CONDITION_READY,
+        ConditionType::Ready,
         false,
-        "InvalidManifest",
+        Reason::InvalidManifest,
         &format!("{error}; fix the file (it is read again on every change)"),
         local_now(),
         None,
@@ -694,6 +836,28 @@ async fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     file.flush().await?;
     drop(file);
     tokio::fs::rename(&tmp, path).await
+}
+
+/// `namespace/name` of an Auction read from a file (its namespace defaulted).
+fn auction_key(auction: &Auction) -> String {
+    format!(
+        "{}/{}",
+        auction.metadata.namespace.as_deref().unwrap_or("default"),
+        auction.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The ledger of `dir` (empty when there is none or it does not parse: nothing is
+/// deleted then, and it is written again from what the folder holds).
+async fn read_ledger(dir: &Path) -> Ledger {
+    let path = dir.join(LEDGER_FILE);
+    let Ok(text) = tokio::fs::read_to_string(&path).await else {
+        return Ledger::new();
+    };
+    serde_yaml::from_str(&text).unwrap_or_else(|e| {
+        warn!(file = %path.display(), error = %e, "cannot read the ledger; starting a new one");
+        Ledger::new()
+    })
 }
 
 fn log_event(auction: &str, note: &status::Note) {
@@ -763,5 +927,59 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.metadata.namespace.as_deref(), Some("default"));
+    }
+
+    const HEAD: &str = "apiVersion: gavel.dev/v1alpha1\nkind: Auction\nmetadata: {name: a}\nspec:\n  title: x\n  currency: USD\n  increments: [{from: 0, step: 1}]\n  endsAt: '2030-01-01T00:00:00Z'\n";
+
+    /// #18: a typo must not silently change an auction (`reserve:` opened it with no
+    /// reserve, `softclose:` with no soft close).
+    #[test]
+    fn unknown_fields_are_refused_with_their_path_and_the_nearest_name() {
+        for (extra, expected) in [
+            (
+                "  startingPrice: 100\n  reserve: 50000\n",
+                "unknown field `spec.reserve`, did you mean `reservePrice`?",
+            ),
+            (
+                "  startingPrice: 100\n  softclose: {window: 60s, extension: 60s}\n",
+                "unknown field `spec.softclose`, did you mean `softClose`?",
+            ),
+            (
+                "  startingPrice: 100\n  softClose: {window: 60s, extention: 60s}\n",
+                "unknown field `spec.softClose.extention`, did you mean `extension`?",
+            ),
+            (
+                "  startingPrice: 100\n  bidLimit: {perSecond: 1, burst: 1, colour: red}\n",
+                "unknown field `spec.bidLimit.colour`",
+            ),
+        ] {
+            let err = parse_manifest(&format!("{HEAD}{extra}")).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let err = parse_manifest(
+            &HEAD.replace("metadata: {name: a}", "metadata: {name: a, namspace: shop}"),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("unknown field `metadata.namspace`, did you mean `namespace`?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = parse_manifest(&format!("{HEAD}  startingPrice: 100.50\n")).unwrap_err();
+        assert!(
+            err.contains("spec.startingPrice: invalid type: floating point `100.5`, expected i64"),
+            "{err}"
+        );
+        let err = parse_manifest(&format!(
+            "{HEAD}  startingPrice: 100\n  bidLimit: {{perSecond: fast, burst: 1}}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("spec.bidLimit.perSecond: invalid type"),
+            "{err}"
+        );
     }
 }

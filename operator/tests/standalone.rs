@@ -12,8 +12,8 @@ use gavel_engine::flusher::{FlushMetrics, Flusher, FlusherConfig};
 use gavel_engine::store::Store;
 use gavel_engine::testing::{TestRedis, database_url, redis_url, temp_dir};
 use gavel_engine::{
-    AuctionEvent, AuctionId, BidAccepted, BidRequest, Bidder, CloseMode, Engine, EngineError,
-    Millis,
+    AuctionEvent, AuctionId, BidAccepted, BidError, BidRequest, Bidder, CloseMode, Engine,
+    EngineError, Millis,
 };
 use gavel_operator::lifecycle::{Lifecycle, local_now, run_flusher};
 use gavel_operator::metrics::Metrics;
@@ -734,4 +734,300 @@ async fn a_few_hundred_auctions_ending_together_each_close_once_with_their_winne
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// #18: a file removed while the standalone operator was stopped must not leave its auction
+/// open and taking bids after the restart. On start, the operator reconciles what it
+/// provisioned from the folder against what the folder holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_removed_while_stopped_is_deleted_at_the_next_start() {
+    let s = servers().await;
+    let dir = temp_dir("operator-orphan");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let store = Store::connect_lazy(&s.database).unwrap();
+    let end = local_now() + 3_600_000;
+    let gone = AuctionId::new("shop", "gone").unwrap();
+    let gone_file = dir.join("gone.yaml");
+    std::fs::write(&gone_file, manifest("gone", None, end, "")).unwrap();
+    let kept = AuctionId::new("shop", "kept").unwrap();
+    let kept_file = dir.join("kept.yaml");
+    std::fs::write(&kept_file, manifest("kept", None, end, "")).unwrap();
+    // Renamed while stopped: the file now names another auction.
+    let renamed = AuctionId::new("shop", "before").unwrap();
+    let renamed_file = dir.join("renamed.yaml");
+    std::fs::write(&renamed_file, manifest("before", None, end, "")).unwrap();
+
+    let op = Operator::start(&dir, &s, "operator-orphan-1").await;
+    for file in [&gone_file, &kept_file, &renamed_file] {
+        wait_status(file, Duration::from_secs(10), "Open", phase(Phase::Open)).await;
+    }
+    bid(&engine, &gone, "Ann", Some(10_000), None).await;
+    op.stop().await;
+
+    std::fs::remove_file(&gone_file).unwrap();
+    std::fs::write(&renamed_file, manifest("after", None, end, "")).unwrap();
+    let op = Operator::start(&dir, &s, "operator-orphan-2").await;
+    // The removed file's auction is cancelled, recorded and leaves Redis; its status file
+    // goes too. Same for the auction the renamed file no longer names.
+    for (id, status_file) in [(&gone, status_path(&gone_file)), (&renamed, PathBuf::new())] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let removed = matches!(
+                engine.snapshot(id, None).await,
+                Err(EngineError::UnknownAuction(_))
+            );
+            if removed && !status_file.is_file() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} is still live (or its status file is left) after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let result = store.result(id).await.unwrap().expect("result recorded");
+        assert!(result.cancelled, "{id}: {result:?}");
+    }
+    assert_eq!(store.bid_count(&gone).await.unwrap(), 1);
+    let err = engine
+        .place_bid(
+            &gone,
+            &Bidder::new("bob-id", "Bob").unwrap(),
+            BidRequest {
+                amount: Some(20_000),
+                max: None,
+            },
+        )
+        .await
+        .expect_err("a bid on the removed auction was accepted");
+    assert!(
+        matches!(
+            err,
+            BidError::Engine(EngineError::UnknownAuction(_)) | BidError::Rejected(_)
+        ),
+        "{err:?}"
+    );
+    // The others are untouched; the renamed file's new auction runs.
+    assert_eq!(read_status(&kept_file).unwrap().phase, Some(Phase::Open));
+    assert!(engine.snapshot(&kept, None).await.unwrap().result.is_none());
+    let after = AuctionId::new("shop", "after").unwrap();
+    wait_status(&renamed_file, Duration::from_secs(10), "after Open", |st| {
+        st.phase == Some(Phase::Open)
+    })
+    .await;
+    assert!(engine.snapshot(&after, None).await.is_ok());
+    op.stop().await;
+}
+
+fn condition(st: &AuctionStatus, kind: &str) -> (String, String, String) {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_else(|| panic!("no {kind} condition in {st:#?}"))
+}
+
+fn metric(op: &Operator, name: &str) -> f64 {
+    let text = op.metrics.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+}
+
+/// #18 parts 4 to 6 in standalone mode: the conditions read after open, a soft-close
+/// extension, the close, a cancel and a failure (Redis down: retried with per-auction
+/// backoff, shown in the Ready condition and the metrics, reset once Redis is back), and
+/// an auction whose end passed before it was ever provisioned (not opened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_tell_the_truth_through_open_extension_close_cancel_and_failure() {
+    let redis = TestRedis::start_durable();
+    let s = Servers {
+        redis: redis.url(),
+        database: database_url().await,
+        _redis: None,
+    };
+    let mut redis = redis;
+    let dir = temp_dir("operator-truth");
+    let engine = Engine::connect(&s.redis, 1).await.unwrap();
+    let t0 = local_now();
+    let end = t0 + 4_000;
+    let life = dir.join("life.yaml");
+    std::fs::write(
+        &life,
+        manifest(
+            "life",
+            None,
+            end,
+            "  softClose: { window: 2s, extension: 2s }\n",
+        ),
+    )
+    .unwrap();
+    let cancel = dir.join("cancel.yaml");
+    std::fs::write(&cancel, manifest("cancel", None, t0 + 3_600_000, "")).unwrap();
+    let late = dir.join("late.yaml");
+    std::fs::write(&late, manifest("late", None, t0 - 60_000, "")).unwrap();
+    let op = Operator::start(&dir, &s, "operator-truth").await;
+
+    // Open.
+    let st = wait_status(&life, Duration::from_secs(10), "Open", phase(Phase::Open)).await;
+    assert_eq!(
+        condition(&st, "Ready"),
+        (
+            "True".into(),
+            "Provisioned".into(),
+            "provisioned in Redis and PostgreSQL".into()
+        )
+    );
+    assert_eq!(
+        condition(&st, "Open"),
+        (
+            "True".into(),
+            "BiddingOpen".into(),
+            format!("taking bids until {}", format_time(end))
+        )
+    );
+
+    // endsAt already past when first seen: never opened, and the status says why.
+    let st = wait_status(
+        &late,
+        Duration::from_secs(10),
+        "Failed",
+        phase(Phase::Failed),
+    )
+    .await;
+    let (ok, reason, message) = condition(&st, "Ready");
+    assert_eq!((ok.as_str(), reason.as_str()), ("False", "AlreadyEnded"));
+    assert!(message.contains("so it was never opened"), "{message}");
+    assert!(matches!(
+        engine
+            .snapshot(&AuctionId::new("shop", "late").unwrap(), None)
+            .await,
+        Err(EngineError::UnknownAuction(_))
+    ));
+
+    // A soft-close extension.
+    let id = AuctionId::new("shop", "life").unwrap();
+    wait_until(end - 1_000).await;
+    let late_bid = bid(&engine, &id, "Ann", Some(10_000), None).await;
+    assert!(late_bid.extended);
+    let st = wait_status(&life, Duration::from_secs(5), "extended", |st| {
+        st.effective_ends_at == Some(format_time(late_bid.ends_at))
+    })
+    .await;
+    let (_, reason, message) = condition(&st, "Open");
+    assert_eq!(reason, "BiddingOpen");
+    assert_eq!(
+        message,
+        format!(
+            "taking bids until {} (extended by soft close from {})",
+            format_time(late_bid.ends_at),
+            format_time(end)
+        )
+    );
+
+    // Closed.
+    let st = wait_status(
+        &life,
+        Duration::from_secs(10),
+        "Closed",
+        phase(Phase::Closed),
+    )
+    .await;
+    let closed_at = st.closed_at.clone().unwrap();
+    assert_eq!(
+        condition(&st, "Open"),
+        (
+            "False".into(),
+            "Ended".into(),
+            format!("closed at {closed_at}")
+        )
+    );
+    let (ok, reason, message) = condition(&st, "Ready");
+    assert_eq!((ok.as_str(), reason.as_str()), ("True", "Completed"));
+    assert!(
+        message.starts_with(&format!(
+            "closed at {closed_at}; result recorded in PostgreSQL"
+        )),
+        "{message}"
+    );
+    assert_eq!(condition(&st, "ResultRecorded").1, "Recorded");
+
+    // Cancelled (a new generation): never left at Provisioning.
+    std::fs::write(
+        &cancel,
+        manifest("cancel", None, t0 + 3_600_000, "  cancel: true\n"),
+    )
+    .unwrap();
+    let st = wait_status(
+        &cancel,
+        Duration::from_secs(10),
+        "Cancelled",
+        phase(Phase::Cancelled),
+    )
+    .await;
+    assert_eq!(st.observed_generation, Some(2));
+    let (ok, reason, message) = condition(&st, "Ready");
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("True", "Completed"),
+        "{message}"
+    );
+    assert!(message.starts_with("cancelled at "), "{message}");
+    let (ok, reason, message) = condition(&st, "Open");
+    assert_eq!((ok.as_str(), reason.as_str()), ("False", "Cancelled"));
+    assert!(message.starts_with("cancelled at "), "{message}");
+
+    // A failure: Redis down at an auction's end. Each attempt is counted and the next one
+    // announced; bidding is Unknown meanwhile.
+    let failing = dir.join("failing.yaml");
+    let failing_end = local_now() + 2_000;
+    std::fs::write(&failing, manifest("failing", None, failing_end, "")).unwrap();
+    wait_status(
+        &failing,
+        Duration::from_secs(10),
+        "Open",
+        phase(Phase::Open),
+    )
+    .await;
+    redis.kill();
+    let st = wait_status(
+        &failing,
+        Duration::from_secs(15),
+        "a second failure",
+        |st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.message.contains("failed 2 times in a row"))
+        },
+    )
+    .await;
+    let (ok, reason, message) = condition(&st, "Ready");
+    assert_eq!((ok.as_str(), reason.as_str()), ("False", "Unavailable"));
+    assert!(message.starts_with("redis: "), "{message}");
+    assert!(message.contains(", retrying in "), "{message}");
+    let (ok, reason, _) = condition(&st, "Open");
+    assert_eq!((ok.as_str(), reason.as_str()), ("Unknown", "Unavailable"));
+    assert_eq!(metric(&op, "gavel_operator_auctions_backing_off"), 1.0);
+    assert!(metric(&op, "gavel_operator_retry_delay_seconds_count") >= 2.0);
+    assert!(metric(&op, "gavel_operator_reconcile_errors_total{kind=\"redis\"}") >= 2.0);
+
+    // Redis back: closed, and the backoff is reset.
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    let st = wait_status(
+        &failing,
+        Duration::from_secs(40),
+        "Closed",
+        phase(Phase::Closed),
+    )
+    .await;
+    assert_eq!(condition(&st, "Ready").1, "Completed");
+    assert_eq!(condition(&st, "Open").1, "Ended");
+    assert_eq!(metric(&op, "gavel_operator_auctions_backing_off"), 0.0);
+    op.stop().await;
+    drop(redis);
 }

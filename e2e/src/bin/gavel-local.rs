@@ -53,7 +53,9 @@ enum Cmd {
     },
     /// Stop everything `up` started.
     Down,
-    /// Print the addresses and exit 0 if the platform is up; exit 1 if not.
+    /// Check each process of the platform (Redis, PostgreSQL, every bid-api, the operator,
+    /// and with `--kube` the API server) and print its state and the addresses; exit 0 if
+    /// every one answers, 1 if the platform is not running or any process is down (named).
     Status,
     /// Run the platform in the foreground until SIGTERM/SIGINT (what `up` starts).
     Run {
@@ -119,6 +121,184 @@ fn print_env(dir: &Path) {
     for (k, v) in &vars {
         println!("  {}", shown(k, v));
     }
+}
+
+/// How long one process may take to answer `status`.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One process of the platform, as `status` found it.
+struct Check {
+    /// `redis`, `postgres`, `bid-api-1`, …, `operator`, `kube-apiserver`.
+    name: String,
+    /// Where it was asked.
+    address: String,
+    /// `Err(why)` when it did not answer as it should.
+    state: Result<(), String>,
+}
+
+/// `host:port` of a `scheme://[user[:password]@]host:port[/…]` URL.
+fn host_port(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some(host.to_owned())
+}
+
+/// Redis answers `PING` (an authentication error still means it is up).
+async fn check_redis(url: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = host_port(url).ok_or_else(|| format!("not a Redis URL: {url}"))?;
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"PING\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reply = [0u8; 64];
+    let n = stream.read(&mut reply).await.map_err(|e| e.to_string())?;
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    if reply.starts_with("+PONG") || reply.starts_with("-NOAUTH") {
+        Ok(())
+    } else {
+        Err(format!("answered {:?}", reply.trim()))
+    }
+}
+
+/// PostgreSQL accepts a connection and answers `SELECT 1`.
+async fn check_postgres(url: &str) -> Result<(), String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// An HTTP server answers `GET /readyz` with 200.
+async fn check_ready(base: &str) -> Result<(), String> {
+    let r = gavel_e2e::http::get(&format!("{base}/readyz"))
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status == 200 {
+        Ok(())
+    } else {
+        Err(format!("not ready: HTTP {} {}", r.status, r.body.trim()))
+    }
+}
+
+/// The API server (with `--kube`) answers `/readyz`.
+async fn check_kube(kubectl: &str, kubeconfig: &str) -> Result<(), String> {
+    let out = tokio::process::Command::new(kubectl)
+        .args(["--kubeconfig", kubeconfig, "get", "--raw", "/readyz"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {kubectl}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// One process's check, to run: `Err(why)` when it does not answer as it should.
+type Probe = futures::future::BoxFuture<'static, Result<(), String>>;
+
+/// Asks every process named in the env file, at the same time.
+async fn check_processes(vars: &std::collections::BTreeMap<String, String>) -> Vec<Check> {
+    let var = |k: &str| vars.get(k).cloned().unwrap_or_default();
+    let mut checks: Vec<(String, String, Probe)> = Vec::new();
+    let redis = var("GAVEL_REDIS_URL");
+    checks.push((
+        "redis".into(),
+        host_port(&redis).unwrap_or_default(),
+        Box::pin(async move { check_redis(&redis).await }),
+    ));
+    let database = var("GAVEL_DATABASE_URL");
+    checks.push((
+        "postgres".into(),
+        host_port(&database).unwrap_or_default(),
+        Box::pin(async move { check_postgres(&database).await }),
+    ));
+    for (i, url) in var("GAVEL_HTTP_URLS")
+        .split(',')
+        .filter(|u| !u.is_empty())
+        .enumerate()
+    {
+        let url = url.to_owned();
+        checks.push((
+            format!("bid-api-{}", i + 1),
+            url.clone(),
+            Box::pin(async move { check_ready(&url).await }),
+        ));
+    }
+    let operator = var("GAVEL_OPERATOR_URL");
+    checks.push((
+        "operator".into(),
+        operator.clone(),
+        Box::pin(async move { check_ready(&operator).await }),
+    ));
+    if let (Some(kubectl), Some(kubeconfig)) = (vars.get("GAVEL_KUBECTL"), vars.get("KUBECONFIG")) {
+        let (kubectl, kubeconfig) = (kubectl.clone(), kubeconfig.clone());
+        checks.push((
+            "kube-apiserver".into(),
+            kubeconfig.clone(),
+            Box::pin(async move { check_kube(&kubectl, &kubeconfig).await }),
+        ));
+    }
+    let asked = checks.into_iter().map(|(name, address, check)| async move {
+        let state = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+            Ok(state) => state,
+            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+        };
+        Check {
+            name,
+            address,
+            state,
+        }
+    });
+    futures::future::join_all(asked).await
+}
+
+/// `status`: every process checked, its state printed; an error naming the ones down.
+fn status(dir: &Path) -> Result<()> {
+    let pid = match running_pid(dir) {
+        Some(pid) if env_file(dir).is_file() => pid,
+        _ => bail!("Gavel is not running (`make up` starts it)"),
+    };
+    let vars = envfile::read(&env_file(dir));
+    let checks = tokio::runtime::Runtime::new()?.block_on(check_processes(&vars));
+    let down: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.state.is_err())
+        .map(|c| c.name.as_str())
+        .collect();
+    if down.is_empty() {
+        println!("Gavel is up (pid {pid}); every process answers:");
+    } else {
+        println!("Gavel is running (pid {pid}) but not every process answers:");
+    }
+    for c in &checks {
+        match &c.state {
+            Ok(()) => println!("  {:<15} up    {}", c.name, c.address),
+            Err(why) => println!("  {:<15} DOWN  {} ({why})", c.name, c.address),
+        }
+    }
+    println!("Addresses (in {}):", env_file(dir).display());
+    print_env(dir);
+    if !down.is_empty() {
+        bail!(
+            "down: {}; its log is in {} (`make down` then `make up` starts everything again)",
+            down.join(", "),
+            dir.join("logs").display()
+        );
+    }
+    Ok(())
 }
 
 fn up(dir: &Path, timeout: Duration, bid_apis: usize, kube: bool) -> Result<()> {
@@ -316,14 +496,7 @@ fn run_cli() -> Result<()> {
             kube,
         } => up(&dir, Duration::from_secs(timeout), bid_apis, kube),
         Cmd::Down => down(&dir),
-        Cmd::Status => match running_pid(&dir) {
-            Some(pid) if env_file(&dir).is_file() => {
-                println!("Gavel is up (pid {pid}):");
-                print_env(&dir);
-                Ok(())
-            }
-            _ => bail!("Gavel is not running (`make up` starts it)"),
-        },
+        Cmd::Status => status(&dir),
         Cmd::Run { bid_apis, kube } => {
             tokio::runtime::Runtime::new()?.block_on(run(&dir, bid_apis, kube))
         }

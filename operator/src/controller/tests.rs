@@ -166,7 +166,9 @@ async fn no_more_requests(server: &mut Handle<Request<Body>, Response<Body>>) {
 }
 
 fn condition(status: &AuctionStatus, kind: &str) -> (String, String, String) {
-    let c = crate::status::condition(&status.conditions, kind).expect(kind);
+    let kind = crate::status::ConditionType::parse(kind).expect(kind);
+    let c = crate::status::condition(&status.conditions, kind)
+        .unwrap_or_else(|| panic!("no {kind} condition"));
     (c.status.clone(), c.reason.clone(), c.message.clone())
 }
 
@@ -402,6 +404,28 @@ async fn answer_list_by_name(
     );
 }
 
+/// A reconcile of a copy older than the status this replica wrote (the watch cache lags
+/// behind the write; a trigger such as the close in Redis arrived meanwhile) reads the
+/// object again first: its transition's Event is not published twice (a `kubectl` test
+/// saw `Cancelled` twice).
+#[tokio::test]
+async fn a_stale_copy_is_read_again_and_its_event_not_repeated() {
+    let mut f = fixture().await;
+    let a = finalized(auction(60_000, 120_000));
+    let task = tokio::spawn(reconcile(Arc::new(a.clone()), f.ctx.clone()));
+    let status = expect_status(&mut f.server, &a).await;
+    expect_event(&mut f.server, "Scheduled").await;
+    task.await.unwrap().unwrap();
+
+    // The same copy again, without the status written above.
+    let task = tokio::spawn(reconcile(Arc::new(a.clone()), f.ctx.clone()));
+    let mut current = a.clone();
+    current.status = Some(status);
+    answer_list_by_name(&mut f.server, &[current]).await;
+    task.await.unwrap().unwrap();
+    no_more_requests(&mut f.server).await;
+}
+
 /// A cleanup on a stale copy of an Auction an earlier cleanup has already released (the
 /// API server no longer has it): nothing is removed twice and no second Event is sent.
 #[tokio::test]
@@ -451,6 +475,7 @@ async fn the_controller_closes_a_listed_auction_at_its_end() {
         let _ = stop_rx.await;
     }));
     let mut held_watches = Vec::new();
+    let mut current = a.clone();
     let mut phases = Vec::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -466,6 +491,18 @@ async fn the_controller_closes_a_listed_auction_at_its_end() {
             held_watches.push(send); // a watch that stays open and quiet
         } else if method == Method::GET && uri.starts_with("/apis/gavel.dev/v1alpha1/auctions") {
             respond(send, &list);
+        } else if method == Method::GET
+            && uri.starts_with("/apis/gavel.dev/v1alpha1/namespaces/shop/auctions?")
+        {
+            // The quiet watch never brings our status writes: the operator reads the
+            // object again by name before it reconciles a copy older than its own write.
+            respond(
+                send,
+                &json!({
+                    "apiVersion": "gavel.dev/v1alpha1", "kind": "AuctionList",
+                    "metadata": { "resourceVersion": "8" }, "items": [current],
+                }),
+            );
         } else if method == Method::PATCH && uri.starts_with(&format!("{BASE}/status")) {
             let patch = body_json(request).await;
             let status: AuctionStatus = serde_json::from_value(patch["status"].clone()).unwrap();
@@ -473,6 +510,7 @@ async fn the_controller_closes_a_listed_auction_at_its_end() {
             let mut updated = a.clone();
             updated.status = Some(status);
             respond(send, &updated);
+            current = updated;
         } else if method == Method::POST && uri.contains("/events") {
             let event = body_json(request).await;
             events.push(event["reason"].as_str().unwrap_or_default().to_owned());
@@ -504,4 +542,50 @@ async fn the_controller_closes_a_listed_auction_at_its_end() {
         .await
         .expect("the controller did not stop")
         .unwrap();
+}
+
+/// #18 part 6: a failing Auction is retried with its own exponential backoff (announced
+/// before it is used, so the status can say it), other Auctions are not affected, a
+/// deletion waiting for its last bids is no failure, and the first success resets it.
+#[tokio::test]
+async fn failed_reconciles_back_off_per_auction() {
+    let f = fixture().await;
+    let a = Arc::new(finalized(auction(60_000, 120_000)));
+    let failure = || Error::Kube(kube::Error::Service("connection refused".into()));
+    let mut waits = Vec::new();
+    for attempt in 1..=5 {
+        let next = f.ctx.backoffs.peek("shop/strat");
+        assert_eq!(next.attempt, attempt);
+        let action = error_policy(a.clone(), &failure(), f.ctx.clone());
+        assert_eq!(action, Action::requeue(next.wait), "attempt {attempt}");
+        waits.push(next.wait);
+    }
+    let first = Timing::default().retry.first;
+    for (i, w) in waits.iter().enumerate() {
+        assert!(
+            *w >= first * 2u32.pow(i as u32),
+            "attempt {}: {waits:?}",
+            i + 1
+        );
+        assert!(
+            *w < first * 2u32.pow(i as u32 + 1),
+            "attempt {}: {waits:?}",
+            i + 1
+        );
+    }
+    assert_eq!(f.ctx.backoffs.failing(), 1);
+    assert_eq!(f.ctx.metrics.backing_off.get(), 1);
+    assert_eq!(f.ctx.metrics.retry_delay.get_sample_count(), 5);
+
+    // Another Auction starts from the first delay.
+    assert_eq!(f.ctx.backoffs.peek("shop/other").attempt, 1);
+
+    // Waiting for the last bids of a deletion is not a failure.
+    let pending = error_policy(a.clone(), &Error::Pending("flushing".into()), f.ctx.clone());
+    assert_eq!(pending, Action::requeue(Duration::from_millis(500)));
+    assert_eq!(f.ctx.backoffs.peek("shop/strat").attempt, 6);
+
+    f.ctx.backoffs.reset("shop/strat");
+    assert_eq!(f.ctx.backoffs.peek("shop/strat").attempt, 1);
+    assert_eq!(f.ctx.metrics.backing_off.get(), 0);
 }

@@ -2,6 +2,7 @@
 //! operator was down, soft-close extension, deletion, invalid spec, restart mid-close.
 
 use super::*;
+use crate::status::{ConditionType, Reason};
 use gavel_crds::format_time;
 use gavel_engine::{CloseMode, Increments};
 
@@ -64,9 +65,9 @@ fn recorded_status(phase: Phase) -> AuctionStatus {
     let mut s = status(phase, 1);
     status::set_condition(
         &mut s.conditions,
-        CONDITION_RECORDED,
+        ConditionType::ResultRecorded,
         true,
-        "Recorded",
+        Reason::Recorded,
         "",
         NOW,
         Some(1),
@@ -94,6 +95,7 @@ fn base() -> Observed {
         }),
         restored: None,
         retention: None,
+        removed: false,
     }
 }
 
@@ -147,8 +149,39 @@ fn table() -> Vec<Case> {
             Some(Phase::Pending),
         ),
         case(
-            "new auction whose end already passed is still provisioned (then closed)",
+            "endsAt passed before it was ever provisioned: not opened, waits for a change",
             |o| o.now = NOW + 7_200 * SEC,
+            FOREVER,
+            Some(Phase::Failed),
+        ),
+        case(
+            "endsAt passed before it was ever provisioned, PostgreSQL down: not opened either",
+            |o| {
+                o.now = NOW + 7_200 * SEC;
+                o.durable = None;
+            },
+            FOREVER,
+            Some(Phase::Failed),
+        ),
+        case(
+            "endsAt passed while no operator ran, Redis lost it: restored (then closed with its winner)",
+            |o| {
+                o.now = NOW + 7_200 * SEC;
+                o.status = Some(status(Phase::Open, 1));
+                o.durable = Some(Durable {
+                    known: true,
+                    seq: 2,
+                });
+            },
+            Step::Restore(RestoreMode::Missing),
+            Some(Phase::Pending),
+        ),
+        case(
+            "endsAt passed, provisioned before by its status (PostgreSQL has no row): provisioned, then closed",
+            |o| {
+                o.now = NOW + 7_200 * SEC;
+                o.status = Some(status(Phase::Scheduled, 1));
+            },
             Step::Provision,
             Some(Phase::Pending),
         ),
@@ -607,7 +640,7 @@ fn a_provisioned_generation_is_not_provisioned_twice() {
     assert!(matches!(plan(&o, &Timing::default()), Step::Wait { .. }));
     let s = desired_status(&o);
     assert_eq!(s.observed_generation, Some(1));
-    let ready = status::condition(&s.conditions, CONDITION_READY).unwrap();
+    let ready = status::condition(&s.conditions, ConditionType::Ready).unwrap();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("True", "Provisioned")
@@ -622,7 +655,7 @@ fn a_pricing_refusal_is_kept_until_the_spec_changes() {
     o.status = Some(status(Phase::Open, 1));
     o.live = Some(live(LivePhase::Open, None, NOW + 60 * SEC));
     let refused = desired_status(&o);
-    let ready = status::condition(&refused.conditions, CONDITION_READY).unwrap();
+    let ready = status::condition(&refused.conditions, ConditionType::Ready).unwrap();
     assert_eq!(ready.reason, "PricingFrozen");
     assert!(ready.message.contains("restore"));
     assert_eq!(refused.observed_generation, Some(2));
@@ -635,7 +668,7 @@ fn a_pricing_refusal_is_kept_until_the_spec_changes() {
     assert!(matches!(plan(&next, &Timing::default()), Step::Wait { .. }));
     let kept = desired_status(&next);
     assert_eq!(
-        status::condition(&kept.conditions, CONDITION_READY)
+        status::condition(&kept.conditions, ConditionType::Ready)
             .unwrap()
             .reason,
         "PricingFrozen"
@@ -654,7 +687,7 @@ fn status_reports_live_values_and_the_result() {
     assert_eq!(s.bid_count, Some(3));
     assert_eq!(s.leader.as_deref(), Some("Ann"));
     assert_eq!(s.effective_ends_at, Some(format_time(NOW + 90 * SEC)));
-    let open = status::condition(&s.conditions, CONDITION_OPEN).unwrap();
+    let open = status::condition(&s.conditions, ConditionType::Open).unwrap();
     assert_eq!(
         (open.status.as_str(), open.reason.as_str()),
         ("True", "BiddingOpen")
@@ -672,7 +705,7 @@ fn status_reports_live_values_and_the_result() {
     assert_eq!(s.reserve_met, Some(true));
     assert_eq!(s.closed_at, Some(format_time(NOW - SEC)));
     assert_eq!(s.leader, None);
-    let rec = status::condition(&s.conditions, CONDITION_RECORDED).unwrap();
+    let rec = status::condition(&s.conditions, ConditionType::ResultRecorded).unwrap();
     assert_eq!(rec.status, "True");
 }
 
@@ -684,7 +717,7 @@ fn invalid_spec_message_tells_what_to_fix() {
         message: "must be after startsAt".into(),
     });
     let s = desired_status(&o);
-    let ready = status::condition(&s.conditions, CONDITION_READY).unwrap();
+    let ready = status::condition(&s.conditions, ConditionType::Ready).unwrap();
     assert_eq!(ready.status, "False");
     assert_eq!(ready.reason, "InvalidSpec");
     assert!(
@@ -696,7 +729,7 @@ fn invalid_spec_message_tells_what_to_fix() {
     let notes = status::events(None, &s, "USD");
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].severity, status::Severity::Warning);
-    assert_eq!(notes[0].reason, "InvalidSpec");
+    assert_eq!(notes[0].reason, status::EventReason::InvalidSpec);
 }
 
 #[test]
@@ -710,7 +743,279 @@ fn postgres_unreachable_at_provisioning_does_not_stop_the_lifecycle() {
     assert_eq!(plan(&o, &Timing::default()), Step::Close(CloseMode::AtEnd));
     let s = desired_status(&o);
     assert_eq!(s.observed_generation, Some(0), "must be provisioned again");
-    let ready = status::condition(&s.conditions, CONDITION_READY).unwrap();
+    let ready = status::condition(&s.conditions, ConditionType::Ready).unwrap();
     assert_eq!(ready.reason, "Unavailable");
     assert!(ready.message.contains("connection refused"));
+}
+
+/// (type, status, reason) of every condition, sorted by type.
+fn conditions(s: &AuctionStatus) -> Vec<(String, String, String)> {
+    let mut c: Vec<_> = s
+        .conditions
+        .iter()
+        .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+        .collect();
+    c.sort();
+    c
+}
+
+fn message(s: &AuctionStatus, kind: ConditionType) -> String {
+    status::condition(&s.conditions, kind)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+fn triple(t: &str, s: &str, r: &str) -> (String, String, String) {
+    (t.into(), s.into(), r.into())
+}
+
+/// #18 part 5: each condition's reason and message describe the auction as it is now,
+/// through its whole life: provisioning, scheduled, open, extended, closing, flushing,
+/// closed, out of Redis; and a cancel (a new generation) never stays `Provisioning`.
+#[test]
+fn conditions_describe_the_current_state_through_the_whole_life() {
+    let end = NOW + 60 * SEC;
+    // Each step starts from the status the previous one wrote.
+    let mut o = base();
+    let s = desired_status(&o);
+    assert_eq!(conditions(&s), [triple("Ready", "False", "Provisioning")]);
+
+    o.status = Some(s);
+    o.provisioned = true;
+    o.live = Some(live(LivePhase::Scheduled, Some(NOW + 10 * SEC), end));
+    let s = desired_status(&o);
+    assert_eq!(
+        conditions(&s),
+        [
+            triple("Open", "False", "NotStarted"),
+            triple("Ready", "True", "Provisioned")
+        ]
+    );
+    assert_eq!(
+        message(&s, ConditionType::Open),
+        format!("bidding opens at {}", format_time(NOW + 10 * SEC))
+    );
+
+    o.status = Some(s);
+    o.provisioned = false;
+    let mut opened = live(LivePhase::Open, Some(NOW - SEC), settings().ends_at);
+    opened.server_time = NOW;
+    o.live = Some(opened.clone());
+    let s = desired_status(&o);
+    assert_eq!(
+        conditions(&s),
+        [
+            triple("Open", "True", "BiddingOpen"),
+            triple("Ready", "True", "Provisioned")
+        ]
+    );
+    assert_eq!(
+        message(&s, ConditionType::Open),
+        format!("taking bids until {}", format_time(settings().ends_at))
+    );
+
+    // A soft-close extension: the effective end and where it came from.
+    o.status = Some(s);
+    let mut extended = opened.clone();
+    extended.ends_at = settings().ends_at + 90 * SEC;
+    o.live = Some(extended.clone());
+    let s = desired_status(&o);
+    assert_eq!(
+        message(&s, ConditionType::Open),
+        format!(
+            "taking bids until {} (extended by soft close from {})",
+            format_time(settings().ends_at + 90 * SEC),
+            format_time(settings().ends_at)
+        )
+    );
+
+    // Past the end, before the close.
+    o.status = Some(s);
+    let mut closing = extended.clone();
+    closing.phase = LivePhase::Closing;
+    closing.server_time = closing.ends_at + 1;
+    o.live = Some(closing.clone());
+    let s = desired_status(&o);
+    assert_eq!(
+        conditions(&s),
+        [
+            triple("Open", "False", "Closing"),
+            triple("Ready", "True", "Provisioned")
+        ]
+    );
+
+    // Closed in Redis, the last bids on their way to PostgreSQL.
+    o.status = Some(s);
+    let mut closed = closing.clone();
+    closed.phase = LivePhase::Closed;
+    closed.result = Some(result(false));
+    o.live = Some(closed.clone());
+    o.unflushed = Some(2);
+    let s = desired_status(&o);
+    assert_eq!(s.phase, Some(Phase::Open));
+    assert_eq!(
+        conditions(&s),
+        [
+            triple("Open", "False", "Ended"),
+            triple("Ready", "True", "Provisioned"),
+            triple("ResultRecorded", "False", "Flushing")
+        ]
+    );
+    assert!(message(&s, ConditionType::ResultRecorded).contains("waiting for 2 accepted events"));
+
+    // Recorded.
+    o.status = Some(s);
+    o.unflushed = Some(0);
+    o.recorded = true;
+    let s = desired_status(&o);
+    assert_eq!(s.phase, Some(Phase::Closed));
+    assert_eq!(
+        conditions(&s),
+        [
+            triple("Open", "False", "Ended"),
+            triple("Ready", "True", "Completed"),
+            triple("ResultRecorded", "True", "Recorded")
+        ]
+    );
+    let closed_at = format_time(result(false).closed_at);
+    assert_eq!(
+        message(&s, ConditionType::Open),
+        format!("closed at {closed_at}")
+    );
+    assert!(
+        message(&s, ConditionType::Ready).starts_with(&format!(
+            "closed at {closed_at}; result recorded in PostgreSQL; its live state stays in Redis"
+        )),
+        "{}",
+        message(&s, ConditionType::Ready)
+    );
+
+    // Its retention passed: it left Redis, and the status says so from then on.
+    o.status = Some(s);
+    o.removed = true;
+    let s = desired_status(&o);
+    assert!(message(&s, ConditionType::Ready).contains("has left Redis"));
+    o.status = Some(s.clone());
+    o.removed = false;
+    o.live = None;
+    assert_eq!(plan(&o, &Timing::default()), FOREVER);
+    assert_eq!(desired_status(&o).conditions, s.conditions);
+}
+
+#[test]
+fn a_cancel_reports_cancelled_not_the_new_generation_being_applied() {
+    // `cancel: true` is a spec change: generation 2 while the status observed 1.
+    let mut o = base();
+    o.generation = Some(2);
+    o.cancel = true;
+    let mut s = status(Phase::Open, 1);
+    status::set_condition(
+        &mut s.conditions,
+        ConditionType::Ready,
+        true,
+        Reason::Provisioned,
+        "provisioned in Redis and PostgreSQL",
+        NOW,
+        Some(1),
+    );
+    o.status = Some(s);
+    o.live = Some(live(LivePhase::Open, None, NOW + 60 * SEC));
+    assert_eq!(plan(&o, &Timing::default()), Step::Close(CloseMode::Cancel));
+
+    // One reconcile closes, records and writes the status: the status it started from
+    // (generation 1) is what the plan sees throughout.
+    let mut l = live(LivePhase::Cancelled, None, NOW + 60 * SEC);
+    l.result = Some(result(true));
+    o.live = Some(l);
+    assert_eq!(plan(&o, &Timing::default()), Step::Record(result(true)));
+    o.recorded = true;
+    assert!(matches!(plan(&o, &Timing::default()), Step::Wait { .. }));
+    let s = desired_status(&o);
+    assert_eq!(s.phase, Some(Phase::Cancelled));
+    assert_eq!(s.observed_generation, Some(2));
+    assert_eq!(
+        conditions(&s),
+        [
+            triple("Open", "False", "Cancelled"),
+            triple("Ready", "True", "Completed"),
+            triple("ResultRecorded", "True", "Recorded")
+        ]
+    );
+    assert!(message(&s, ConditionType::Ready).starts_with("cancelled at "));
+    assert!(message(&s, ConditionType::Open).starts_with("cancelled at "));
+
+    // The next reconcile (same generation) keeps saying so.
+    o.status = Some(s.clone());
+    assert_eq!(conditions(&desired_status(&o)), conditions(&s));
+}
+
+#[test]
+fn a_spec_problem_after_the_close_does_not_claim_the_auction_still_runs() {
+    let mut o = base();
+    o.recorded = true;
+    let mut l = live(LivePhase::Closed, None, NOW - SEC);
+    l.result = Some(result(false));
+    o.live = Some(l);
+    o.generation = Some(3);
+    o.settings = Err(SpecError {
+        field: "currency".into(),
+        message: "bad".into(),
+    });
+    let s = desired_status(&o);
+    let ready = message(&s, ConditionType::Ready);
+    assert!(ready.contains("the auction has ended"), "{ready}");
+    assert!(!ready.contains("keeps running"), "{ready}");
+
+    // A pricing refusal kept while open gives way once the auction has closed.
+    let mut o = base();
+    o.generation = Some(2);
+    let mut refused = status(Phase::Open, 2);
+    status::set_condition(
+        &mut refused.conditions,
+        ConditionType::Ready,
+        false,
+        Reason::PricingFrozen,
+        "frozen",
+        NOW,
+        Some(2),
+    );
+    o.status = Some(refused);
+    o.recorded = true;
+    let mut l = live(LivePhase::Closed, None, NOW - SEC);
+    l.result = Some(result(false));
+    o.live = Some(l);
+    let s = desired_status(&o);
+    assert_eq!(
+        status::reason(&s.conditions, ConditionType::Ready),
+        Some(Reason::Completed)
+    );
+}
+
+#[test]
+fn an_auction_whose_end_passed_before_it_opened_says_so() {
+    let mut o = base();
+    o.now = NOW + 7_200 * SEC;
+    let s = desired_status(&o);
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(conditions(&s), [triple("Ready", "False", "AlreadyEnded")]);
+    let m = message(&s, ConditionType::Ready);
+    assert!(
+        m.starts_with(&format!(
+            "endsAt {} had already passed when the operator first saw the auction",
+            format_time(settings().ends_at)
+        )) && m.contains("set endsAt (and startsAt) in the future"),
+        "{m}"
+    );
+    let notes = status::events(None, &s, "USD");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].severity, status::Severity::Warning);
+    assert_eq!(notes[0].reason, status::EventReason::AlreadyEnded);
+    // Moving endsAt into the future (a new generation) provisions it.
+    o.status = Some(s);
+    o.generation = Some(2);
+    let mut later = settings();
+    later.starts_at = None;
+    later.ends_at = o.now + 60 * SEC;
+    o.settings = Ok(later);
+    assert_eq!(plan(&o, &Timing::default()), Step::Provision);
 }
