@@ -7,6 +7,7 @@
 //! - [`lifecycle`]: the observe → plan → act loop over the engine, shared by both modes.
 //! - [`controller`]: the kube-rs `Controller` (finalizer, status patches, Events).
 //! - [`standalone`]: the same loop over a directory of manifests (development mode).
+//! - [`feed`]: the outbound event feed's dispatcher (CloudEvents to HTTP sinks).
 //! - [`leader`]: Lease-based leader election.
 //! - [`startup`]: waiting (with backoff) for Redis, PostgreSQL and the API server at start.
 //! - [`metrics`], [`http`], [`telemetry`], [`config`]: the process around it.
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod controller;
+pub mod feed;
 pub mod http;
 pub mod leader;
 pub mod lifecycle;
