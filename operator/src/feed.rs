@@ -234,7 +234,12 @@ impl Dispatcher {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         if self.config.enabled() {
             info!(
-                sink = self.config.sink.as_deref().map(redact::url).unwrap_or_default(),
+                sink = self
+                    .config
+                    .sink
+                    .as_deref()
+                    .map(redact::url)
+                    .unwrap_or_default(),
                 "event feed dispatcher started"
             );
         } else {
@@ -314,7 +319,11 @@ impl Dispatcher {
         };
         let gap_ms = self.config.gap_timeout.as_millis() as i64;
         let (mut delivered, mut failed) = (0, 0);
-        for d in self.store.waiting(sink, auction, EVENTS_PER_AUCTION).await? {
+        for d in self
+            .store
+            .waiting(sink, auction, EVENTS_PER_AUCTION)
+            .await?
+        {
             if d.due_in_ms > 0 {
                 break;
             }
@@ -401,7 +410,10 @@ impl Dispatcher {
             .await
             .map_err(|e| SendError {
                 retryable: true,
-                reason: format!("request failed: {}", redact::url(&e.without_url().to_string())),
+                reason: format!(
+                    "request failed: {}",
+                    redact::url(&e.without_url().to_string())
+                ),
             })?;
         let status = response.status();
         if status.is_success() {
