@@ -633,7 +633,7 @@ async fn a_receiver_down_under_load_loses_nothing_and_keeps_order() {
             let mut n = 0u64;
             while local_now() < end - 1_000 {
                 for id in &ids {
-                    let who = if n % 2 == 0 { "Ann" } else { "Bob" };
+                    let who = if n.is_multiple_of(2) { "Ann" } else { "Bob" };
                     let bidder = Bidder::new(format!("{}-id", who.to_lowercase()), who).unwrap();
                     let amount = Some(10_000 + 100 * n as i64);
                     engine
