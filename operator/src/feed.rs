@@ -258,7 +258,12 @@ impl Dispatcher {
             let pause = tokio::select! {
                 _ = &mut shutdown => break,
                 report = self.pass() => match report {
-                    Ok(r) if r.fanned_out > 0 || r.delivered > 0 => Duration::ZERO,
+                    // Straight on while it makes progress or the outbox holds more than one
+                    // batch; else a poll's pause (a dead sink's backlog is not rescanned in
+                    // a tight loop while bids keep coming).
+                    Ok(r) if r.delivered > 0 || r.fanned_out >= FAN_OUT_BATCH as u64 => {
+                        Duration::ZERO
+                    }
                     Ok(_) => self.config.poll,
                     Err(e) => {
                         warn!(error = %e, "event feed pass failed; retrying");
