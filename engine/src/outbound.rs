@@ -903,10 +903,7 @@ mod tests {
     fn a_bid_gives_its_public_events_in_order_and_never_a_ceiling() {
         let entries = from_record(&id(), &AuctionEvent::Bid(bid(Some("u-1"), true)));
         let types: Vec<&str> = entries.iter().map(|e| e.event.ty.as_str()).collect();
-        assert_eq!(
-            types,
-            [types::BID_ACCEPTED, types::OUTBID, types::EXTENDED]
-        );
+        assert_eq!(types, [types::BID_ACCEPTED, types::OUTBID, types::EXTENDED]);
         assert_eq!(
             entries.iter().map(|e| e.rank).collect::<Vec<_>>(),
             [0, 1, 2]
@@ -998,12 +995,13 @@ mod tests {
             &format!("v1,bogus {sig}")
         ));
         assert!(!secret.verify("other", 1_614_265_330, b"{}", &sig));
-        assert!("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<WebhookSecret>().is_err());
+        assert!(
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+                .parse::<WebhookSecret>()
+                .is_err()
+        );
         assert!("whsec_!!".parse::<WebhookSecret>().is_err());
         assert_eq!(format!("{secret:?}"), "WebhookSecret(***)");
-        assert_eq!(
-            secret.to_text().parse::<WebhookSecret>().unwrap(),
-            secret
-        );
+        assert_eq!(secret.to_text().parse::<WebhookSecret>().unwrap(), secret);
     }
 }
