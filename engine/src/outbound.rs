@@ -588,10 +588,36 @@ const DELIVERY_COLUMNS: &str = "sink, event_id, auction_id, seq, rank, epoch, ev
     (EXTRACT(EPOCH FROM now() - recorded_at) * 1000)::bigint AS age_ms, attempts,
     (EXTRACT(EPOCH FROM next_at - now()) * 1000)::bigint AS due_in_ms";
 
+/// Key of the PostgreSQL advisory lock that lets one dispatcher at a time deliver.
+const DISPATCH_LOCK: i64 = 0x6761_7665_6c66_6565; // "gavelfee"
+
+/// A connection holding the dispatcher's advisory lock: the lock lasts as long as the
+/// connection (closed when dropped, so a dead holder releases it).
+pub struct DispatchLock(sqlx::PgConnection);
+
+impl DispatchLock {
+    /// Whether the connection (hence the lock) is still there.
+    pub async fn alive(&mut self) -> bool {
+        sqlx::query("SELECT 1").execute(&mut self.0).await.is_ok()
+    }
+}
+
 impl FeedStore {
     /// The feed's queries over `pool`.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+
+    /// Takes the dispatcher's lock if no other process holds it, on a connection of its
+    /// own: several operators (a leader handing over, two standalone ones) never deliver at
+    /// the same time, so each auction's order holds.
+    pub async fn try_lock(&self) -> Result<Option<DispatchLock>, StoreError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(DISPATCH_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(locked.then_some(DispatchLock(conn)))
     }
 
     /// Queues events the operator produces (openings, restores).

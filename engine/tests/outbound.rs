@@ -147,3 +147,22 @@ async fn recorded_events_are_queued_once_public_and_fanned_out() {
     // A sink that starts mid-auction starts at its first event.
     assert_eq!(feed.cursor("auction", "shop/outbox").await.unwrap(), (4, 0));
 }
+
+/// One dispatcher at a time: the lock is held until its connection goes.
+#[tokio::test]
+async fn one_dispatcher_holds_the_lock_until_its_connection_goes() {
+    let store = Store::connect_lazy(&database_url().await).unwrap();
+    let feed = FeedStore::new(store.pool().clone());
+    let mut first = feed.try_lock().await.unwrap().expect("free lock");
+    assert!(first.alive().await);
+    assert!(feed.try_lock().await.unwrap().is_none(), "taken twice");
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if feed.try_lock().await.unwrap().is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

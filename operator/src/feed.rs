@@ -8,7 +8,8 @@
 //! after the previous one was delivered or dead-lettered, and a failed attempt is retried
 //! with exponential backoff and jitter until [`FeedConfig::max_attempts`], then the event
 //! goes to the sink's dead letters with the reason (`gavel feed dead-letters`, `gavel feed
-//! replay`). Different auctions are delivered concurrently.
+//! replay`). Different auctions are delivered concurrently. A PostgreSQL advisory lock lets
+//! one dispatcher deliver at a time, whatever the number of operators.
 
 use std::collections::hash_map::RandomState;
 use std::future::Future;
@@ -16,7 +17,7 @@ use std::hash::BuildHasher;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
-use gavel_engine::outbound::{self, Delivery, FeedStore, WebhookSecret};
+use gavel_engine::outbound::{self, Delivery, DispatchLock, FeedStore, WebhookSecret};
 use gavel_engine::redact;
 use gavel_engine::store::StoreError;
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -36,6 +37,9 @@ const AUCTIONS_PER_PASS: i64 = 256;
 
 /// Most events of one auction one pass delivers.
 const EVENTS_PER_AUCTION: i64 = 128;
+
+/// How often a dispatcher without the lock tries to take it.
+const LOCK_RETRY: Duration = Duration::from_secs(2);
 
 /// How often the backlog gauges are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -250,14 +254,33 @@ impl Dispatcher {
         tokio::pin!(shutdown);
         let mut sampled: Option<Instant> = None;
         let mut backoff = Duration::from_millis(200);
+        let mut lock: Option<DispatchLock> = None;
         loop {
             if sampled.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY) {
                 self.sample().await;
                 sampled = Some(Instant::now());
             }
+            // One dispatcher at a time, whatever the number of operators.
+            if let Some(held) = lock.as_mut()
+                && !held.alive().await
+            {
+                warn!("lost the event feed's lock (PostgreSQL connection closed); taking it again");
+                lock = None;
+            }
+            if lock.is_none() {
+                match self.store.try_lock().await {
+                    Ok(Some(taken)) => {
+                        debug!("event feed lock taken");
+                        lock = Some(taken);
+                    }
+                    Ok(None) => debug!("another process delivers the event feed"),
+                    Err(e) => debug!(error = %e, "cannot take the event feed's lock"),
+                }
+            }
             let pause = tokio::select! {
                 _ = &mut shutdown => break,
-                report = self.pass() => match report {
+                _ = tokio::time::sleep(LOCK_RETRY), if lock.is_none() => continue,
+                report = self.pass(), if lock.is_some() => match report {
                     // Straight on while it makes progress or the outbox holds more than one
                     // batch; else a poll's pause (a dead sink's backlog is not rescanned in
                     // a tight loop while bids keep coming).
