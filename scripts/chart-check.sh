@@ -79,6 +79,7 @@ must_fail --set auth.jwt.secret=s --set-string auth.jwt.publicKey=p
 must_fail --set events.sink=ftp://hooks.example/x
 must_fail --set events.secret=hunter2
 must_fail --set events.backoff=soon
+must_fail --set events.sink=https://hooks.example/gavel
 
 examples=(manifests/auction-*.yaml)
 [ -e "${examples[0]}" ] || examples=()

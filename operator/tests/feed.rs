@@ -5,7 +5,8 @@
 //! once after deduplication by id, in seq order per auction, on the cluster sink and on an
 //! auction's own sink; no event carries a ceiling; a receiver down under bid load loses
 //! nothing and the backlog drains in order; a receiver answering 500 forever ends in the
-//! dead letters with the reason, and a replay delivers them.
+//! dead letters with the reason, and a replay delivers them; the README's example consumer
+//! verifies signatures and handles each event once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -785,4 +786,94 @@ async fn a_receiver_failing_forever_ends_in_the_dead_letters_and_replay_delivers
     delivered_in_order(&got, &id);
     assert!(feed.dead_letters(None, None, 100).await.unwrap().is_empty());
     op.stop().await;
+}
+
+/// The README's example consumer (`examples/feed-consumer.py`, run with python3) as the
+/// sink: it prints every event of an auction once, refuses a bad signature, and does not
+/// handle a redelivered event twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_consumer_verifies_and_deduplicates() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let (redis, _redis_guard) = redis_url();
+    let database = database_url().await;
+    let dir = temp_dir("operator-feed-consumer");
+    let port = gavel_engine::testing::free_port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/feed-consumer.py");
+    let secret = WebhookSecret::from_key(KEY).to_text();
+    let mut consumer = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .env("GAVEL_EVENTS_SECRET", &secret)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to run the README's consumer");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = consumer.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let uri = format!("http://127.0.0.1:{port}/");
+    let engine = Engine::connect(&redis, 1).await.unwrap();
+    let store = Store::connect_lazy(&database).unwrap();
+    let id = AuctionId::new("shop", "consumed").unwrap();
+    let file = dir.join("consumed.yaml");
+    std::fs::write(&file, manifest("consumed", None, local_now() + 3_000, "")).unwrap();
+    let op = Operator::start(&dir, &redis, &database, feed_config(Some(uri.clone()))).await;
+    wait_phase(&file, Phase::Open, Duration::from_secs(10)).await;
+    bid(&engine, &id, "Ann", None, Some(30_001)).await;
+    bid(&engine, &id, "Bob", Some(20_000), None).await;
+    wait_phase(&file, Phase::Closed, Duration::from_secs(20)).await;
+    let want = expected_ids(&store, &id, 0).await;
+    let mut printed = Vec::new();
+    while printed.len() < want.len() {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .expect("the consumer printed too few events")
+            .expect("the consumer exited");
+        printed.push(line);
+    }
+    op.stop().await;
+    let types: Vec<&str> = printed
+        .iter()
+        .map(|l| l.split(' ').nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(types.first(), Some(&types::OPENED), "{printed:?}");
+    assert_eq!(types.last(), Some(&types::CLOSED), "{printed:?}");
+
+    // A redelivery (same id, fresh timestamp and signature) is acknowledged, not handled
+    // again; a forged signature is refused.
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": outbound::event_id(&id, 0, types::OPENED, 0), "type": types::OPENED,
+        "subject": id.to_string(), "time": "x", "data": {}
+    }))
+    .unwrap();
+    let event_id = outbound::event_id(&id, 0, types::OPENED, 0);
+    let post = |signature: String, ts: i64| {
+        reqwest::Client::new()
+            .post(&uri)
+            .header("webhook-id", &event_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body.clone())
+            .send()
+    };
+    let ts = local_now() / 1000;
+    let signed = WebhookSecret::from_key(KEY).sign(&event_id, ts, &body);
+    assert_eq!(post(signed, ts).await.unwrap().status(), 204);
+    let forged = WebhookSecret::from_key(b"another-key-0123456789").sign(&event_id, ts, &body);
+    assert_eq!(post(forged, ts).await.unwrap().status(), 401);
+    let old = WebhookSecret::from_key(KEY).sign(&event_id, ts - 3_600, &body);
+    assert_eq!(post(old, ts - 3_600).await.unwrap().status(), 401);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), lines.recv())
+            .await
+            .is_err(),
+        "the consumer handled a duplicate"
+    );
+    let _ = consumer.kill();
+    let _ = consumer.wait();
 }
