@@ -23,6 +23,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
+/// Connections of the event feed's dispatcher.
+const FEED_POOL_SIZE: u32 = 4;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -119,7 +122,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if feed_config.sink.is_some() && !feed_config.enabled() {
         warn!("GAVEL_EVENTS_SINK is set but GAVEL_EVENTS_SECRET is not: the event feed is off");
     }
-    let dispatcher = Dispatcher::new(&store, feed_config, FeedMetrics::new(&metrics.registry)?)?;
+    // A pool of its own (its lock holds one more connection): delivering never takes the
+    // reconciles' connections.
+    let feed_store = Store::connect_lazy_with(&args.database_url, FEED_POOL_SIZE)
+        .context("invalid GAVEL_DATABASE_URL")?;
+    let dispatcher = Dispatcher::new(
+        &feed_store,
+        feed_config,
+        FeedMetrics::new(&metrics.registry)?,
+    )?;
 
     if let Some(dir) = args.standalone.clone() {
         tokio::spawn(dispatcher.run_until(std::future::pending::<()>()));
