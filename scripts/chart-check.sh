@@ -56,6 +56,9 @@ render external --set redis.url=rediss://redis.example:6380/0 \
 render oidc --set auth.oidc.issuer=https://keycloak.example/realms/shop --set auth.oidc.audience=gavel \
   --set auth.oidc.bidRole=bidder --set auth.oidc.rolesClaim=realm_access.roles --set auth.oidc.nameClaim=preferred_username \
   --set auth.oidc.caConfigMap=corp-ca --set "networkPolicy.egress.identityProvider.to[0].ipBlock.cidr=10.1.0.0/16"
+render events --set events.sink=https://hooks.example/gavel --set events.existingSecret=gavel-events \
+  --set "networkPolicy.egress.eventSinks.to[0].ipBlock.cidr=10.2.0.0/16"
+render events-inline --set-string events.secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --set events.maxAttempts=5
 render restricted-egress --set "networkPolicy.egress.redis.to[0].ipBlock.cidr=10.0.0.0/24" \
   --set-string "networkPolicy.bidApiFrom[0].namespaceSelector.matchLabels.ingress=true" --set serviceMonitor.enabled=true
 
@@ -73,6 +76,10 @@ must_fail --set operator.leaderElection.leaseDuration=soon
 must_fail --set auth.oidc.leeway=soon
 must_fail --set bidApi.image.pullPolicy=Sometimes
 must_fail --set auth.jwt.secret=s --set-string auth.jwt.publicKey=p
+must_fail --set events.sink=ftp://hooks.example/x
+must_fail --set events.secret=hunter2
+must_fail --set events.backoff=soon
+must_fail --set events.sink=https://hooks.example/gavel
 
 examples=(manifests/auction-*.yaml)
 [ -e "${examples[0]}" ] || examples=()

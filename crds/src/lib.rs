@@ -189,6 +189,25 @@ pub struct AuctionSpec {
         regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
     )]
     pub retention: Option<String>,
+    /// Optional destination of this auction's events (the outbound feed, CloudEvents over
+    /// HTTP, signed with the cluster's feed secret), in addition to the cluster-wide sink.
+    /// The shape of a Knative Destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkSpec>,
+}
+
+/// Where an auction's events are delivered (README § Event feed).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkSpec {
+    /// An absolute http or https URL that receives every event of the auction, one POST
+    /// per event (structured mode).
+    #[schemars(
+        extend("format" = "uri"),
+        length(min = 8, max = 2048),
+        regex(pattern = r"^https?://[^\s]+$")
+    )]
+    pub uri: String,
 }
 
 /// One tier of the increment table.
@@ -441,6 +460,11 @@ impl AuctionSpec {
             gavel_engine::settings::SettingsError::Increments(m) => SpecError::new("increments", m),
         })?;
         Ok(settings)
+    }
+
+    /// The auction's own event sink URI, if any.
+    pub fn sink_uri(&self) -> Option<&str> {
+        self.sink.as_ref().map(|s| s.uri.as_str())
     }
 
     /// Whether the spec asks for cancellation.

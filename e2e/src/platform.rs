@@ -307,6 +307,14 @@ fn random_secret() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A fresh signing secret of the event feed, `whsec_<base64 of 32 random bytes>`.
+fn random_webhook_secret() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(gavel_engine::outbound::WebhookSecret::from_key(&bytes).to_text())
+}
+
 fn radix36(mut v: u64) -> String {
     let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
@@ -898,6 +906,9 @@ pub struct LocalPlatform {
     pub jwt_secret: String,
     /// The folder the operator watches for Auction YAML files.
     pub manifests: PathBuf,
+    /// The cluster-wide sink of the event feed (`GAVEL_EVENTS_SINK` of this process), and
+    /// the feed's signing secret (`GAVEL_EVENTS_SECRET`, else a fresh one).
+    pub events: Option<(String, String)>,
     /// The folder of the processes' logs.
     pub logs: PathBuf,
     rust_log: String,
@@ -995,6 +1006,18 @@ impl LocalPlatform {
             redis_url,
             jwt_secret: random_secret().map_err(io_error(Path::new("/dev/urandom")))?,
             manifests,
+            events: match env("GAVEL_EVENTS_SINK") {
+                Some(sink) => Some((
+                    sink,
+                    match env("GAVEL_EVENTS_SECRET") {
+                        Some(secret) => secret,
+                        None => {
+                            random_webhook_secret().map_err(io_error(Path::new("/dev/urandom")))?
+                        }
+                    },
+                )),
+                None => None,
+            },
             logs,
             rust_log: opts.rust_log.clone(),
             redis,
@@ -1028,12 +1051,20 @@ impl LocalPlatform {
             OperatorMode::Standalone => {
                 let port = free_port();
                 let url = format!("http://127.0.0.1:{port}");
-                let (bin, manifests) = (operator.clone(), platform.manifests.clone());
+                let (bin, manifests, events) = (
+                    operator.clone(),
+                    platform.manifests.clone(),
+                    platform.events.clone(),
+                );
                 let recipe: Recipe = Box::new(move || {
                     let mut cmd = Command::new(&bin);
                     cmd.arg("--standalone")
                         .arg(&manifests)
                         .env("GAVEL_OPERATOR_LISTEN", format!("127.0.0.1:{port}"));
+                    if let Some((sink, secret)) = &events {
+                        cmd.env("GAVEL_EVENTS_SINK", sink)
+                            .env("GAVEL_EVENTS_SECRET", secret);
+                    }
                     cmd
                 });
                 platform.spawn("operator", recipe, &url)?;
@@ -1048,12 +1079,13 @@ impl LocalPlatform {
                     let port = free_port();
                     let url = format!("http://127.0.0.1:{port}");
                     let name = format!("operator-{i}");
-                    let (bin, kubeconfig, env, id) = (
-                        operator.clone(),
-                        kubeconfig.clone(),
-                        env.clone(),
-                        name.clone(),
-                    );
+                    let (bin, kubeconfig, id) =
+                        (operator.clone(), kubeconfig.clone(), name.clone());
+                    let mut env = env.clone();
+                    if let Some((sink, secret)) = &platform.events {
+                        env.push(("GAVEL_EVENTS_SINK".into(), sink.clone()));
+                        env.push(("GAVEL_EVENTS_SECRET".into(), secret.clone()));
+                    }
                     let recipe: Recipe = Box::new(move || {
                         let mut cmd = Command::new(&bin);
                         cmd.envs(env.iter().map(|(k, v)| (k, v)))
@@ -1237,6 +1269,14 @@ impl LocalPlatform {
             ("GAVEL_OPERATOR_URL", self.operator_url.clone()),
             ("GAVEL_LOGS", self.logs.display().to_string()),
         ]
+        .into_iter()
+        .chain(self.events.iter().flat_map(|(sink, secret)| {
+            [
+                ("GAVEL_EVENTS_SINK", sink.clone()),
+                ("GAVEL_EVENTS_SECRET", secret.clone()),
+            ]
+        }))
+        .collect()
     }
 
     /// Stops the bid-api and operator processes (SIGTERM, then SIGKILL after 5 s).

@@ -9,6 +9,8 @@
 //! - [`store`]: the PostgreSQL schema (sqlx migrations) and its queries.
 //! - [`flusher`]: moves accepted bids and results from the Redis flush streams to
 //!   PostgreSQL, exactly once per `(auction, seq)`, and detects conflicts with the record.
+//! - [`outbound`]: the outbound event feed (CloudEvents, Standard Webhooks signatures,
+//!   its outbox and delivery tables), fed from the flusher's transaction.
 //! - [`restore`]: rebuilds an auction's live state from PostgreSQL when Redis lost it.
 //! - [`redis`]: the one Redis client builder of every process, for one server or a Redis
 //!   Cluster (`GAVEL_REDIS_URL`).
@@ -25,6 +27,7 @@ pub mod client;
 pub mod event;
 pub mod flusher;
 pub mod keys;
+pub mod outbound;
 pub mod redact;
 pub mod redis;
 pub mod redis_stats;

@@ -374,6 +374,13 @@ impl Store {
                 insert_result(&mut tx, &item.auction, result).await?;
             }
         }
+        // The outbound feed's public events of what is newly recorded, in the same
+        // transaction: the feed never misses nor invents an event of the record.
+        let feed: Vec<crate::outbound::FeedEntry> = fresh
+            .iter()
+            .flat_map(|i| crate::outbound::from_record(&i.auction, &i.event))
+            .collect();
+        crate::outbound::queue_in(&mut tx, &feed).await?;
         tx.commit().await?;
         Ok(report)
     }

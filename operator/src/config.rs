@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use gavel_engine::outbound::{InvalidSecret, WebhookSecret};
+
+use crate::feed::FeedConfig;
 
 pub use gavel_engine::runtime::{LogFormat, parse_duration};
 
@@ -82,6 +85,43 @@ pub struct Args {
     #[arg(long, env = "GAVEL_OPERATOR_FLUSH")]
     pub flush: Option<bool>,
 
+    /// The cluster-wide sink of the outbound event feed: an http(s) URL that receives every
+    /// auction's events as CloudEvents (one signed POST each). Auctions can name their own
+    /// with spec.sink.uri. Needs --events-secret.
+    #[arg(long, env = "GAVEL_EVENTS_SINK", value_parser = parse_sink)]
+    pub events_sink: Option<String>,
+
+    /// The Standard Webhooks secret (whsec_<base64>) that signs every event delivered.
+    /// Without it the event feed is off.
+    #[arg(long, env = "GAVEL_EVENTS_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub events_secret: Option<WebhookSecret>,
+
+    /// Attempts to deliver an event before it goes to the sink's dead letters.
+    #[arg(long, env = "GAVEL_EVENTS_MAX_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub events_max_attempts: u32,
+
+    /// Backoff after an event's first failed delivery; it doubles with each further failure
+    /// (with jitter), up to --events-backoff-max.
+    #[arg(long, env = "GAVEL_EVENTS_BACKOFF", default_value = "500ms", value_parser = parse_duration)]
+    pub events_backoff: Duration,
+
+    /// Longest backoff between two attempts of one event.
+    #[arg(long, env = "GAVEL_EVENTS_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub events_backoff_max: Duration,
+
+    /// Timeout of one delivery request.
+    #[arg(long, env = "GAVEL_EVENTS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub events_timeout: Duration,
+
+    /// How long an event waits for an earlier one of its auction (not yet recorded) before
+    /// it is delivered anyway.
+    #[arg(long, env = "GAVEL_EVENTS_GAP_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub events_gap_timeout: Duration,
+
+    /// How often the dispatcher looks for new events when idle.
+    #[arg(long, env = "GAVEL_EVENTS_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub events_poll: Duration,
+
     /// How log lines are written to stderr: `json`, one object per line with the current
     /// span's fields (for log collectors), or `text` (for people). `RUST_LOG` filters them
     /// (default `info`).
@@ -113,6 +153,21 @@ impl Args {
         self.flush.unwrap_or(self.standalone.is_some())
     }
 
+    /// The event feed's dispatcher settings.
+    pub fn feed(&self) -> FeedConfig {
+        FeedConfig {
+            sink: self.events_sink.clone(),
+            secret: self.events_secret.clone(),
+            poll: self.events_poll,
+            timeout: self.events_timeout,
+            max_attempts: self.events_max_attempts,
+            backoff: self.events_backoff,
+            backoff_max: self.events_backoff_max,
+            gap_timeout: self.events_gap_timeout,
+            ..FeedConfig::default()
+        }
+    }
+
     /// This replica's identity.
     pub fn identity(&self) -> String {
         self.identity
@@ -123,6 +178,19 @@ impl Args {
                 format!("{host}-{}", std::process::id())
             })
     }
+}
+
+/// An http(s) URL.
+fn parse_sink(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_secret(text: &str) -> Result<WebhookSecret, String> {
+    text.parse().map_err(|e: InvalidSecret| e.to_string())
 }
 
 #[cfg(test)]
@@ -156,5 +224,23 @@ mod tests {
             assert!(help.contains(env), "{env} missing from --help");
         }
         assert!(Args::try_parse_from(["gavel-operator", "--poll", "soon"]).is_err());
+        assert!(!args.feed().enabled());
+        let feed = Args::try_parse_from([
+            "gavel-operator",
+            "--events-sink",
+            "https://hooks.example/gavel",
+            "--events-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ])
+        .unwrap()
+        .feed();
+        assert!(feed.enabled());
+        for bad in [
+            ["--events-sink", "ftp://x/y"],
+            ["--events-sink", "nowhere"],
+            ["--events-secret", "hunter2"],
+        ] {
+            assert!(Args::try_parse_from(["gavel-operator", bad[0], bad[1]]).is_err());
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`controller`]: the kube-rs `Controller` (finalizer, status patches, Events).
 //! - [`standalone`]: the same loop over a directory of manifests (development mode).
 //! - [`backoff`]: per-auction retry delays after failures (exponential, jitter, capped).
+//! - [`feed`]: the outbound event feed's dispatcher (CloudEvents to HTTP sinks).
 //! - [`leader`]: Lease-based leader election.
 //! - [`startup`]: waiting (with backoff) for Redis, PostgreSQL and the API server at start.
 //! - [`metrics`], [`http`], [`telemetry`], [`config`]: the process around it.
@@ -15,6 +16,7 @@
 pub mod backoff;
 pub mod config;
 pub mod controller;
+pub mod feed;
 pub mod http;
 pub mod leader;
 pub mod lifecycle;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use gavel_crds::{Auction, AuctionStatus, SpecError};
 use gavel_engine::flusher::{FlushError, Flusher};
+use gavel_engine::outbound::{self, FeedStore};
 use gavel_engine::restore::restored_state;
 use gavel_engine::store::{Store, StoreError};
 use gavel_engine::{AuctionId, CloseOutcome, Engine, EngineError, RestoreMode, Restored};
@@ -101,6 +102,8 @@ pub struct Lifecycle {
     engine: Engine,
     store: Store,
     flusher: Arc<Mutex<Flusher>>,
+    /// The event feed's outbox: openings and restores are queued there.
+    feed: FeedStore,
     timing: Timing,
     /// When reading PostgreSQL's record last failed.
     durable_failed: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
@@ -138,6 +141,7 @@ impl Lifecycle {
     pub fn new(engine: Engine, store: Store, flusher: Arc<Mutex<Flusher>>, timing: Timing) -> Self {
         Self {
             engine,
+            feed: FeedStore::new(store.pool().clone()),
             store,
             flusher,
             timing,
@@ -167,6 +171,29 @@ impl Lifecycle {
 
     /// Reconciles one Auction: `deleting` when it is being deleted.
     pub async fn reconcile(
+        &self,
+        auction: &Auction,
+        deleting: bool,
+    ) -> Result<Outcome, LifecycleError> {
+        let outcome = self.reconcile_steps(auction, deleting).await?;
+        if outcome
+            .events
+            .iter()
+            .any(|note| note.reason == EventReason::Opened)
+            && let (Ok(id), Ok(settings)) = (auction_id(auction), auction.spec.to_settings())
+        {
+            // The event feed's `auction.opened` (epoch 0: the outbox takes the auction's).
+            let now = local_now();
+            let at = settings.starts_at.filter(|s| *s <= now).unwrap_or(now);
+            let opened = outbound::opened(&id, &settings, 0, at);
+            if let Err(e) = self.feed.record(&[opened]).await {
+                warn!(auction = %id, error = %e, "cannot queue auction.opened in the event feed");
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn reconcile_steps(
         &self,
         auction: &Auction,
         deleting: bool,
@@ -225,7 +252,10 @@ impl Lifecycle {
                     return Ok(self.finish(auction, &obs, requeue, false));
                 }
                 Step::Release => return Ok(self.finish(auction, &obs, None, true)),
-                Step::Provision => self.provision(&id, &mut obs).await?,
+                Step::Provision => {
+                    self.provision(&id, &mut obs, auction.spec.sink_uri())
+                        .await?
+                }
                 Step::Restore(mode) => self.restore(&id, &mut obs, mode).await?,
                 Step::Close(mode) => match self.engine.close(&id, mode).await? {
                     CloseOutcome::Closed(result) => info!(
@@ -343,6 +373,10 @@ impl Lifecycle {
                     gavel_crds::format_time(local_now())
                 );
                 warn!(auction = %id, seq = state.seq, epoch = state.epoch, "{message}");
+                let restored = outbound::restored(id, state.seq, state.epoch, local_now());
+                if let Err(e) = self.feed.record(&[restored]).await {
+                    warn!(auction = %id, error = %e, "cannot queue auction.restored in the event feed");
+                }
                 obs.restored = Some(message);
                 obs.provisioned = true;
             }
@@ -353,7 +387,12 @@ impl Lifecycle {
         Ok(())
     }
 
-    async fn provision(&self, id: &AuctionId, obs: &mut Observed) -> Result<(), LifecycleError> {
+    async fn provision(
+        &self,
+        id: &AuctionId,
+        obs: &mut Observed,
+        sink: Option<&str>,
+    ) -> Result<(), LifecycleError> {
         let Ok(settings) = obs.settings.clone() else {
             return Ok(());
         };
@@ -362,7 +401,11 @@ impl Lifecycle {
                 obs.provisioned = true;
                 info!(auction = %id, ?outcome, "provisioned");
                 // Redis decides from here on; PostgreSQL gets the settings when it can.
-                if let Err(e) = self.store.upsert_auction(id, &settings).await {
+                let recorded = match self.store.upsert_auction(id, &settings).await {
+                    Ok(_) => self.feed.set_sink(id, sink).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = recorded {
                     warn!(auction = %id, error = %e, "cannot record the auction in PostgreSQL; retrying");
                     obs.store_error = Some(e.to_string());
                 }

@@ -11,6 +11,7 @@ use gavel_engine::runtime::shutdown_signal;
 use gavel_engine::store::Store;
 use gavel_operator::config::Args;
 use gavel_operator::controller::{self, Context};
+use gavel_operator::feed::{Dispatcher, FeedMetrics};
 use gavel_operator::http::{self, Backends, HttpState};
 use gavel_operator::leader::LeaderElector;
 use gavel_operator::lifecycle::Lifecycle;
@@ -21,7 +22,10 @@ use gavel_operator::startup::Startup;
 use gavel_operator::telemetry;
 use k8s_openapi::api::coordination::v1::Lease;
 use tokio::sync::Mutex;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// Connections of the event feed's dispatcher.
+const FEED_POOL_SIZE: u32 = 4;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -95,7 +99,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(gavel_operator::lifecycle::run_flusher(flusher.clone()));
     }
 
+    // The outbound event feed: delivered by the leader (always, standalone) from PostgreSQL.
+    let feed_config = args.feed();
+    if feed_config.sink.is_some() && !feed_config.enabled() {
+        warn!("GAVEL_EVENTS_SINK is set but GAVEL_EVENTS_SECRET is not: the event feed is off");
+    }
+    // A pool of its own (its lock holds one more connection): delivering never takes the
+    // reconciles' connections.
+    let feed_store = Store::connect_lazy_with(&args.database_url, FEED_POOL_SIZE)
+        .context("invalid GAVEL_DATABASE_URL")?;
+    let dispatcher = Dispatcher::new(
+        &feed_store,
+        feed_config,
+        FeedMetrics::new(&metrics.registry)?,
+    )?;
+
     if let Some(dir) = args.standalone.clone() {
+        tokio::spawn(dispatcher.run_until(std::future::pending::<()>()));
         startup.finish();
         let op = Standalone::new(dir, lifecycle, metrics, args.poll, args.status_stdout)
             .with_concurrency(usize::from(args.reconcile_concurrency));
@@ -137,13 +157,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let controller = tokio::spawn(controller::run_with(ctx, concurrency, async move {
         let _ = stop_rx.await;
     }));
+    let (feed_stop_tx, feed_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let feed = tokio::spawn(dispatcher.run_until(async move {
+        let _ = feed_stop_rx.await;
+    }));
     let lost = tokio::select! {
         _ = elector.hold() => true,
         _ = shutdown_signal() => false,
     };
     metrics.leader.set(0);
     let _ = stop_tx.send(());
+    let _ = feed_stop_tx.send(());
     let _ = controller.await;
+    let _ = feed.await;
     if lost {
         anyhow::bail!("leadership lost; exiting so that a restart rejoins as a follower");
     }

@@ -86,7 +86,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 
 {{/* Whether the chart creates its own Secret. */}}
 {{- define "gavel.createSecret" -}}
-{{- if or .Values.dev.enabled .Values.redis.url .Values.database.url .Values.auth.jwt.secret .Values.auth.jwt.publicKey -}}
+{{- if or .Values.dev.enabled .Values.redis.url .Values.database.url .Values.auth.jwt.secret .Values.auth.jwt.publicKey .Values.events.secret -}}
 true
 {{- end -}}
 {{- end }}
@@ -154,6 +154,42 @@ true
       name: {{ $jwt.existingSecret }}
       key: {{ $jwt.existingPublicKeyKey }}
       optional: true
+{{- end }}
+{{- end }}
+
+{{/* Whether the event feed delivers (a signing secret is configured). */}}
+{{- define "gavel.eventsEnabled" -}}
+{{- if or .Values.events.secret .Values.events.existingSecret -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/* Environment of the event feed's dispatcher (operator). */}}
+{{- define "gavel.eventsEnv" -}}
+{{- $ev := .Values.events -}}
+{{- if include "gavel.eventsEnabled" . }}
+- name: GAVEL_EVENTS_SECRET
+  valueFrom:
+    secretKeyRef:
+{{- if $ev.secret }}
+      name: {{ include "gavel.secretName" . }}
+      key: events-secret
+{{- else }}
+      name: {{ $ev.existingSecret }}
+      key: {{ $ev.existingSecretKey }}
+{{- end }}
+{{- with $ev.sink }}
+- name: GAVEL_EVENTS_SINK
+  value: {{ . | quote }}
+{{- end }}
+- name: GAVEL_EVENTS_MAX_ATTEMPTS
+  value: {{ $ev.maxAttempts | quote }}
+- name: GAVEL_EVENTS_BACKOFF
+  value: {{ $ev.backoff | quote }}
+- name: GAVEL_EVENTS_BACKOFF_MAX
+  value: {{ $ev.backoffMax | quote }}
+- name: GAVEL_EVENTS_TIMEOUT
+  value: {{ $ev.timeout | quote }}
 {{- end }}
 {{- end }}
 

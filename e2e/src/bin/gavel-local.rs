@@ -37,7 +37,9 @@ struct Cli {
 enum Cmd {
     /// Start the platform in the background and wait until it is ready; writes
     /// `<dir>/env` (GAVEL_WS_URLS, GAVEL_HTTP_URLS, GAVEL_DATABASE_URL, GAVEL_REDIS_URL,
-    /// GAVEL_MANIFESTS, …).
+    /// GAVEL_MANIFESTS, …). With GAVEL_EVENTS_SINK set (an http(s) URL), the operator
+    /// delivers the event feed there, signed with GAVEL_EVENTS_SECRET (a fresh one when
+    /// unset, written to the env file).
     Up {
         /// How long to wait for readiness, in seconds.
         #[arg(long, default_value_t = 120)]

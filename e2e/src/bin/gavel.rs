@@ -69,6 +69,8 @@ fn status_for_error(e: &anyhow::Error) -> u8 {
 ///   gavel bid demo/strat-1962 --amount 105 --bidder bob
 ///   gavel bid demo/strat-1962 --max 200 --bidder carol
 ///   gavel bid shop/lot-7 --amount 12550 --token-file ~/.config/gavel/token
+///   gavel feed dead-letters
+///   gavel feed replay --all
 ///
 /// Exit status: 0 done (bid accepted, auction closed), 1 any other error, 2 bid refused
 /// (too low, closed, not open, rate limited…), 3 no such auction, 4 not authorised (no or
@@ -125,6 +127,21 @@ impl Conn {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The outbound event feed's dead letters (events a sink refused for good or too many
+    /// times): list them, or put them back for delivery. Reads PostgreSQL directly.
+    Feed {
+        #[command(subcommand)]
+        command: FeedCmd,
+        /// PostgreSQL of the platform (default: GAVEL_DATABASE_URL, from the environment or
+        /// `.gavel/env`).
+        #[arg(
+            long,
+            env = "GAVEL_DATABASE_URL",
+            hide_env_values = true,
+            global = true
+        )]
+        database_url: Option<String>,
+    },
     /// Print an auction's live feed (price, leader, outbid, extensions) until it closes.
     Watch {
         /// `<namespace>/<name>`.
@@ -155,6 +172,78 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+#[derive(Subcommand)]
+enum FeedCmd {
+    /// List dead-lettered events, newest first: sink, event id, attempts, last error.
+    DeadLetters {
+        /// Only this sink (`cluster` or `auction`).
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only this auction (`<namespace>/<name>`).
+        #[arg(long)]
+        auction: Option<String>,
+        /// Most entries shown.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver dead-lettered events again (in feed order per auction): the given event ids,
+    /// or every one with --all.
+    Replay {
+        /// Event ids (as listed by `gavel feed dead-letters`).
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Every dead letter (of --sink if given).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Only this sink (`cluster` or `auction`).
+        #[arg(long)]
+        sink: Option<String>,
+    },
+}
+
+async fn feed_command(command: FeedCmd, database_url: Option<String>) -> Result<()> {
+    let url = database_url
+        .or_else(|| envfile::lookup("GAVEL_DATABASE_URL"))
+        .context("no database: set --database-url or GAVEL_DATABASE_URL (or run `make up`)")?;
+    let store = gavel_engine::store::Store::connect_lazy(&url)
+        .with_context(|| format!("invalid database URL {}", gavel_engine::redact::url(&url)))?;
+    let feed = gavel_engine::outbound::FeedStore::new(store.pool().clone());
+    match command {
+        FeedCmd::DeadLetters {
+            sink,
+            auction,
+            limit,
+            json,
+        } => {
+            let dead = feed
+                .dead_letters(sink.as_deref(), auction.as_deref(), limit)
+                .await?;
+            for d in &dead {
+                if json {
+                    println!("{}", serde_json::to_string(d)?);
+                } else {
+                    println!(
+                        "{}  {:<7}  {}  attempts {}  {}",
+                        d.dead_at, d.sink, d.event_id, d.attempts, d.last_error
+                    );
+                }
+            }
+            if !json {
+                eprintln!("{} dead-lettered event(s)", dead.len());
+            }
+        }
+        FeedCmd::Replay { ids, all, sink } => {
+            let ids = if all { Vec::new() } else { ids };
+            let n = feed.replay(sink.as_deref(), &ids).await?;
+            println!("{n} event(s) queued for delivery again");
+        }
+    }
+    Ok(())
 }
 
 fn ws_url(conn: &Conn) -> String {
@@ -300,6 +389,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             watch,
             conn,
         } => rt.block_on(bid(auction, amount, max, watch, conn)),
+        Cmd::Feed {
+            command,
+            database_url,
+        } => rt
+            .block_on(feed_command(command, database_url))
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -84,6 +84,7 @@ fn auction(starts_in_ms: i64, ends_in_ms: i64) -> Auction {
             bid_limit: None,
             cancel: None,
             retention: None,
+            sink: None,
         },
     );
     a.metadata.namespace = Some("shop".into());
