@@ -725,7 +725,10 @@ impl Standalone {
         if let Some(status_file) = status_file {
             let _ = tokio::fs::remove_file(status_file).await;
         }
-        self.save_ledger().await;
+        // The ledger is written at the next scan (within `--poll`), once for every auction
+        // forgotten meanwhile, not once each: a storm of removals would write the whole
+        // ledger a thousand times. Should the process stop before, the next start deletes
+        // these auctions again, which changes nothing.
     }
 
     /// Writes the status of the entry of `path` (no reconcile of it under way).
