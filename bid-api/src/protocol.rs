@@ -148,16 +148,7 @@ mod tests {
 
     #[test]
     fn every_engine_code_and_phase_has_its_wire_spelling() {
-        for c in [
-            RejectCode::BidTooLow,
-            RejectCode::AlreadyLeading,
-            RejectCode::AuctionNotOpen,
-            RejectCode::AuctionClosed,
-            RejectCode::UnknownAuction,
-            RejectCode::RateLimited,
-            RejectCode::InvalidAmount,
-            RejectCode::Unavailable,
-        ] {
+        for c in RejectCode::ALL {
             assert_eq!(
                 ErrorCode::from(c),
                 serde_json::from_value(json!(c)).unwrap()

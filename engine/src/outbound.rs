@@ -738,12 +738,7 @@ impl FeedStore {
     /// The event reached the sink: it leaves the deliveries and the cursor moves past it.
     pub async fn delivered(&self, d: &Delivery) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM feed_deliveries WHERE sink = $1 AND event_id = $2")
-            .bind(&d.sink)
-            .bind(&d.event_id)
-            .execute(&mut *tx)
-            .await?;
-        advance(&mut tx, d).await?;
+        settle(&mut tx, d).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -793,12 +788,7 @@ impl FeedStore {
         .bind(uri)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM feed_deliveries WHERE sink = $1 AND event_id = $2")
-            .bind(&d.sink)
-            .bind(&d.event_id)
-            .execute(&mut *tx)
-            .await?;
-        advance(&mut tx, d).await?;
+        settle(&mut tx, d).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -875,6 +865,20 @@ impl FeedStore {
             })
             .collect())
     }
+}
+
+/// The delivery is done with (delivered or dead-lettered): it leaves the deliveries and
+/// the sink's cursor moves past it, so the auction's later events go on.
+async fn settle(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    d: &Delivery,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM feed_deliveries WHERE sink = $1 AND event_id = $2")
+        .bind(&d.sink)
+        .bind(&d.event_id)
+        .execute(&mut **tx)
+        .await?;
+    advance(tx, d).await
 }
 
 async fn advance(tx: &mut sqlx::PgConnection, d: &Delivery) -> Result<(), StoreError> {

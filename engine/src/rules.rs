@@ -87,20 +87,21 @@ impl RejectCode {
         gavel_protocol::ErrorCode::from(self).as_str()
     }
 
+    /// Every code, for parsing and for tests that walk them all.
+    pub const ALL: [RejectCode; 8] = [
+        RejectCode::BidTooLow,
+        RejectCode::AlreadyLeading,
+        RejectCode::AuctionNotOpen,
+        RejectCode::AuctionClosed,
+        RejectCode::UnknownAuction,
+        RejectCode::RateLimited,
+        RejectCode::InvalidAmount,
+        RejectCode::Unavailable,
+    ];
+
     /// Parses the protocol's name.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            RejectCode::BidTooLow,
-            RejectCode::AlreadyLeading,
-            RejectCode::AuctionNotOpen,
-            RejectCode::AuctionClosed,
-            RejectCode::UnknownAuction,
-            RejectCode::RateLimited,
-            RejectCode::InvalidAmount,
-            RejectCode::Unavailable,
-        ]
-        .into_iter()
-        .find(|code| code.as_str() == s)
+        Self::ALL.into_iter().find(|code| code.as_str() == s)
     }
 }
 
