@@ -1,17 +1,20 @@
-//! The `gavel-bid-api` binary: configuration → logging → server, until SIGTERM/SIGINT.
+//! The `gavel-bid-api` binary: configuration → telemetry → server, until SIGTERM/SIGINT.
 
 use anyhow::Context;
 use clap::Parser;
 use gavel_bid_api::config::Config;
-use gavel_engine::runtime::{init_logging, shutdown_signal};
+use gavel_engine::runtime::shutdown_signal;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    init_logging(config.log_format).map_err(anyhow::Error::msg)?;
+    let telemetry = gavel_engine::telemetry::init(config.log_format, "gavel-bid-api")?;
     let listener = gavel_bid_api::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    gavel_bid_api::run(config, listener, shutdown_signal())
+    let result = gavel_bid_api::run(config, listener, shutdown_signal())
         .await
-        .context("bid-api failed")
+        .context("bid-api failed");
+    // The last spans are sent before the runtime goes away (a blocking call).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
 }

@@ -37,6 +37,7 @@ pub mod runtime;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -2,7 +2,6 @@
 //! milliseconds, the duration grammar of flags, the log format and subscriber, and the
 //! shutdown signal. (Waiting for a dependency with a backoff is [`crate::startup`].)
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use crate::settings::Millis;
@@ -41,27 +40,6 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines (for a terminal); coloured only on a terminal.
     Text,
-}
-
-/// Installs the global log subscriber: lines on stderr in `format`, filtered by
-/// `RUST_LOG` (default `info`). Fails only if a subscriber is already installed.
-pub fn init_logging(format: LogFormat) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(crate::startup::log_colours(std::io::stderr().is_terminal()));
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    }
-    .map_err(|e| format!("cannot install the log subscriber: {e}"))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C): the start of a graceful shutdown.

@@ -30,12 +30,14 @@ const FEED_POOL_SIZE: u32 = 4;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_format)?;
-    if let Err(e) = run(args).await {
+    let telemetry = telemetry::init(args.log_format)?;
+    let result = run(args).await;
+    if let Err(e) = &result {
         error!(error = format!("{e:#}"), "gavel-operator stopped");
-        return Err(e);
     }
-    Ok(())
+    // The last spans are sent before the runtime goes away (a blocking call).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

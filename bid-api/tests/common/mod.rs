@@ -80,6 +80,11 @@ impl Env {
         Server::start(&self.redis_url, &self.database_url, extra)
     }
 
+    /// Starts a bid-api process with the environment variables `vars` set.
+    pub fn server_with_vars(&self, extra: &[&str], vars: &[(&str, &str)]) -> Server {
+        Server::spawn(&self.redis_url, &self.database_url, extra, vars, true, true)
+    }
+
     /// Starts a bid-api process without the tests' HS256 secret (only `extra`'s keys).
     pub fn server_without_secret(&self, extra: &[&str]) -> Server {
         Server::start_with(&self.redis_url, &self.database_url, false, extra)
@@ -154,15 +159,22 @@ pub struct Server {
 impl Server {
     /// Starts a process and waits until it is done starting (connected to Redis).
     pub fn start(redis: &str, database: &str, extra: &[&str]) -> Self {
-        Self::spawn(redis, database, extra, true, true)
+        Self::spawn(redis, database, extra, &[], true, true)
     }
 
     /// Starts a process, with the tests' HS256 secret when `secret`.
     pub fn start_with(redis: &str, database: &str, secret: bool, extra: &[&str]) -> Self {
-        Self::spawn(redis, database, extra, secret, true)
+        Self::spawn(redis, database, extra, &[], secret, true)
     }
 
-    fn spawn(redis: &str, database: &str, extra: &[&str], secret: bool, started: bool) -> Self {
+    fn spawn(
+        redis: &str,
+        database: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+        secret: bool,
+        started: bool,
+    ) -> Self {
         static CONSUMER: AtomicU32 = AtomicU32::new(0);
         let consumer = format!(
             "test-{}-{}",
@@ -189,6 +201,7 @@ impl Server {
             .env_remove("GAVEL_DEV_AUTH")
             .env_remove("GAVEL_ALLOWED_ORIGINS")
             .env("RUST_LOG", "info,gavel_bid_api=debug")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -206,7 +219,7 @@ impl Server {
     /// Starts a process without waiting for it to finish starting (it may be waiting for
     /// Redis): only until its port answers.
     pub fn start_listening(redis: &str, database: &str, extra: &[&str]) -> Self {
-        Self::spawn(redis, database, extra, true, false)
+        Self::spawn(redis, database, extra, &[], true, false)
     }
 
     /// Waits until the process listens (its log names the port it bound) and, with
