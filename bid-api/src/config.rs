@@ -250,11 +250,34 @@ pub struct Config {
     #[arg(long, env = "GAVEL_FLUSH_CONSUMER")]
     pub flush_consumer: Option<String>,
 
+    /// Run a flusher in this process (accepted bids from Redis to PostgreSQL). `false`
+    /// only where other flushers run (other bid-apis, or the operator with `--flush`).
+    #[arg(long, env = "GAVEL_FLUSH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flush: bool,
+
+    /// When a bid is answered as accepted: `accepted`, once Redis has applied it (durable
+    /// with Redis's append-only file; lost with Redis's data if not yet flushed), or
+    /// `recorded`, once PostgreSQL has also committed it (survives the loss of Redis's
+    /// data; costs a PostgreSQL commit per bid, shared by bids accepted together, and
+    /// bids are refused while PostgreSQL is down).
+    #[arg(long, env = "GAVEL_ACKNOWLEDGE", value_enum, default_value_t = Acknowledge::Accepted)]
+    pub acknowledge: Acknowledge,
+
     /// How log lines are written to stderr: `json`, one object per line with the current
     /// span's fields (for log collectors), or `text` (for people). `RUST_LOG` filters them
     /// (default `info`).
     #[arg(long, env = "GAVEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+}
+
+/// When a bid is answered as accepted (`GAVEL_ACKNOWLEDGE`): see README, "Durability".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acknowledge {
+    /// Once Redis has applied the bid.
+    #[default]
+    Accepted,
+    /// Once PostgreSQL has committed it too.
+    Recorded,
 }
 
 impl Config {

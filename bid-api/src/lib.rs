@@ -26,6 +26,7 @@ pub mod limits;
 pub mod list;
 pub mod metrics;
 pub mod protocol;
+pub mod record;
 pub mod server;
 pub mod startup;
 pub mod state;

@@ -29,10 +29,11 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::auth::{AuthConfigError, Authenticator};
-use crate::config::Config;
+use crate::config::{Acknowledge, Config};
 use crate::fanout::Fanout;
 use crate::limits::{Admitted, Limits};
 use crate::metrics::Metrics;
+use crate::record::Recorder;
 use crate::startup::Startup;
 use crate::state::AppState;
 
@@ -162,15 +163,29 @@ pub async fn run(
             .spawn(engine.clone(), redis_stats::DEFAULT_SAMPLE_EVERY),
     );
     let (flush_stop_tx, flush_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let flusher = Flusher::new(
-        &engine,
-        store.clone(),
-        FlusherConfig::new(config.consumer_name()),
-        flush_metrics,
-    );
-    let flushing = tokio::spawn(flusher.run_until(async {
-        let _ = flush_stop_rx.await;
-    }));
+    let flushing = if config.flush {
+        let flusher = Flusher::new(
+            &engine,
+            store.clone(),
+            FlusherConfig::new(config.consumer_name()),
+            flush_metrics,
+        );
+        tokio::spawn(flusher.run_until(async {
+            let _ = flush_stop_rx.await;
+        }))
+    } else {
+        info!("no flusher in this process (GAVEL_FLUSH=false)");
+        tokio::spawn(async {})
+    };
+    let recorder = match config.acknowledge {
+        Acknowledge::Accepted => None,
+        Acknowledge::Recorded => {
+            info!(
+                "bids are answered once PostgreSQL has committed them (GAVEL_ACKNOWLEDGE=recorded)"
+            );
+            Some(Recorder::spawn(store.clone(), &metrics.registry)?)
+        }
+    };
 
     let grace = config.shutdown_grace;
     let limits = Limits::new(&config, &metrics.registry)?;
@@ -185,6 +200,7 @@ pub async fn run(
         auth,
         metrics,
         down_rx.clone(),
+        recorder,
     );
     let app = crate::http::router(state.clone()).layer(
         tower_http::timeout::TimeoutLayer::with_status_code(

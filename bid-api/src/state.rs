@@ -6,13 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gavel_engine::store::Store;
-use gavel_engine::{AuctionId, Engine};
+use gavel_engine::{
+    AuctionId, BidAccepted, BidError, BidRequest, Bidder, Engine, RejectCode, Rejection,
+};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::record::{RecordError, Recorder};
 
 /// Everything a handler needs; shared behind an `Arc`.
 pub struct AppState {
@@ -32,10 +35,24 @@ pub struct AppState {
     pub allowed_origins: HashSet<String>,
     /// Becomes `true` when the process starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// With `GAVEL_ACKNOWLEDGE=recorded`: commits each accepted bid before its answer.
+    recorder: Option<Recorder>,
     next_conn: AtomicU64,
     open: AtomicUsize,
     all_closed: Notify,
     missing: MissingLookups,
+}
+
+/// Why [`AppState::place_bid`] has no acceptance to answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// Refused, or the engine failed (its outcome unknown).
+    #[error(transparent)]
+    Bid(#[from] BidError),
+    /// The engine accepted it (at this seq) but PostgreSQL did not confirm it: it counts,
+    /// yet the bidder cannot be told it is recorded.
+    #[error("bid #{0} accepted but not confirmed as recorded: {1}")]
+    Unconfirmed(u64, RecordError),
 }
 
 /// What PostgreSQL says of an auction Redis does not have.
@@ -76,6 +93,7 @@ impl AppState {
         auth: Authenticator,
         metrics: Metrics,
         shutdown: watch::Receiver<bool>,
+        recorder: Option<Recorder>,
     ) -> Arc<Self> {
         let allowed_origins = config
             .allowed_origins
@@ -95,6 +113,7 @@ impl AppState {
             metrics,
             allowed_origins,
             shutdown,
+            recorder,
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             all_closed: Notify::new(),
@@ -103,6 +122,37 @@ impl AppState {
                 cache: Mutex::new(HashMap::new()),
             },
         })
+    }
+
+    /// Places a bid and, with `GAVEL_ACKNOWLEDGE=recorded`, returns only once PostgreSQL
+    /// has committed it: refused up front (`UNAVAILABLE`) while PostgreSQL is down, and
+    /// [`PlaceError::Unconfirmed`] if the engine accepted it but the commit failed (the
+    /// flusher still records it then).
+    pub async fn place_bid(
+        &self,
+        auction: &AuctionId,
+        bidder: &Bidder,
+        request: BidRequest,
+    ) -> Result<BidAccepted, PlaceError> {
+        let Some(recorder) = &self.recorder else {
+            return Ok(self.engine.place_bid(auction, bidder, request).await?);
+        };
+        if !recorder.available() {
+            return Err(PlaceError::Bid(BidError::Rejected(Rejection {
+                code: RejectCode::Unavailable,
+                min_next: None,
+                retry_after_ms: Some(1_000),
+            })));
+        }
+        let (accepted, event) = self
+            .engine
+            .place_bid_event(auction, bidder, request, None)
+            .await?;
+        recorder
+            .record(event)
+            .await
+            .map_err(|e| PlaceError::Unconfirmed(accepted.seq, e))?;
+        Ok(accepted)
     }
 
     /// Asks PostgreSQL about an auction Redis does not have (see [`Missing`]).

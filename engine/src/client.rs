@@ -16,6 +16,7 @@ use crate::event::AuctionEvent;
 use crate::keys::AuctionId;
 use crate::rules::{AuctionResult, BidAccepted, BidRequest, CloseOutcome, RejectCode, Rejection};
 use crate::settings::{Amount, AuctionSettings, Millis, SettingsError};
+use crate::store::FlushItem;
 
 /// Source of a script as sent to Redis: the flags line (so Redis refuses a writing script
 /// before it runs when memory is full), the shared prelude, then the script.
@@ -463,6 +464,20 @@ impl Engine {
         request: BidRequest,
         now: Option<Millis>,
     ) -> Result<BidAccepted, BidError> {
+        Ok(self.place_bid_event(id, bidder, request, now).await?.0)
+    }
+
+    /// [`Engine::place_bid_at`], also returning the accepted bid's event exactly as the
+    /// script recorded it in the flush stream: what a caller writes to PostgreSQL itself
+    /// to acknowledge only recorded bids (the flusher's later write of the same event is
+    /// then skipped as a replay).
+    pub async fn place_bid_event(
+        &self,
+        id: &AuctionId,
+        bidder: &Bidder,
+        request: BidRequest,
+        now: Option<Millis>,
+    ) -> Result<(BidAccepted, FlushItem), BidError> {
         request.validate().map_err(BidError::Rejected)?;
         let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
         let keys = ScriptKeys::place_bid(id);
@@ -479,10 +494,26 @@ impl Engine {
         ];
         let reply = self.run(&self.scripts.place_bid, keys, args).await?;
         match reply.as_slice() {
-            [tag, event] if tag == "accepted" => match AuctionEvent::from_json(event.as_bytes()) {
-                Ok(AuctionEvent::Bid(bid) | AuctionEvent::CeilingRaised(bid)) => Ok(bid.into()),
-                _ => Err(EngineError::Protocol(format!("place_bid event: {event}")).into()),
-            },
+            [tag, json] if tag == "accepted" => {
+                let event = AuctionEvent::from_json(json.as_bytes()).ok();
+                let accepted: Option<BidAccepted> = match &event {
+                    Some(AuctionEvent::Bid(bid) | AuctionEvent::CeilingRaised(bid)) => {
+                        Some(bid.clone().into())
+                    }
+                    _ => None,
+                };
+                match (accepted, event) {
+                    (Some(accepted), Some(event)) => Ok((
+                        accepted,
+                        FlushItem {
+                            auction: id.clone(),
+                            json: json.clone(),
+                            event,
+                        },
+                    )),
+                    _ => Err(EngineError::Protocol(format!("place_bid event: {json}")).into()),
+                }
+            }
             [tag, code, min_next, retry] if tag == "rejected" => {
                 let code = RejectCode::parse(code)
                     .ok_or_else(|| EngineError::Protocol(format!("reject code {code}")))?;

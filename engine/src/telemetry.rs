@@ -168,16 +168,19 @@ pub fn init(format: LogFormat, service: &'static str) -> Result<Telemetry, Telem
             .boxed(),
         LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
-    let mut layers = vec![fmt];
     #[cfg(feature = "otlp")]
-    let provider = match &export {
+    let (otel, provider) = match &export {
         Some(export) => {
             let (layer, provider) = otlp::layer(export, service)?;
-            layers.push(layer);
-            Some(provider)
+            (Some(layer), Some(provider))
         }
-        None => None,
+        None => (None, None),
     };
+    #[cfg(not(feature = "otlp"))]
+    let otel: Option<
+        Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>,
+    > = None;
+    let layers: Vec<_> = std::iter::once(fmt).chain(otel).collect();
     tracing_subscriber::registry()
         .with(layers)
         .try_init()

@@ -9,7 +9,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::{Connection, Step, reply};
 use crate::auth::unix_now;
 use crate::protocol::{ErrorCode, Ref, ServerMessage};
-use crate::state::Missing;
+use crate::state::{Missing, PlaceError};
 
 impl Connection {
     /// Decides one bid and replies, in a span that names it (auction, bidder, ref) and
@@ -98,7 +98,7 @@ impl Connection {
         {
             warn!(%auction, error = %e, "cannot subscribe for outbid notices");
         }
-        let result = self.state.engine.place_bid(auction, &bidder, request).await;
+        let result = self.state.place_bid(auction, &bidder, request).await;
         self.state
             .metrics
             .bid_latency
@@ -113,7 +113,7 @@ impl Connection {
                     self.state.fanout.leave(auction, self.handle.id).await;
                 }
                 match e {
-                    BidError::Rejected(mut r) => {
+                    PlaceError::Bid(BidError::Rejected(mut r)) => {
                         if r.code == RejectCode::UnknownAuction {
                             match self.state.missing(auction).await {
                                 Missing::Unknown => {}
@@ -126,13 +126,24 @@ impl Connection {
                         }
                         reply::refused(auction, r#ref, &r)
                     }
-                    BidError::Engine(e) => {
+                    PlaceError::Bid(BidError::Engine(e)) => {
                         warn!(%auction, error = %e, "bid failed in the engine");
                         reply::rejected(
                             auction,
                             r#ref,
                             ErrorCode::Unavailable,
                             "the bid could not be confirmed; check the snapshot before retrying"
+                                .into(),
+                        )
+                    }
+                    e @ PlaceError::Unconfirmed(..) => {
+                        warn!(%auction, error = %e, "bid accepted but not confirmed as recorded");
+                        reply::rejected(
+                            auction,
+                            r#ref,
+                            ErrorCode::Unavailable,
+                            "the bid was accepted but PostgreSQL did not confirm it: it may \
+                             count; check the snapshot before bidding again"
                                 .into(),
                         )
                     }
