@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
 use crate::runtime::LogFormat;
 
@@ -153,21 +154,6 @@ impl Telemetry {
 pub fn init(format: LogFormat, service: &'static str) -> Result<Telemetry, TelemetryError> {
     let export = OtlpExport::from_env(|name| std::env::var(name).ok())?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(crate::startup::log_colours(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        ));
-    let fmt = match format {
-        LogFormat::Json => fmt
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Text => fmt.with_filter(filter).boxed(),
-    };
     #[cfg(feature = "otlp")]
     let (otel, provider) = match &export {
         Some(export) => {
@@ -177,14 +163,22 @@ pub fn init(format: LogFormat, service: &'static str) -> Result<Telemetry, Telem
         None => (None, None),
     };
     #[cfg(not(feature = "otlp"))]
-    let otel: Option<
-        Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>,
-    > = None;
-    let layers: Vec<_> = std::iter::once(fmt).chain(otel).collect();
-    tracing_subscriber::registry()
-        .with(layers)
-        .try_init()
-        .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
+    let otel: Option<Box<dyn Layer<Registry> + Send + Sync>> = None;
+    // Without an export, one global filter (what the log lines need, nothing more is
+    // even built); with one, each layer filters for itself.
+    match otel {
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer(format))
+            .try_init(),
+        Some(otel) => tracing_subscriber::registry()
+            .with(vec![
+                log_layer::<Registry>(format).with_filter(filter).boxed(),
+                otel,
+            ])
+            .try_init(),
+    }
+    .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
     #[cfg(feature = "otlp")]
     if let Some(export) = &export {
         tracing::info!(filter = %export.filter, "exporting spans over OTLP");
@@ -200,6 +194,27 @@ pub fn init(format: LogFormat, service: &'static str) -> Result<Telemetry, Telem
         #[cfg(feature = "otlp")]
         provider,
     })
+}
+
+/// The log lines on stderr, in `format`.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(crate::startup::log_colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ));
+    match format {
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Text => fmt.boxed(),
+    }
 }
 
 /// The OTLP exporter: the SDK's HTTP/protobuf exporter over the workspace's `reqwest`,
