@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use gavel_e2e::kube::ControlPlane;
-use gavel_e2e::platform::binary_dir;
-use gavel_e2e::{LocalOptions, LocalPlatform, OperatorMode, envfile};
+use gavel_cli::kube::ControlPlane;
+use gavel_cli::local::binary_dir;
+use gavel_cli::{LocalOptions, LocalPlatform, OperatorMode, envfile};
 
 /// Namespace of the chart's objects (and the operator's Lease) with `--kube`.
 const KUBE_NAMESPACE: &str = "gavel-system";
@@ -183,7 +183,7 @@ async fn check_postgres(url: &str) -> Result<(), String> {
 
 /// An HTTP server answers `GET /readyz` with 200.
 async fn check_ready(base: &str) -> Result<(), String> {
-    let r = gavel_e2e::http::get(&format!("{base}/readyz"))
+    let r = gavel_cli::http::get(&format!("{base}/readyz"))
         .await
         .map_err(|e| e.to_string())?;
     if r.status == 200 {
@@ -465,7 +465,7 @@ async fn run(dir: &Path, bid_apis: usize, kube: bool) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    gavel_e2e::exit_quietly_on_closed_pipe();
+    gavel_cli::exit_quietly_on_closed_pipe();
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use gavel_e2e::protocol::{ClientMessage, Subscribe};
-use gavel_e2e::{Auth, BidReply, ClientError, ServerMessage, WsClient, envfile, feed};
+use gavel_cli::protocol::{ClientMessage, Subscribe};
+use gavel_cli::{Auth, BidReply, ClientError, ServerMessage, WsClient, envfile, feed};
 
 /// The exit statuses `gavel --help` documents.
 mod status {
@@ -265,7 +265,7 @@ fn auth(conn: &Conn) -> Result<Auth> {
 }
 
 fn now_clock() -> String {
-    feed::clock(gavel_e2e::platform::now_ms())
+    feed::clock(gavel_cli::manifest::now_ms())
 }
 
 async fn connect(conn: &Conn) -> Result<WsClient> {
@@ -291,7 +291,7 @@ async fn follow_feed(
     loop {
         let msg = match client.next(Duration::from_secs(3600)).await {
             Ok(m) => m,
-            Err(gavel_e2e::ClientError::Timeout { .. }) => continue,
+            Err(gavel_cli::ClientError::Timeout { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
         if let ServerMessage::Snapshot(s) = &msg {
@@ -399,7 +399,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    gavel_e2e::exit_quietly_on_closed_pipe();
+    gavel_cli::exit_quietly_on_closed_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -3,21 +3,7 @@
 use crate::client::BidReply;
 use crate::protocol::{Amount, Millis, Outcome, ServerMessage};
 
-/// Currencies without a minor unit (ISO 4217 exponent 0).
-const ZERO_DECIMAL: &[&str] = &["JPY", "KRW", "VND", "CLP", "ISK", "XAF", "XOF", "UGX"];
-
-/// Formats an amount of minor units, e.g. `192` USD → `USD 1.92`.
-pub fn money(amount: Amount, currency: &str) -> String {
-    if currency.is_empty() {
-        return amount.to_string();
-    }
-    if ZERO_DECIMAL.contains(&currency) {
-        return format!("{currency} {amount}");
-    }
-    let sign = if amount < 0 { "-" } else { "" };
-    let abs = amount.unsigned_abs();
-    format!("{currency} {sign}{}.{:02}", abs / 100, abs % 100)
-}
+pub use crate::money::money;
 
 fn opt_money(amount: Option<Amount>, currency: &str) -> String {
     amount.map_or_else(|| "-".to_owned(), |a| money(a, currency))
