@@ -503,7 +503,7 @@ mod backend_tests {
             calls.starts_with("apply -f -\napiVersion: gavel.dev/v1alpha1"),
             "{calls}"
         );
-        assert!(calls.contains("  namespace: \"e2e\""), "{calls}");
+        assert!(calls.contains("  namespace: e2e\n"), "{calls}");
         assert!(
             calls.contains("get auctions.gavel.dev k1 -n e2e -o json"),
             "{calls}"
