@@ -250,7 +250,12 @@ mod tests {
         );
     }
 
-    fn snapshot(phase: &str, leader: Option<&str>, reserve: Option<bool>, met: bool) -> ServerMessage {
+    fn snapshot(
+        phase: &str,
+        leader: Option<&str>,
+        reserve: Option<bool>,
+        met: bool,
+    ) -> ServerMessage {
         let mut v = serde_json::json!({
             "type": "snapshot", "auction": "shop/lot", "seq": 3, "phase": phase, "title": "Lot",
             "currency": "USD", "price": leader.map(|_| 10500), "leader": leader, "bid_count": 2,
@@ -265,16 +270,38 @@ mod tests {
     #[test]
     fn describes_snapshots_with_dates_reserve_and_result() {
         let now = 1_700_000_000_000;
-        let open = describe_at(&snapshot("open", Some("bob"), Some(false), true), "USD", now);
+        let open = describe_at(
+            &snapshot("open", Some("bob"), Some(false), true),
+            "USD",
+            now,
+        );
         assert!(open.contains("USD 105.00, leader bob"), "{open}");
-        assert!(open.contains("ends 2023-11-14 22:17:30 UTC (in 4m 10s)"), "{open}");
+        assert!(
+            open.contains("ends 2023-11-14 22:17:30 UTC (in 4m 10s)"),
+            "{open}"
+        );
         assert!(open.ends_with("no reserve"), "{open}");
-        let open = describe_at(&snapshot("open", Some("bob"), Some(true), false), "USD", now);
+        let open = describe_at(
+            &snapshot("open", Some("bob"), Some(true), false),
+            "USD",
+            now,
+        );
         assert!(open.ends_with("reserve not met"), "{open}");
-        let closed = describe_at(&snapshot("closed", Some("bob"), Some(true), true), "USD", now);
-        assert!(closed.contains("CLOSED, winner bob at USD 105.00"), "{closed}");
+        let closed = describe_at(
+            &snapshot("closed", Some("bob"), Some(true), true),
+            "USD",
+            now,
+        );
+        assert!(
+            closed.contains("CLOSED, winner bob at USD 105.00"),
+            "{closed}"
+        );
         assert!(!closed.contains("leader"), "{closed}");
-        let unmet = describe_at(&snapshot("closed", Some("bob"), Some(true), false), "USD", now);
+        let unmet = describe_at(
+            &snapshot("closed", Some("bob"), Some(true), false),
+            "USD",
+            now,
+        );
         assert!(unmet.contains("reserve not met, no winner"), "{unmet}");
         let cancelled = describe_at(&snapshot("cancelled", Some("bob"), None, true), "USD", now);
         assert!(cancelled.contains("CANCELLED"), "{cancelled}");

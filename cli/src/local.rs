@@ -91,7 +91,6 @@ fn env(key: &str) -> Option<String> {
     std::env::var(key).ok().filter(|v| !v.is_empty())
 }
 
-
 static NAME_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh auction name starting with `prefix`, unique across runs (lower-case, DNS-safe).

@@ -212,7 +212,10 @@ mod tests {
         assert!(m["spec"].get("startsAt").is_none());
         assert!(m.get("status").is_none(), "{m}");
         let yaml = spec.to_yaml("shop", "a").unwrap();
-        assert!(yaml.starts_with("apiVersion: gavel.dev/v1alpha1\n"), "{yaml}");
+        assert!(
+            yaml.starts_with("apiVersion: gavel.dev/v1alpha1\n"),
+            "{yaml}"
+        );
         let parsed: Value = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(parsed, m, "{yaml}");
         // What the operator reads back is the same auction.

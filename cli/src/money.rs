@@ -99,7 +99,9 @@ impl FromStr for TypedAmount {
                 .parse()
                 .map(TypedAmount::Minor)
                 .map_err(|_| AmountError::TooLarge(s.to_owned())),
-            Some((whole, fraction)) if digits(whole) && (fraction.is_empty() || digits(fraction)) => {
+            Some((whole, fraction))
+                if digits(whole) && (fraction.is_empty() || digits(fraction)) =>
+            {
                 Ok(TypedAmount::Major {
                     whole: whole
                         .parse()
@@ -143,7 +145,10 @@ impl TypedAmount {
         let too_large = || AmountError::TooLarge(self.to_string());
         let mut frac: u64 = 0;
         for i in 0..d as usize {
-            let digit = significant.as_bytes().get(i).map_or(0, |b| u64::from(b - b'0'));
+            let digit = significant
+                .as_bytes()
+                .get(i)
+                .map_or(0, |b| u64::from(b - b'0'));
             frac = frac * 10 + digit;
         }
         let minor = whole
@@ -179,8 +184,14 @@ mod tests {
         assert_eq!(read("1.234", "BHD"), Ok(1234));
         assert_eq!(read("500", "JPY"), Ok(500));
         assert_eq!(read("500.0", "JPY"), Ok(500));
-        assert!(matches!(read("500.5", "JPY"), Err(AmountError::TooPrecise { .. })));
-        assert!(matches!(read("1.005", "USD"), Err(AmountError::TooPrecise { .. })));
+        assert!(matches!(
+            read("500.5", "JPY"),
+            Err(AmountError::TooPrecise { .. })
+        ));
+        assert!(matches!(
+            read("1.005", "USD"),
+            Err(AmountError::TooPrecise { .. })
+        ));
         for bad in ["ten", "", "1.2.3", "-5", ".5", "1e3", "1,5"] {
             assert!(bad.parse::<TypedAmount>().is_err(), "{bad}");
         }
@@ -188,6 +199,9 @@ mod tests {
             read("99999999999999999999", "USD"),
             Err(AmountError::TooLarge(_))
         ));
-        assert!(matches!(read("1.00", "ZZZ"), Err(AmountError::UnknownCurrency { .. })));
+        assert!(matches!(
+            read("1.00", "ZZZ"),
+            Err(AmountError::UnknownCurrency { .. })
+        ));
     }
 }

@@ -20,7 +20,9 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A program is not installed.
-    #[error("`{program}` not found: install the Debian package `{package}` (apt-get install {package})")]
+    #[error(
+        "`{program}` not found: install the Debian package `{package}` (apt-get install {package})"
+    )]
     NotInstalled {
         /// The program.
         program: String,

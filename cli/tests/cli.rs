@@ -276,3 +276,260 @@ async fn local_up_demo_down() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `gavel show NS/NAME` until its output contains `needle` (the bid history is read from
+/// PostgreSQL, which the flusher fills a moment after the bid); the last output.
+async fn show_until(gavel: &str, id: &str, http: &str, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out) = run_bin(gavel, &["show", id, "--http-url", http]).await;
+        assert_eq!(code, Some(0), "{out}");
+        if out.contains(needle) || std::time::Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Cancels an auction of the platform's manifests folder (`spec.cancel: true`).
+async fn cancel(id: &str) {
+    let (ns, name) = id.split_once('/').expect("ns/name");
+    let dir = &platform().target.manifests;
+    let file = gavel_cli::manifest::manifest_path(dir, ns, name);
+    let mut auction =
+        gavel_crds::manifest::from_yaml(&std::fs::read_to_string(&file).expect("the manifest"))
+            .expect("a valid manifest");
+    auction.spec.cancel = Some(true);
+    let yaml = serde_yaml::to_string(&auction).expect("yaml");
+    gavel_cli::manifest::write_manifest(dir, ns, name, &yaml)
+        .await
+        .expect("rewrite the manifest");
+}
+
+/// #18 part 3: `gavel list`, `gavel show`, the `watch` fixes (dates, time left, winner or
+/// "reserve not met" after the close, CANCELLED, "no reserve"), `--json` and `--quiet`,
+/// amounts typed as read and printed with the currency's ISO 4217 decimals, completions
+/// and the man page — the real binary against a real platform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_show_watch_json_quiet_and_amounts() {
+    let gavel = env!("CARGO_BIN_EXE_gavel");
+    let p = platform();
+    let url = p.target.ws_url(0).to_owned();
+    let http = p.target.http_url(1).to_owned();
+    let a = open(
+        "show",
+        AuctionSpec::new("Show me", 1000, 50, Duration::from_secs(10))
+            .reserve(5000)
+            .soft_close(Duration::from_secs(2), Duration::from_secs(2)),
+    )
+    .await;
+    let mut dinar = AuctionSpec::new("Dinar lot", 1000, 5, Duration::from_secs(300));
+    dinar.currency = "BHD".into();
+    let b = open("bhd", dinar).await;
+    let c = open(
+        "cancel",
+        AuctionSpec::new("Cancelled lot", 100, 10, Duration::from_secs(300)),
+    )
+    .await;
+    let watch = |args: Vec<String>| {
+        tokio::spawn(async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::run_split(gavel, &args, &[]).await
+        })
+    };
+    let text_watch = watch(vec!["watch".into(), a.clone(), "--url".into(), url.clone()]);
+    let json_watch = watch(vec![
+        "--json".into(),
+        "watch".into(),
+        a.clone(),
+        "--url".into(),
+        url.clone(),
+    ]);
+    let quiet_watch = watch(vec![
+        "watch".into(),
+        a.clone(),
+        "--quiet".into(),
+        "--url".into(),
+        url.clone(),
+    ]);
+    let cancel_watch = watch(vec!["watch".into(), c.clone(), "--url".into(), url.clone()]);
+
+    // Amounts typed as read, converted with the auction's currency.
+    let (code, out) = run_bin(
+        gavel,
+        &[
+            "bid", &a, "--amount", "10.00", "--bidder", "ann", "--url", &url,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("accepted: leading; price USD 10.00"), "{out}");
+    let (code, out) = run_bin(
+        gavel,
+        &[
+            "bid", &a, "--amount", "10.505", "--bidder", "ann", "--url", &url,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("more decimals than USD has (2)"), "{out}");
+    let (code, out) = run_bin(
+        gavel,
+        &[
+            "bid", &b, "--amount", "1.234", "--bidder", "ann", "--url", &url,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("price BHD 1.234"),
+        "ISO 4217: 3 decimals: {out}"
+    );
+    // --quiet: a refused bid says why on stderr, an accepted one prints nothing.
+    let (code, stdout, stderr) = common::run_split(
+        gavel,
+        &[
+            "bid", &b, "--amount", "1", "--bidder", "bo", "--quiet", "--url", &url,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("BID_TOO_LOW"), "{stderr}");
+
+    // list: text (the REST address derived from --url), JSON lines, ids.
+    let (code, out) = run_bin(gavel, &["list", "--url", &url]).await;
+    assert_eq!(code, Some(0), "{out}");
+    for id in [&a, &b, &c] {
+        assert!(out.contains(id.as_str()), "{id} not listed:\n{out}");
+    }
+    let line = |id: &str| {
+        out.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line(&a).contains("USD 10.00") && line(&a).contains("(in "),
+        "{out}"
+    );
+    assert!(line(&b).contains("BHD 1.234"), "{out}");
+    assert!(line(&c).contains("from USD 1.00"), "{out}");
+    let (code, stdout, _) =
+        common::run_split(gavel, &["--json", "list", "--http-url", &http], &[]).await;
+    assert_eq!(code, Some(0));
+    let listed: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let of_a = listed
+        .iter()
+        .find(|v| v["auction"] == a.as_str())
+        .unwrap_or_else(|| panic!("{a} not in --json list:\n{stdout}"));
+    assert_eq!(of_a["price"], 1000);
+    assert_eq!(of_a["currency"], "USD");
+    let (_, stdout, _) =
+        common::run_split(gavel, &["list", "--quiet", "--http-url", &http], &[]).await;
+    assert!(stdout.lines().any(|l| l == b), "{stdout}");
+    assert!(stdout.lines().all(|l| !l.contains(' ')), "{stdout}");
+
+    // show while open.
+    let out = show_until(gavel, &a, &http, "ann").await;
+    for expected in [
+        "phase     open",
+        "price     USD 10.00 (leader ann), 1 bid(s); minimum next bid USD 10.50",
+        "reserve   reserve not met",
+        "starts    when provisioned",
+        "extended  no",
+        " UTC (in ",
+    ] {
+        assert!(out.contains(expected), "show lacks {expected:?}:\n{out}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.contains("#1") && l.contains("ann") && l.contains("USD 10.00")),
+        "bid history:\n{out}"
+    );
+    let out = show_until(gavel, &b, &http, "ann").await;
+    assert!(out.contains("reserve   no reserve"), "{out}");
+    let (code, out) = run_bin(gavel, &["show", "e2e/no-such-lot", "--http-url", &http]).await;
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("UNKNOWN_AUCTION"), "{out}");
+    let (code, stdout, _) =
+        common::run_split(gavel, &["show", &b, "--json", "--http-url", &http], &[]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    assert_eq!(shown["snapshot"]["phase"], "open");
+    assert_eq!(shown["snapshot"]["has_reserve"], false);
+    assert_eq!(shown["bids"][0]["amount"], 1234);
+
+    // A cancelled auction says so, in watch and show.
+    cancel(&c).await;
+    let (code, stdout, stderr) = cancel_watch.await.expect("watch task");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("CANCELLED: no winner, no sale"), "{stdout}");
+    let out = show_until(gavel, &c, &http, "cancelled").await;
+    assert!(out.contains("phase     cancelled"), "{out}");
+    assert!(
+        out.contains("result    cancelled: no winner, no sale"),
+        "{out}"
+    );
+
+    // After the close: "reserve not met", never "leader"; dates with the time left.
+    let (code, stdout, stderr) = text_watch.await.expect("watch task");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("CLOSED: reserve not met, no winner (final price USD 10.00)"),
+        "{stdout}"
+    );
+    let year = gavel_cli::feed::date_time(gavel_cli::manifest::now_ms())[..4].to_owned();
+    assert!(stdout.contains(&format!("ends {year}-")), "{stdout}");
+    assert!(stdout.contains(" UTC (in "), "{stdout}");
+    let (code, stdout, _) = json_watch.await.expect("watch task");
+    assert_eq!(code, Some(0), "{stdout}");
+    let types: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+            v["type"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types.first().map(String::as_str),
+        Some("welcome"),
+        "{stdout}"
+    );
+    assert_eq!(types.last().map(String::as_str), Some("closed"), "{stdout}");
+    let (code, stdout, _) = quiet_watch.await.expect("watch task");
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "--quiet: the closing line only: {stdout}"
+    );
+    let out = show_until(gavel, &a, &http, "result").await;
+    assert!(out.contains("phase     closed"), "{out}");
+    assert!(
+        out.contains("result    reserve not met: no winner (final price USD 10.00)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("last bid by ann") && !out.contains("leader"),
+        "{out}"
+    );
+    assert!(out.contains("ended     "), "{out}");
+
+    // Completions and the man page come from the same definitions.
+    let (code, out) = run_bin(gavel, &["completions", "bash"]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("_gavel()") && out.contains("watch") && out.contains("--json"));
+    let (code, out) = run_bin(gavel, &["man"]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(".TH gavel 1") && out.contains("Exit status"),
+        "{out}"
+    );
+}

@@ -9,7 +9,9 @@
 
 pub mod platform;
 
+pub use gavel_cli::{
+    Auth, BidReply, ClientError, LocalOptions, LocalPlatform, OperatorMode, WsClient,
+};
 pub use gavel_cli::{client, envfile, feed, http, kube, manifest, protocol, servers};
-pub use gavel_cli::{Auth, BidReply, ClientError, LocalOptions, LocalPlatform, OperatorMode, WsClient};
 pub use platform::{AuctionSpec, Backend, Platform, PlatformError};
 pub use protocol::{ClientMessage, ErrorCode, Outcome, ServerMessage};

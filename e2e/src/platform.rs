@@ -22,16 +22,16 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use gavel_cli::client::{Auth, ClientError, WsClient};
+use gavel_cli::http;
 pub use gavel_cli::local::{
     PlatformError, binary_dir, build_platform_binaries, kubectl_with, unique_name,
 };
 pub use gavel_cli::manifest::{AuctionSpec, manifest_path, now_ms, status_paths};
 use gavel_cli::protocol::Snapshot;
-use gavel_cli::client::{Auth, ClientError, WsClient};
-use gavel_cli::http;
 
-pub use gavel_cli::{LocalOptions, LocalPlatform};
 use gavel_cli::manifest;
+pub use gavel_cli::{LocalOptions, LocalPlatform};
 use serde_json::Value;
 
 fn env(key: &str) -> Option<String> {
@@ -91,8 +91,6 @@ fn split_urls(s: &str) -> Vec<String> {
 fn pick(urls: &[String], i: usize) -> &str {
     urls.get(i % urls.len().max(1)).map_or("", String::as_str)
 }
-
-
 
 impl Platform {
     /// A platform described by `GAVEL_E2E_*` variables, or `None` when
@@ -330,11 +328,9 @@ impl Platform {
     pub async fn status(&self, id: &str) -> Result<Option<Value>, PlatformError> {
         let (namespace, name) = id.split_once('/').unwrap_or((&self.namespace, id));
         match &self.backend {
-            Backend::Manifests(dir) => {
-                manifest::read_status(dir, namespace, name)
-                    .await
-                    .map_err(io_error(&manifest_path(dir, namespace, name)))
-            }
+            Backend::Manifests(dir) => manifest::read_status(dir, namespace, name)
+                .await
+                .map_err(io_error(&manifest_path(dir, namespace, name))),
             Backend::Kubectl { program } => {
                 let out = kubectl(
                     program,
@@ -399,8 +395,8 @@ async fn kubectl(
 #[cfg(test)]
 mod backend_tests {
     use super::*;
-    use std::path::Path;
     use std::collections::HashMap;
+    use std::path::Path;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

@@ -299,7 +299,8 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
     bids_go_on(&load, 50, "before any fault").await;
 
     // 1. Redis killed (SIGKILL) and restarted with the shipped append-only file.
-    tokio::task::block_in_place(|| local.redis().expect("one Redis server").restart()).expect("redis restarts");
+    tokio::task::block_in_place(|| local.redis().expect("one Redis server").restart())
+        .expect("redis restarts");
     bids_go_on(&load, 50, "after Redis restarted with its AOF").await;
     assert!(
         seen.lock().unwrap().resets.is_empty(),
@@ -309,7 +310,8 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
     // 2. Redis restarts empty: the operator restores the auction from PostgreSQL.
     let wiped_at = Instant::now();
     let epoch_before = load.acks.lock().unwrap().last().unwrap().epoch;
-    tokio::task::block_in_place(|| local.redis().expect("one Redis server").restart_empty()).expect("redis restarts empty");
+    tokio::task::block_in_place(|| local.redis().expect("one Redis server").restart_empty())
+        .expect("redis restarts empty");
     progress("Redis restarted empty");
     wait_for(
         "the watcher's reset after the restore",

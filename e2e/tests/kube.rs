@@ -981,7 +981,8 @@ async fn conditions_tell_the_truth_through_kubectl() {
     assert_eq!((ok.as_str(), reason.as_str()), ("False", "Unavailable"));
     assert!(message.contains(", retrying in "), "{message}");
     assert_eq!(condition(&down, "Open").0, "Unknown");
-    tokio::task::block_in_place(|| p.redis().expect("one Redis server").restart()).expect("redis restarts");
+    tokio::task::block_in_place(|| p.redis().expect("one Redis server").restart())
+        .expect("redis restarts");
     let closed = wait_phase(&failing, "Closed", LONG).await;
     assert_eq!(condition(&closed, "Ready").1, "Completed");
 }

@@ -513,8 +513,10 @@ async fn run(cli: Cli) -> Result<()> {
     results_from_postgres(&var("GAVEL_DATABASE_URL")?, &ids).await?;
     statuses(&platform, &ids).await?;
     println!(
-        "\nTry it yourself: `make up`, then `target/debug/gavel watch <ns/name>` and \
-         `target/debug/gavel bid <ns/name> --max 500 --bidder you` (see `gavel --help`), \
+        "\nTry it yourself (README § The local platform): `make up`, then \
+         `target/debug/gavel-local new shop/lot-1 --ends-in 5m`, \
+         `target/debug/gavel bid shop/lot-1 --max 5.00 --bidder you` and \
+         `target/debug/gavel watch shop/lot-1` (see `gavel --help`), \
          or bid in a browser at {}/ (sign in with any name: development auth).",
         platform.http_url(0)
     );

@@ -380,11 +380,7 @@ async fn connect(conn: &Conn, out: Output) -> Result<WsClient> {
     let client = WsClient::connect(&url, &auth(conn)?)
         .await
         .with_context(|| format!("cannot connect to {url} (is the platform up? `make up`)"))?;
-    print_message(
-        &ServerMessage::Welcome(client.welcome().clone()),
-        "",
-        out,
-    )?;
+    print_message(&ServerMessage::Welcome(client.welcome().clone()), "", out)?;
     Ok(client)
 }
 
@@ -640,9 +636,7 @@ async fn show(auction: String, rest_opts: Rest, out: Output) -> Result<()> {
     match out {
         Output::Json => {
             let mut snapshot = raw;
-            snapshot
-                .as_object_mut()
-                .map(|o| o.remove("type"));
+            snapshot.as_object_mut().map(|o| o.remove("type"));
             println!(
                 "{}",
                 json!({
@@ -686,7 +680,11 @@ async fn show(auction: String, rest_opts: Rest, out: Output) -> Result<()> {
                     money(s.min_next, c)
                 )?,
             }
-            writeln!(w, "  reserve   {}", feed::reserve(s.has_reserve, s.reserve_met))?;
+            writeln!(
+                w,
+                "  reserve   {}",
+                feed::reserve(s.has_reserve, s.reserve_met)
+            )?;
             match s.starts_at {
                 Some(t) => writeln!(w, "  starts    {}", feed::when(t, now))?,
                 None => writeln!(w, "  starts    when provisioned")?,
@@ -714,7 +712,11 @@ async fn show(auction: String, rest_opts: Rest, out: Output) -> Result<()> {
             if let Some(r) = &result {
                 writeln!(w, "  result    {r}")?;
             }
-            writeln!(w, "  bids      {}", if bids.is_empty() { "none" } else { "" })?;
+            writeln!(
+                w,
+                "  bids      {}",
+                if bids.is_empty() { "none" } else { "" }
+            )?;
             for b in &bids {
                 let placed: Millis = b["placed_at"].as_i64().unwrap_or_default();
                 writeln!(

@@ -74,11 +74,7 @@ pub async fn run_bin(bin: &str, args: &[&str]) -> (Option<i32>, String) {
 }
 
 /// [`run_bin`] with extra environment variables; (exit code, stdout + stderr).
-pub async fn run_bin_env(
-    bin: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (Option<i32>, String) {
+pub async fn run_bin_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let (code, stdout, stderr) = run_split(bin, args, env).await;
     (code, format!("{stdout}{stderr}"))
 }
