@@ -316,13 +316,6 @@ async fn list_show_watch_json_quiet_and_amounts() {
     let p = platform();
     let url = p.target.ws_url(0).to_owned();
     let http = p.target.http_url(1).to_owned();
-    let a = open(
-        "show",
-        AuctionSpec::new("Show me", 1000, 50, Duration::from_secs(10))
-            .reserve(5000)
-            .soft_close(Duration::from_secs(2), Duration::from_secs(2)),
-    )
-    .await;
     let mut dinar = AuctionSpec::new("Dinar lot", 1000, 5, Duration::from_secs(300));
     dinar.currency = "BHD".into();
     let b = open("bhd", dinar).await;
@@ -331,6 +324,18 @@ async fn list_show_watch_json_quiet_and_amounts() {
         AuctionSpec::new("Cancelled lot", 100, 10, Duration::from_secs(300)),
     )
     .await;
+    // Soft close over its whole life: any bid moves its end to 400 s after the bid.
+    let d = open(
+        "extend",
+        AuctionSpec::new("Extended lot", 100, 10, Duration::from_secs(300))
+            .soft_close(Duration::from_secs(300), Duration::from_secs(400)),
+    )
+    .await;
+    // Created last, as it closes first. Out of Redis as soon as its result is recorded:
+    // `show` after the close reads PostgreSQL's record (reserve included).
+    let mut spec = AuctionSpec::new("Show me", 1000, 50, Duration::from_secs(15)).reserve(5000);
+    spec.retention = Some("0s".into());
+    let a = open("show", spec).await;
     let watch = |args: Vec<String>| {
         tokio::spawn(async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -453,6 +458,19 @@ async fn list_show_watch_json_quiet_and_amounts() {
     );
     let out = show_until(gavel, &b, &http, "ann").await;
     assert!(out.contains("reserve   no reserve"), "{out}");
+    let (code, out) = run_bin(
+        gavel,
+        &[
+            "bid", &d, "--amount", "1.00", "--bidder", "ann", "--url", &url,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let out = show_until(gavel, &d, &http, "extended  by").await;
+    assert!(
+        out.contains("extended  by ") && out.contains("(soft close; scheduled end 20"),
+        "{out}"
+    );
     let (code, out) = run_bin(gavel, &["show", "e2e/no-such-lot", "--http-url", &http]).await;
     assert_eq!(code, Some(3), "{out}");
     assert!(out.contains("UNKNOWN_AUCTION"), "{out}");

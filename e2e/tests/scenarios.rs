@@ -885,6 +885,9 @@ async fn closed_auction_leaves_redis_and_is_served_from_postgres() {
         (s.price, s.leader.as_deref(), s.bid_count, s.seq),
         (Some(160), Some("bob"), 3, 4)
     );
+    // The declared times and the reserve's existence come from PostgreSQL too.
+    assert_eq!(s.has_reserve, Some(false));
+    assert!(s.scheduled_ends_at.is_some_and(|e| e <= s.ends_at), "{s:?}");
     w.subscribe_since(&id, 0).await.expect("since");
     let mut seqs = Vec::new();
     while seqs.len() < 4 {
