@@ -146,8 +146,35 @@ async fn local_up_demo_down() {
     let demo = env!("CARGO_BIN_EXE_gavel-demo");
     let dir = gavel_cli::servers::temp_dir("local-up").expect("a folder");
     let dir_s = dir.display().to_string();
+    let (code, out) = run_bin(local, &["--dir", &dir_s, "new", "shop/early"]).await;
+    assert_eq!(code, Some(1), "new before up: {out}");
+    assert!(out.contains("Gavel is not running"), "{out}");
     let (code, out) = run_bin(local, &["--dir", &dir_s, "up"]).await;
     assert_eq!(code, Some(0), "gavel-local up: {out}");
+    // `new` refuses what the operator would refuse, before writing anything.
+    for (args, why) in [
+        (vec!["new", "Shop/Lot"], "Shop/Lot"),
+        (vec!["new", "lot"], "<namespace>/<name>"),
+        (vec!["new", "shop/lot", "--currency", "ZZZ"], "ISO 4217"),
+        (
+            vec!["new", "shop/lot", "--currency", "JPY"],
+            "more decimals than JPY has (0)",
+        ),
+    ] {
+        let mut full = vec!["--dir", dir_s.as_str()];
+        full.extend(args.iter().copied());
+        let (code, out) = run_bin(local, &full).await;
+        assert_eq!(code, Some(1), "{args:?}: {out}");
+        assert!(out.contains(why), "{args:?}: {out}");
+    }
+    let manifests = std::fs::read_dir(dir.join("manifests"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(manifests, 0, "a refused `new` wrote a file");
     let env = gavel_cli::envfile::read(&dir.join("env"));
     for key in [
         "GAVEL_WS_URLS",

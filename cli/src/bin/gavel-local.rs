@@ -61,9 +61,9 @@ enum Cmd {
     /// every one answers, 1 if the platform is not running or any process is down (named).
     Status,
     /// Create an auction on the running platform: writes its Auction manifest into
-    /// `<dir>/manifests/` (where the operator picks it up), with its end counted from now,
-    /// and prints the file. Amounts are read like `gavel bid`'s: `1.00` in the currency,
-    /// or an integer of minor units.
+    /// `<dir>/manifests/` (where the operator picks it up), with its times counted from
+    /// now, prints it, and returns once the operator has provisioned the auction. Amounts
+    /// are read like `gavel bid`'s: `1.00` in the currency, or an integer of minor units.
     New {
         /// `<namespace>/<name>` (lower-case letters, digits and `-`).
         auction: String,
