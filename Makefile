@@ -124,7 +124,7 @@ GAVEL_LOCAL := $(TARGET_DIR)/debug/gavel-local
 
 local-build:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with https://rustup.rs, then run make again" >&2; exit 1; }
-	$(CARGO) build --locked -p gavel-bid-api -p gavel-operator -p gavel-e2e --bins
+	$(CARGO) build --locked -p gavel-bid-api -p gavel-operator -p gavel-cli --bins
 
 up: check-system-deps local-build ## Start Redis, PostgreSQL, 2 bid-api and the operator locally (background); writes .gavel/env
 	@$(GAVEL_LOCAL) up

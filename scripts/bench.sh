@@ -35,7 +35,7 @@ IDLE=${BENCH_IDLE:-20000}
 mkdir -p "$OUT"
 
 echo "== building release binaries"
-cargo build --release --locked -p gavel-bid-api -p gavel-operator -p gavel-e2e -p gavel-loadgen
+cargo build --release --locked -p gavel-bid-api -p gavel-operator -p gavel-cli -p gavel-loadgen
 
 echo "== engine: place-bid throughput, engine client vs raw EVALSHA"
 cargo bench --locked -p gavel-engine --bench place_bid

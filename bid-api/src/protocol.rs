@@ -31,6 +31,9 @@ pub fn snapshot(auction: &AuctionId, s: &EngineSnapshot) -> ServerMessage {
         min_next: s.min_next,
         ends_at: s.ends_at,
         reserve_met: s.reserve_met,
+        has_reserve: Some(s.has_reserve),
+        starts_at: s.starts_at,
+        scheduled_ends_at: Some(s.scheduled_ends_at),
         your_max: s.your_max,
         epoch: s.epoch,
     })

@@ -26,7 +26,18 @@ async fn every_message_type_has_its_exact_shape() {
     let server = env.server(&[]);
     let id = env.auction(10).await;
     let a = id.to_string();
-    let ends_at = env.engine.snapshot(&id, None).await.unwrap().ends_at;
+    let engine_snapshot = env.engine.snapshot(&id, None).await.unwrap();
+    let ends_at = engine_snapshot.ends_at;
+    // The declared times and whether there is a reserve (no soft close here: the scheduled
+    // end is the end).
+    let times = |mut v: serde_json::Value| {
+        v["has_reserve"] = json!(false);
+        v["scheduled_ends_at"] = json!(ends_at);
+        if let Some(starts) = engine_snapshot.starts_at {
+            v["starts_at"] = json!(starts);
+        }
+        v
+    };
 
     // welcome, anonymous and authenticated
     let mut watcher = Client::connect(&server, None).await;
@@ -48,11 +59,11 @@ async fn every_message_type_has_its_exact_shape() {
     let got = watcher.subscribe(&id, None).await;
     assert_eq!(
         got,
-        vec![
+        vec![times(
             json!({"type":"snapshot","auction":a,"seq":0,"phase":"open","title":"Test lot",
             "currency":"USD","price":null,"leader":null,"bid_count":0,"min_next":100,
             "ends_at":ends_at,"reserve_met":true,"epoch":1})
-        ]
+        )]
     );
 
     // bid → bid_result; subscribers get price
@@ -110,9 +121,11 @@ async fn every_message_type_has_its_exact_shape() {
     let snap = bob.subscribe(&id, None).await.pop().unwrap();
     assert_eq!(
         snap,
-        json!({"type":"snapshot","auction":a,"seq":3,"phase":"open","title":"Test lot",
+        times(
+            json!({"type":"snapshot","auction":a,"seq":3,"phase":"open","title":"Test lot",
             "currency":"USD","price":130,"leader":"Bob","bid_count":3,"min_next":140,
             "ends_at":ends_at,"reserve_met":true,"your_max":600,"epoch":1})
+        )
     );
     let snap = watcher.subscribe(&id, None).await.pop().unwrap();
     assert!(snap.get("your_max").is_none(), "{snap}");

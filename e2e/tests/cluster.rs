@@ -13,24 +13,29 @@ use gavel_e2e::{
     AuctionSpec, BidReply, LocalOptions, LocalPlatform, Outcome, Platform, ServerMessage, WsClient,
 };
 use gavel_engine::AuctionId;
+use gavel_engine::testing::TestCluster;
 
 const T: Duration = Duration::from_secs(15);
 
-fn platform() -> &'static Platform {
-    static PLATFORM: OnceLock<Platform> = OnceLock::new();
+/// The platform, on a Redis Cluster of three masters this test starts (and inspects).
+fn platform() -> &'static (Platform, TestCluster) {
+    static PLATFORM: OnceLock<(Platform, TestCluster)> = OnceLock::new();
     PLATFORM.get_or_init(|| {
         std::thread::spawn(|| {
             if std::env::var_os("GAVEL_E2E_SKIP_BUILD").is_none() {
                 build_platform_binaries().expect("build the binaries");
             }
             let work_dir = gavel_engine::testing::temp_dir("e2e-cluster");
+            let cluster = TestCluster::start_durable(3, 0);
             let mut opts = LocalOptions::new(binary_dir().expect("binaries"), work_dir);
-            opts.redis_cluster = true;
+            opts.redis_url = Some(cluster.url());
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            Platform::local(rt.block_on(LocalPlatform::start(opts)).expect("platform"))
+            let platform =
+                Platform::local(rt.block_on(LocalPlatform::start(opts)).expect("platform"));
+            (platform, cluster)
         })
         .join()
         .expect("starting the platform panicked")
@@ -39,10 +44,7 @@ fn platform() -> &'static Platform {
 
 /// Names of `n` auctions whose shards are on `n` different masters.
 fn names_on_different_masters(n: usize) -> Vec<String> {
-    let cluster = platform()
-        .local_platform()
-        .and_then(LocalPlatform::redis_cluster)
-        .expect("a Redis Cluster");
+    let cluster = &platform().1;
     let mut masters = HashSet::new();
     let mut names = Vec::new();
     while names.len() < n {
@@ -61,8 +63,8 @@ fn names_on_different_masters(n: usize) -> Vec<String> {
 
 async fn client(process: usize, name: Option<&str>, auction: &str) -> WsClient {
     let mut c = match name {
-        Some(name) => platform().bidder(process, name).await,
-        None => platform().watcher(process).await,
+        Some(name) => platform().0.bidder(process, name).await,
+        None => platform().0.watcher(process).await,
     }
     .expect("connect");
     c.subscribe(auction, T).await.expect("snapshot");
@@ -101,7 +103,7 @@ fn broadcast_seqs(c: &WsClient, auction: &str) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbid_resume_and_close_on_three_masters() {
     let names = names_on_different_masters(3);
-    let p = platform();
+    let p = &platform().0;
     let close_id = p
         .create_open_auction(
             &names[2],

@@ -180,7 +180,7 @@ async fn watcher(
 fn write_manifest(local: &LocalPlatform, spec: &AuctionSpec) {
     let file = manifest_path(&local.manifests, NS, NAME);
     let tmp = local.manifests.join(".lot.tmp");
-    std::fs::write(&tmp, spec.to_yaml(NS, NAME)).unwrap();
+    std::fs::write(&tmp, spec.to_yaml(NS, NAME).unwrap()).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
 }
 
@@ -299,7 +299,8 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
     bids_go_on(&load, 50, "before any fault").await;
 
     // 1. Redis killed (SIGKILL) and restarted with the shipped append-only file.
-    tokio::task::block_in_place(|| local.redis().expect("one Redis server").restart());
+    tokio::task::block_in_place(|| local.redis().expect("one Redis server").restart())
+        .expect("redis restarts");
     bids_go_on(&load, 50, "after Redis restarted with its AOF").await;
     assert!(
         seen.lock().unwrap().resets.is_empty(),
@@ -309,7 +310,8 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
     // 2. Redis restarts empty: the operator restores the auction from PostgreSQL.
     let wiped_at = Instant::now();
     let epoch_before = load.acks.lock().unwrap().last().unwrap().epoch;
-    tokio::task::block_in_place(|| local.redis().expect("one Redis server").restart_empty());
+    tokio::task::block_in_place(|| local.redis().expect("one Redis server").restart_empty())
+        .expect("redis restarts empty");
     progress("Redis restarted empty");
     wait_for(
         "the watcher's reset after the restore",
@@ -332,7 +334,7 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
         acks_so_far(&load) > during + 50,
         "bidding stalled while PostgreSQL was down"
     );
-    tokio::task::block_in_place(|| local.postgres().restart());
+    tokio::task::block_in_place(|| local.postgres().restart()).expect("postgres restarts");
     bids_go_on(&load, 30, "after PostgreSQL came back").await;
 
     // 4. A bid-api killed with SIGKILL, restarted 2 s later; its bidders reconnect.
@@ -460,7 +462,8 @@ async fn no_acknowledged_bid_is_lost_or_changed_whatever_fails() {
 }
 
 fn gavel_crds_time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S").to_string())
-        .unwrap_or_default()
+    // Whole seconds, no zone: the caller appends one.
+    gavel_e2e::protocol::format_rfc3339(ms - ms.rem_euclid(1000))
+        .trim_end_matches('Z')
+        .to_owned()
 }

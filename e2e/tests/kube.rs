@@ -230,8 +230,7 @@ fn ms(rfc3339: &Value) -> Millis {
     let text = rfc3339
         .as_str()
         .unwrap_or_else(|| panic!("not a time: {rfc3339}"));
-    let t: jiff::Timestamp = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
-    t.as_millisecond()
+    gavel_e2e::protocol::parse_rfc3339(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The identity holding the operator's Lease.
@@ -982,7 +981,8 @@ async fn conditions_tell_the_truth_through_kubectl() {
     assert_eq!((ok.as_str(), reason.as_str()), ("False", "Unavailable"));
     assert!(message.contains(", retrying in "), "{message}");
     assert_eq!(condition(&down, "Open").0, "Unknown");
-    tokio::task::block_in_place(|| p.redis().expect("one Redis server").restart());
+    tokio::task::block_in_place(|| p.redis().expect("one Redis server").restart())
+        .expect("redis restarts");
     let closed = wait_phase(&failing, "Closed", LONG).await;
     assert_eq!(condition(&closed, "Ready").1, "Completed");
 }

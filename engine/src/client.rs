@@ -192,6 +192,8 @@ pub struct Snapshot {
     pub scheduled_ends_at: Millis,
     /// Whether the reserve is met (true without a reserve).
     pub reserve_met: bool,
+    /// Whether the auction has a reserve (its amount is never shown).
+    pub has_reserve: bool,
     /// The viewer's own latest ceiling, if the viewer has bid.
     pub your_max: Option<Amount>,
     /// The result, once closed.
@@ -825,6 +827,7 @@ fn parse_snapshot(reply: &[String]) -> Option<Snapshot> {
         ends_at,
         scheduled_ends_at,
         reserve_met: text("reserve_met")? == "1",
+        has_reserve: text("reserve").is_some_and(|r| !r.is_empty()),
         your_max: opt_int("your_max"),
         result,
         server_time,

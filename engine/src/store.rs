@@ -491,13 +491,16 @@ impl Store {
         let row: Option<AuctionRow> = sqlx::query_as(
             "SELECT title, currency, starting_price, increments,
                      (EXTRACT(EPOCH FROM starts_at) * 1000)::bigint,
-                     (EXTRACT(EPOCH FROM ends_at) * 1000)::bigint, epoch
+                     (EXTRACT(EPOCH FROM ends_at) * 1000)::bigint, epoch,
+                     reserve_price IS NOT NULL
                  FROM auctions WHERE auction_id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        let Some((title, currency, starting, increments, starts_at, ends_at, epoch)) = row else {
+        let Some((title, currency, starting, increments, starts_at, ends_at, epoch, has_reserve)) =
+            row
+        else {
             return Ok(None);
         };
         let (extended_end, leader, your_max): (Option<i64>, Option<String>, Option<i64>) =
@@ -551,6 +554,7 @@ impl Store {
             ends_at: extended_end.map_or(ends_at, |e| e.max(ends_at)),
             scheduled_ends_at: ends_at,
             reserve_met: result.reserve_met,
+            has_reserve,
             your_max: viewer.and(your_max),
             server_time: crate::runtime::now_ms(),
             epoch: epoch as u64,
@@ -733,6 +737,7 @@ type AuctionRow = (
     Option<i64>,
     i64,
     i64,
+    bool,
 );
 
 /// `results` columns in the order [`Store::result`] selects them.

@@ -160,8 +160,19 @@ pub struct Snapshot {
     pub min_next: Amount,
     /// Effective end (after soft-close extensions), Unix ms.
     pub ends_at: Millis,
-    /// Whether the reserve is met.
+    /// Whether the reserve is met (true when there is none).
     pub reserve_met: bool,
+    /// Whether the auction has a reserve at all (its amount stays secret); absent from
+    /// servers that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_reserve: Option<bool>,
+    /// Opening time, Unix ms; absent when it opens as soon as provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<Millis>,
+    /// The end the auction was declared with, before soft-close extensions, Unix ms
+    /// (`ends_at` later than it means the end was extended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_ends_at: Option<Millis>,
     /// The viewer's own ceiling, only ever sent to its owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub your_max: Option<Amount>,

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use gavel_e2e::kube::ControlPlane;
-use gavel_e2e::platform::binary_dir;
-use gavel_e2e::{LocalOptions, LocalPlatform, OperatorMode, envfile};
+use gavel_cli::kube::ControlPlane;
+use gavel_cli::local::binary_dir;
+use gavel_cli::money::TypedAmount;
+use gavel_cli::{AuctionSpec, LocalOptions, LocalPlatform, OperatorMode, envfile};
 
 /// Namespace of the chart's objects (and the operator's Lease) with `--kube`.
 const KUBE_NAMESPACE: &str = "gavel-system";
@@ -59,6 +60,39 @@ enum Cmd {
     /// and with `--kube` the API server) and print its state and the addresses; exit 0 if
     /// every one answers, 1 if the platform is not running or any process is down (named).
     Status,
+    /// Create an auction on the running platform: writes its Auction manifest into
+    /// `<dir>/manifests/` (where the operator picks it up), with its times counted from
+    /// now, prints it, and returns once the operator has provisioned the auction. Amounts
+    /// are read like `gavel bid`'s: `1.00` in the currency, or an integer of minor units.
+    New {
+        /// `<namespace>/<name>` (lower-case letters, digits and `-`).
+        auction: String,
+        /// The lot's title.
+        #[arg(long, default_value = "A lot")]
+        title: String,
+        /// ISO 4217 currency.
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        /// Lowest first bid.
+        #[arg(long, default_value = "1.00")]
+        starting_price: TypedAmount,
+        /// Flat bid increment.
+        #[arg(long, default_value = "0.50")]
+        step: TypedAmount,
+        /// Hidden reserve (none by default).
+        #[arg(long)]
+        reserve: Option<TypedAmount>,
+        /// Open this long from now (default: as soon as the operator provisions it).
+        #[arg(long, value_parser = gavel_engine::runtime::parse_duration)]
+        starts_in: Option<Duration>,
+        /// End this long from now (`90s`, `10m`, `2h`).
+        #[arg(long, default_value = "10m", value_parser = gavel_engine::runtime::parse_duration)]
+        ends_in: Duration,
+        /// Soft close: a bid within this long of the end moves the end to this long after
+        /// the bid (`30s`; none by default).
+        #[arg(long, value_parser = gavel_engine::runtime::parse_duration)]
+        soft_close: Option<Duration>,
+    },
     /// Run the platform in the foreground until SIGTERM/SIGINT (what `up` starts).
     Run {
         /// How many bid-api processes.
@@ -183,7 +217,7 @@ async fn check_postgres(url: &str) -> Result<(), String> {
 
 /// An HTTP server answers `GET /readyz` with 200.
 async fn check_ready(base: &str) -> Result<(), String> {
-    let r = gavel_e2e::http::get(&format!("{base}/readyz"))
+    let r = gavel_cli::http::get(&format!("{base}/readyz"))
         .await
         .map_err(|e| e.to_string())?;
     if r.status == 200 {
@@ -301,6 +335,77 @@ fn status(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `new`: the manifest of `auction` written into the running platform's folder.
+fn new_auction(dir: &Path, auction: &str, spec: &AuctionSpec) -> Result<()> {
+    let Some((namespace, name)) = auction.split_once('/') else {
+        bail!("name the auction <namespace>/<name>, e.g. shop/strat-1962");
+    };
+    gavel_engine::AuctionId::new(namespace, name).map_err(|e| anyhow::anyhow!("{auction}: {e}"))?;
+    if running_pid(dir).is_none() || !env_file(dir).is_file() {
+        bail!("Gavel is not running (`make up` starts it)");
+    }
+    let vars = envfile::read(&env_file(dir));
+    let Some(manifests) = vars.get("GAVEL_MANIFESTS") else {
+        bail!(
+            "this platform has no manifests folder (with `--kube`, `kubectl apply` the manifest: \
+             `gavel-local new` writes files for the standalone operator)"
+        );
+    };
+    let auction = spec.auction(namespace, name);
+    // The operator's own checks, before the file is written.
+    auction
+        .spec
+        .to_settings()
+        .map_err(|e| anyhow::anyhow!("spec.{}: {}", e.field, e.message))?;
+    let yaml = serde_yaml::to_string(&auction)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let file = rt.block_on(gavel_cli::manifest::write_manifest(
+        Path::new(manifests),
+        namespace,
+        name,
+        &yaml,
+    ))?;
+    println!("Created {namespace}/{name}: {}", file.display());
+    print!("{yaml}");
+    // Returns once the operator has provisioned it, so the next command can bid.
+    let http = vars
+        .get("GAVEL_HTTP_URLS")
+        .and_then(|u| u.split(',').next())
+        .unwrap_or_default()
+        .to_owned();
+    let id = format!("{namespace}/{name}");
+    let timeout = Duration::from_secs(30);
+    let deadline = Instant::now() + timeout;
+    let phase = rt.block_on(async {
+        loop {
+            let last = match gavel_cli::http::get(&format!("{http}/v1/auctions/{id}")).await {
+                Ok(r) if r.status == 200 => {
+                    return Ok(r.json()["phase"].as_str().unwrap_or("-").to_owned());
+                }
+                Ok(r) => format!("HTTP {} {}", r.status, r.body.trim()),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "{id} was not provisioned within {timeout:?} (last answer: {last}); \
+                     see {} and the operator's log",
+                    status_file(&file).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })?;
+    println!("{id} is {phase}: `gavel watch {id}`, `gavel bid {id} --amount … --bidder <name>`");
+    Ok(())
+}
+
+/// Where the standalone operator writes the status of `file`.
+fn status_file(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".status.yaml");
+    PathBuf::from(name)
 }
 
 fn up(dir: &Path, timeout: Duration, bid_apis: usize, kube: bool) -> Result<()> {
@@ -465,7 +570,7 @@ async fn run(dir: &Path, bid_apis: usize, kube: bool) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    gavel_e2e::exit_quietly_on_closed_pipe();
+    gavel_cli::exit_quietly_on_closed_pipe();
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -498,6 +603,32 @@ fn run_cli() -> Result<()> {
             kube,
         } => up(&dir, Duration::from_secs(timeout), bid_apis, kube),
         Cmd::Down => down(&dir),
+        Cmd::New {
+            auction,
+            title,
+            currency,
+            starting_price,
+            step,
+            reserve,
+            starts_in,
+            ends_in,
+            soft_close,
+        } => {
+            let minor = |a: &TypedAmount| {
+                a.minor_units(&currency)
+                    .with_context(|| format!("the auction is in {currency}"))
+            };
+            let mut spec =
+                AuctionSpec::new(&title, minor(&starting_price)?, minor(&step)?, ends_in);
+            spec.currency = currency.clone();
+            spec.reserve_price = reserve.as_ref().map(minor).transpose()?;
+            spec.starts_at =
+                starts_in.map(|d| gavel_cli::manifest::now_ms() + d.as_millis() as i64);
+            if let Some(d) = soft_close {
+                spec = spec.soft_close(d, d);
+            }
+            new_auction(&dir, &auction, &spec)
+        }
         Cmd::Status => status(&dir),
         Cmd::Run { bid_apis, kube } => {
             tokio::runtime::Runtime::new()?.block_on(run(&dir, bid_apis, kube))

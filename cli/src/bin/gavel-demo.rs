@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Parser;
-use gavel_e2e::platform::{Backend, now_ms, unique_name};
-use gavel_e2e::protocol::{Amount, Closed, Millis};
-use gavel_e2e::{
-    AuctionSpec, BidReply, ClientError, Platform, ServerMessage, WsClient, envfile, feed,
-};
+use gavel_cli::local::unique_name;
+use gavel_cli::manifest::now_ms;
+use gavel_cli::protocol::{Amount, Closed, Millis};
+use gavel_cli::target::LocalTarget as Platform;
+use gavel_cli::{AuctionSpec, BidReply, ClientError, ServerMessage, WsClient, envfile, feed};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Runs Gavel's demo against the local platform of `make up`: the seed example of
@@ -241,7 +241,7 @@ async fn seed_example(platform: &Platform, pace: Duration) -> Result<String> {
     );
     let name = unique_name("strat-1962");
     let spec = AuctionSpec::new("1962 Fender Stratocaster", 100, 2, Duration::from_secs(10));
-    let id = platform.create_auction(&name, &spec).await?;
+    let (id, file) = platform.create_auction(NAMESPACE, &name, &spec).await?;
     say(
         "demo",
         &format!(
@@ -251,14 +251,14 @@ async fn seed_example(platform: &Platform, pace: Duration) -> Result<String> {
         ),
     );
     watch_in_browser(platform, &id);
-    if let Backend::Manifests(dir) = &platform.backend {
-        let file = gavel_e2e::platform::manifest_path(dir, NAMESPACE, &name);
-        println!("\n  {}:", file.display());
-        for line in spec.to_yaml(NAMESPACE, &name).lines() {
-            println!("    {line}");
-        }
-        println!();
+    println!("\n  {}:", file.display());
+    for line in std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .lines()
+    {
+        println!("    {line}");
     }
+    println!();
     platform.wait_open(&id, Duration::from_secs(30)).await?;
     say("demo", "the operator opened it");
     let mut seen = watcher(platform, 1, &id).await?;
@@ -320,7 +320,7 @@ async fn soft_close_fight(platform: &Platform) -> Result<String> {
     )
     .tiers(&[(0, 100), (10_000, 250)])
     .soft_close(Duration::from_secs(3), Duration::from_secs(3));
-    let id = platform.create_auction(&name, &spec).await?;
+    let (id, _) = platform.create_auction(NAMESPACE, &name, &spec).await?;
     say(
         "demo",
         &format!(
@@ -494,18 +494,8 @@ async fn run(cli: Cli) -> Result<()> {
                 )
             })
     };
-    let split = |s: String| {
-        s.split(',')
-            .map(|u| u.trim().to_owned())
-            .collect::<Vec<_>>()
-    };
-    let platform = Platform::new(
-        split(var("GAVEL_WS_URLS")?),
-        split(var("GAVEL_HTTP_URLS")?),
-        NAMESPACE,
-        Some(var("GAVEL_DATABASE_URL")?),
-        Backend::Manifests(var("GAVEL_MANIFESTS")?.into()),
-    );
+    var("GAVEL_DATABASE_URL")?;
+    let platform = Platform::from_env_file(&cli.env_file)?;
     println!(
         "Gavel demo: {} bid-api processes ({}), auctions declared as YAML in {}",
         platform.ws_urls.len(),
@@ -523,8 +513,10 @@ async fn run(cli: Cli) -> Result<()> {
     results_from_postgres(&var("GAVEL_DATABASE_URL")?, &ids).await?;
     statuses(&platform, &ids).await?;
     println!(
-        "\nTry it yourself: `make up`, then `target/debug/gavel watch <ns/name>` and \
-         `target/debug/gavel bid <ns/name> --max 500 --bidder you` (see `gavel --help`), \
+        "\nTry it yourself (README § The local platform): `make up`, then \
+         `target/debug/gavel-local new shop/lot-1 --ends-in 5m`, \
+         `target/debug/gavel bid shop/lot-1 --max 5.00 --bidder you` and \
+         `target/debug/gavel watch shop/lot-1` (see `gavel --help`), \
          or bid in a browser at {}/ (sign in with any name: development auth).",
         platform.http_url(0)
     );
@@ -532,7 +524,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    gavel_e2e::exit_quietly_on_closed_pipe();
+    gavel_cli::exit_quietly_on_closed_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

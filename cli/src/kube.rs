@@ -12,14 +12,14 @@
 //! operator what its pod would have: a token of the chart's operator ServiceAccount (a
 //! TokenRequest, as `kubectl create token` makes it) in a kubeconfig, and the literal
 //! environment of the chart's operator Deployment. So the operator run with it
-//! ([`crate::platform::OperatorMode::Kube`]) has exactly the chart's RBAC.
+//! ([`crate::local::OperatorMode::Kube`]) has exactly the chart's RBAC.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::platform::{PlatformError, kubectl_with};
+use crate::local::{PlatformError, kubectl_with};
 
 /// The release name the chart is installed with.
 pub const RELEASE: &str = "gavel";
@@ -93,7 +93,7 @@ impl ControlPlane {
     /// and waits until the API server is ready.
     pub fn start(dir: &Path) -> Result<Self, PlatformError> {
         // Stops what the script started once this process is gone, even without Drop.
-        gavel_engine::testing::run_after_exit(&format!(
+        crate::servers::run_after_exit(&format!(
             "bash '{}' down '{}' >/dev/null 2>&1",
             script().display(),
             dir.display()
