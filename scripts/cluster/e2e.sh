@@ -38,6 +38,8 @@ fail() { echo "e2e-cluster: FAIL: $*" >&2; exit 1; }
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  # A bid load still running (a step failed during it) is ours to stop.
+  if [[ -n ${load:-} ]]; then kill "$load" 2>/dev/null || true; fi
   if [[ $rc != 0 && -n ${KUBECONFIG:-} ]]; then
     echo "e2e-cluster: FAILED (exit $rc); cluster state:" >&2
     kubectl get nodes,pods,svc,auctions -A -o wide >&2 || true
@@ -298,7 +300,8 @@ hpa_state() {  # "<current> <desired> <cpu %> <ready pods>"
 # Waits (up to <seconds>) until the HPA and the Deployment reach <test> on "<current> <desired>
 # <cpu> <ready>", printing the state every 5 s.
 hpa_wait() {  # <what> <seconds> <test>
-  local what=$1 secs=$2 test=$3 t0 cur des cpu rdy
+  local what=$1 secs=$2 test=$3 t0
+  # cur, des, cpu, rdy: left set for the caller (the state that passed).
   t0=$(date +%s)
   while :; do
     read -r cur des cpu rdy <<<"$(hpa_state)"
