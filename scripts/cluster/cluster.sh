@@ -236,12 +236,11 @@ up() {
 }
 
 # metrics-server as a pod (scripts/cluster/metrics-server.yaml), registered as the
-# metrics.k8s.io APIService; waits until the API server reaches it through aggregation.
+# metrics.k8s.io APIService. Not waited for: it is Available about 20 s later (its first scrape
+# of the kubelet); `kubectl wait apiservice/v1beta1.metrics.k8s.io --for=condition=Available`.
 metrics_server() {
   "$@" -n kube-system create secret tls metrics-server-tls --cert="$S/pki/metrics-server.crt" --key="$S/pki/metrics-server.key" >/dev/null
   sed -e "s|__IMAGE__|$METRICS_SERVER_IMAGE|" -e "s|__CA_BUNDLE__|$(base64 -w0 "$S/pki/ca.crt")|" scripts/cluster/metrics-server.yaml | "$@" apply -f - >/dev/null
-  wait_until "metrics-server (APIService v1beta1.metrics.k8s.io Available)" 90 \
-    "$@" wait apiservice/v1beta1.metrics.k8s.io --for=condition=Available --timeout=1s
 }
 
 down() {

@@ -287,6 +287,7 @@ log "HorizontalPodAutoscaler: the bid-api scales out under bid load and back in 
 # The chart's HPA turned on by a helm upgrade, with short behaviour windows
 # (scripts/cluster/values-hpa.yaml: 2 to 4 pods, 70 % of the 100m CPU request); metrics-server
 # (cluster.sh) serves the pods' CPU to it through the API server's aggregation layer.
+kubectl wait apiservice/v1beta1.metrics.k8s.io --for=condition=Available --timeout=60s
 helm upgrade gavel charts/gavel -n "$NS" --reuse-values -f scripts/cluster/values-hpa.yaml --wait --timeout 3m
 hpa=$(kubectl -n "$NS" get hpa -l app.kubernetes.io/component=bid-api -o jsonpath='{.items[0].metadata.name}')
 [[ -n $hpa ]] || fail "helm upgrade rendered no HorizontalPodAutoscaler"
@@ -312,7 +313,9 @@ hpa_wait() {  # <what> <seconds> <test>
   done
 }
 hpa_t0=$(date +%s)
-hpa_wait "HPA at its 2 minimum pods before the load" 60 '[[ $cur == 2 && $rdy == 2 ]]'
+# Idle first (the previous step's load has faded from the HPA's figures), so that what
+# follows is this load's doing.
+hpa_wait "HPA at its 2 minimum pods, below its target, before the load" 90 '[[ $cur == 2 && $rdy == 2 ]] && (( ${cpu:-100} < 70 ))'
 auction hpa "$(in_s 3600)" | kubectl apply -f -
 kubectl -n "$AUC" wait auction/hpa --for=jsonpath='{.status.phase}'=Open --timeout=60s
 python3 scripts/cluster/bid-load.py "ws://$svc_ip:$svc_port/v1/ws" "$AUC/hpa" 300 8 "$WORK/hpa.json" &
