@@ -292,20 +292,21 @@ helm upgrade gavel charts/gavel -n "$NS" --reuse-values -f scripts/cluster/value
 hpa=$(kubectl -n "$NS" get hpa -l app.kubernetes.io/component=bid-api -o jsonpath='{.items[0].metadata.name}')
 [[ -n $hpa ]] || fail "helm upgrade rendered no HorizontalPodAutoscaler"
 kubectl -n "$NS" wait "hpa/$hpa" --for=condition=ScalingActive --timeout=120s
-hpa_state() {  # "<current> <desired> <cpu %> <ready pods>"
+hpa_state() {  # "<current>|<desired>|<cpu %>|<ready pods>" (a figure not known yet is empty)
   local h r
-  h=$(kubectl -n "$NS" get hpa "$hpa" -o jsonpath='{.status.currentReplicas} {.status.desiredReplicas} {.status.currentMetrics[0].resource.current.averageUtilization}')
+  h=$(kubectl -n "$NS" get hpa "$hpa" -o jsonpath='{.status.currentReplicas}|{.status.desiredReplicas}|{.status.currentMetrics[0].resource.current.averageUtilization}')
   r=$(kubectl -n "$NS" get deploy gavel-bid-api -o jsonpath='{.status.readyReplicas}')
-  echo "$h ${r:-0}"
+  echo "$h|${r:-0}"
 }
-# Waits (up to <seconds>) until the HPA and the Deployment reach <test> on "<current> <desired>
-# <cpu> <ready>", printing the state every 5 s.
+# Waits (up to <seconds>) until the HPA and the Deployment reach <test> on $cur (the HPA's
+# current replicas), $des (desired), $cpu (average utilisation of the CPU request) and $rdy
+# (the Deployment's ready pods), printing them every 5 s.
 hpa_wait() {  # <what> <seconds> <test>
   local what=$1 secs=$2 test=$3 t0
   # cur, des, cpu, rdy: left set for the caller (the state that passed).
   t0=$(date +%s)
   while :; do
-    read -r cur des cpu rdy <<<"$(hpa_state)"
+    IFS='|' read -r cur des cpu rdy <<<"$(hpa_state)"
     printf 'hpa: +%3ss replicas %s desired %s cpu %s%% (target 70%%) ready %s\n' "$(( $(date +%s) - hpa_t0 ))" "$cur" "$des" "${cpu:-?}" "$rdy"
     if eval "$test"; then return 0; fi
     (( $(date +%s) - t0 < secs )) || fail "$what: not within ${secs}s"
