@@ -263,7 +263,7 @@ victim=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api \
     echo "$(curl -sf "http://$ip:8080/metrics" | awk '$1 == "gavel_ws_connections" {print $2}') $name"
   done | sort -rn | head -1 | cut -d' ' -f2)
 kubectl -n "$NS" delete pod "$victim" --wait=false
-wait "$load"
+wait "$load"; load=
 reconnects=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["reconnects"])' "$WORK/churn.json")
 ((reconnects > 0)) || fail "no client was cut off by deleting $victim"
 check_acks "$WORK/churn.json" churn
@@ -279,7 +279,7 @@ before=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api -o jso
 helm upgrade gavel charts/gavel -n "$NS" --reuse-values --set logLevel=info --wait --timeout 5m
 after=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api -o jsonpath='{.items[*].metadata.name}')
 [[ $before != "$after" ]] || fail "helm upgrade did not roll the bid-api"
-wait "$load"
+wait "$load"; load=
 check_acks "$WORK/upgrade.json" upgrade
 
 # ---------------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ echo "bid load started (8 clients through the Service)"
 hpa_wait "scale-out under bid load" 180 '(( cur > 2 && rdy > 2 ))'
 out_after=$(( $(date +%s) - hpa_t0 )) out_to=$cur
 kill -TERM "$load"
-wait "$load"
+wait "$load"; load=
 hpa_t0=$(date +%s)
 echo "bid load stopped"
 check_acks "$WORK/hpa.json" hpa
