@@ -61,6 +61,11 @@ render events --set events.sink=https://hooks.example/gavel --set events.existin
 render events-inline --set-string events.secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --set events.maxAttempts=5
 render restricted-egress --set "networkPolicy.egress.redis.to[0].ipBlock.cidr=10.0.0.0/24" \
   --set-string "networkPolicy.bidApiFrom[0].namespaceSelector.matchLabels.ingress=true" --set serviceMonitor.enabled=true
+# The real-cluster suite's HPA values (short behaviour windows), and Kubernetes' own behaviour.
+render hpa-test -f scripts/cluster/values-hpa.yaml
+render hpa-k8s-behavior --set bidApi.autoscaling.behavior=null
+grep -q 'stabilizationWindowSeconds: 15' "$out/hpa-test.yaml" || { echo "chart-check: FAILED: values-hpa.yaml's behavior not rendered" >&2; fail=1; }
+! grep -q 'behavior:' "$out/hpa-k8s-behavior.yaml" || { echo "chart-check: FAILED: behavior=null still renders a behavior" >&2; fail=1; }
 
 # Values that must be refused.
 must_fail() {
@@ -72,6 +77,7 @@ must_fail() {
 must_fail --set unknownValue=1
 must_fail --set operator.replicas=3
 must_fail --set bidApi.autoscaling.minReplicas=5 --set bidApi.autoscaling.maxReplicas=3
+must_fail --set bidApi.autoscaling.behavior.scaleSideways.selectPolicy=Max
 must_fail --set operator.leaderElection.leaseDuration=soon
 must_fail --set auth.oidc.leeway=soon
 must_fail --set bidApi.image.pullPolicy=Sometimes

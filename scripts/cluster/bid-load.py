@@ -8,11 +8,13 @@ replaced by another behind it) with development auth (?bidder=load-<i>) and bid 
 minimum next amount, one bid in flight at a time, for SECONDS. A connection that breaks is
 re-opened after 100 ms (counted as a reconnect). Every acknowledged public bid (`bid_result`;
 a leader's re-bid, `ceiling_raised`, is a private raise without a bid of its own) is written to OUT.json as {"seq", "bidder", "amount"} so the caller can check that each is in
-PostgreSQL exactly once. Sends only to WS_URL; stops by itself.
+PostgreSQL exactly once. Sends only to WS_URL; stops by itself, or earlier on SIGTERM (each
+client finishes the bid in flight, then OUT.json is written as at the end).
 """
 import base64
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -78,14 +80,20 @@ def connect(url, bidder):
 
 def main():
     url, auction, seconds, bidders, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    deadline = time.monotonic() + seconds
+    end = [time.monotonic() + seconds]
+
+    def deadline_passed():
+        return time.monotonic() >= end[0]
+
+    # SIGTERM ends the load early (the caller decides how long it lasts).
+    signal.signal(signal.SIGTERM, lambda *_: end.__setitem__(0, time.monotonic()))
     lock = threading.Lock()
     state = {"next": 1, "acks": [], "reconnects": 0, "rejected": 0, "raises": 0}
 
     def run(i):
         bidder = f"load-{i}"
         n = 0
-        while time.monotonic() < deadline:
+        while not deadline_passed():
             try:
                 sock, f = connect(url, bidder)
             except OSError:
@@ -94,7 +102,7 @@ def main():
                 time.sleep(0.1)
                 continue
             try:
-                while time.monotonic() < deadline:
+                while not deadline_passed():
                     with lock:
                         amount = state["next"]
                     n += 1

@@ -11,7 +11,8 @@
 # cgroupfs, Debian's runc and CNI plugins: bridge, host-local, loopback, portmap), kubelet
 # (cgroup v1 allowed with failCgroupV1: false), kube-proxy (iptables, masquerading all Service
 # traffic since the pods share one bridge), and CoreDNS serving cluster.local on the node's
-# address (the kubelet's clusterDNS). Needs root.
+# address (the kubelet's clusterDNS); metrics-server as a pod behind the API server's
+# aggregation layer (the HorizontalPodAutoscaler's CPU metrics). Needs root.
 #
 # `down` stops only the processes whose pids `up` recorded, unmounts what the kubelet and
 # containerd mounted under $CLUSTER_DIR, deletes the namespace and routes, and restores the
@@ -50,6 +51,13 @@ certs() {
   pki_issue "$d" scheduler /CN=system:kube-scheduler
   pki_issue "$d" kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "IP:$NODE_IP,DNS:$NODE_NAME"
   pki_issue "$d" kube-proxy /CN=system:kube-proxy
+  # metrics-server's serving certificate (its APIService's caBundle is the cluster CA).
+  pki_issue "$d" metrics-server /CN=metrics-server "DNS:metrics-server.kube-system.svc,DNS:metrics-server.kube-system.svc.cluster.local"
+  # The aggregation layer: a CA of its own for the front proxy (the API server's client
+  # certificate when it forwards a request to metrics-server, which trusts the user and groups
+  # in its request headers only from a certificate of this CA named front-proxy-client).
+  pki_ca "$d/front-proxy"
+  pki_issue "$d/front-proxy" front-proxy-client /CN=front-proxy-client
   for who in admin controller-manager scheduler kubelet kube-proxy; do
     write_kubeconfig "$S/$who.kubeconfig" "https://$NODE_IP:6443" "$d" "$who"
   done
@@ -169,7 +177,7 @@ CORE
 up() {
   [[ $(id -u) == 0 ]] || { log "needs root"; exit 1; }
   if [[ -e /run/netns/$NS ]]; then log "namespace $NS exists: scripts/cluster/cluster.sh down first"; exit 1; fi
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns containerd containerd-shim-runc-v2 ctr; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns containerd containerd-shim-runc-v2 ctr metrics-server; do
     [[ -x $BIN/$b ]] || { log "$BIN/$b missing: scripts/cluster/kube-build.sh"; exit 1; }
   done
   command -v runc >/dev/null && [[ -x /usr/lib/cni/bridge ]] || { log "runc and containernetworking-plugins are needed (apt-get install runc containernetworking-plugins)"; exit 1; }
@@ -193,7 +201,12 @@ up() {
   start kube-apiserver "$BIN/kube-apiserver" "${APISERVER_ARGS[@]}" --authorization-mode=Node,RBAC \
     --allow-privileged=true \
     --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key" \
-    --kubelet-preferred-address-types=InternalIP --enable-admission-plugins=NodeRestriction
+    --kubelet-preferred-address-types=InternalIP --enable-admission-plugins=NodeRestriction \
+    --requestheader-client-ca-file="$pki/front-proxy/ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$pki/front-proxy/front-proxy-client.crt" --proxy-client-key-file="$pki/front-proxy/front-proxy-client.key" \
+    --enable-aggregator-routing=true
   wait_until kube-apiserver 90 "$BIN/kubectl" --kubeconfig "$S/admin.kubeconfig" get --raw /readyz
   start kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig="$S/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$S/controller-manager.kubeconfig" --authorization-kubeconfig="$S/controller-manager.kubeconfig" \
@@ -217,8 +230,17 @@ up() {
   wait_until "node $NODE_NAME Ready" 120 sh -c "'$BIN/kubectl' --kubeconfig '$S/admin.kubeconfig' get node $NODE_NAME -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
   # The kubernetes Service's ClusterIP works once kube-proxy has written its rules.
   wait_until "cluster DNS" 60 in_ns curl -sf --noproxy '*' http://127.0.0.1:8181/ready
+  metrics_server "${k[@]}"
   "${k[@]}" get nodes -o wide >&2
   echo "$S/admin.kubeconfig"
+}
+
+# metrics-server as a pod (scripts/cluster/metrics-server.yaml), registered as the
+# metrics.k8s.io APIService. Not waited for: it is Available about 20 s later (its first scrape
+# of the kubelet); `kubectl wait apiservice/v1beta1.metrics.k8s.io --for=condition=Available`.
+metrics_server() {
+  "$@" -n kube-system create secret tls metrics-server-tls --cert="$S/pki/metrics-server.crt" --key="$S/pki/metrics-server.key" >/dev/null
+  sed -e "s|__IMAGE__|$METRICS_SERVER_IMAGE|" -e "s|__CA_BUNDLE__|$(base64 -w0 "$S/pki/ca.crt")|" scripts/cluster/metrics-server.yaml | "$@" apply -f - >/dev/null
 }
 
 down() {

@@ -14,6 +14,8 @@
 #     failover (the leader pod deleted just before an end: the other replica closes it once);
 #     a bid-api pod deleted under bid load and `helm upgrade` under bid load (clients through
 #     the Service; every acknowledged bid in PostgreSQL exactly once);
+#     the chart's HorizontalPodAutoscaler turned on (values-hpa.yaml: short windows) scales the
+#     bid-api out under bid load and back in after it (metrics-server's CPU figures);
 #     `helm uninstall` with auctions still present (kept; the documented patch releases them);
 #  5. on failure, the cluster's state and the pods' logs; always, cluster.sh down (also on
 #     Ctrl-C), stopping only what this run started.
@@ -36,6 +38,8 @@ fail() { echo "e2e-cluster: FAIL: $*" >&2; exit 1; }
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  # A bid load still running (a step failed during it) is ours to stop.
+  if [[ -n ${load:-} ]]; then kill "$load" 2>/dev/null || true; fi
   if [[ $rc != 0 && -n ${KUBECONFIG:-} ]]; then
     echo "e2e-cluster: FAILED (exit $rc); cluster state:" >&2
     kubectl get nodes,pods,svc,auctions -A -o wide >&2 || true
@@ -45,6 +49,9 @@ cleanup() {
       kubectl -n "$NS" logs "$p" --all-containers --tail=60 >&2 || true
       kubectl -n "$NS" logs "$p" --all-containers --previous --tail=30 >&2 2>/dev/null || true
     done
+    kubectl -n "$NS" describe hpa 2>/dev/null | tail -25 >&2 || true
+    echo "--- logs of metrics-server" >&2
+    kubectl -n kube-system logs deploy/metrics-server --tail=30 >&2 || true
     for f in "$CLUSTER_DIR"/logs/*.log; do
       [[ -f $f ]] && { echo "--- last lines of $f" >&2; tail -15 "$f" >&2; }
     done
@@ -256,7 +263,7 @@ victim=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api \
     echo "$(curl -sf "http://$ip:8080/metrics" | awk '$1 == "gavel_ws_connections" {print $2}') $name"
   done | sort -rn | head -1 | cut -d' ' -f2)
 kubectl -n "$NS" delete pod "$victim" --wait=false
-wait "$load"
+wait "$load"; load=
 reconnects=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["reconnects"])' "$WORK/churn.json")
 ((reconnects > 0)) || fail "no client was cut off by deleting $victim"
 check_acks "$WORK/churn.json" churn
@@ -272,8 +279,60 @@ before=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api -o jso
 helm upgrade gavel charts/gavel -n "$NS" --reuse-values --set logLevel=info --wait --timeout 5m
 after=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=bid-api -o jsonpath='{.items[*].metadata.name}')
 [[ $before != "$after" ]] || fail "helm upgrade did not roll the bid-api"
-wait "$load"
+wait "$load"; load=
 check_acks "$WORK/upgrade.json" upgrade
+
+# ---------------------------------------------------------------------------------------
+log "HorizontalPodAutoscaler: the bid-api scales out under bid load and back in after it"
+# The chart's HPA turned on by a helm upgrade, with short behaviour windows
+# (scripts/cluster/values-hpa.yaml: 2 to 4 pods, 70 % of the 100m CPU request); metrics-server
+# (cluster.sh) serves the pods' CPU to it through the API server's aggregation layer.
+kubectl wait apiservice/v1beta1.metrics.k8s.io --for=condition=Available --timeout=60s
+helm upgrade gavel charts/gavel -n "$NS" --reuse-values -f scripts/cluster/values-hpa.yaml --wait --timeout 3m
+hpa=$(kubectl -n "$NS" get hpa -l app.kubernetes.io/component=bid-api -o jsonpath='{.items[0].metadata.name}')
+[[ -n $hpa ]] || fail "helm upgrade rendered no HorizontalPodAutoscaler"
+kubectl -n "$NS" wait "hpa/$hpa" --for=condition=ScalingActive --timeout=120s
+hpa_state() {  # "<current>|<desired>|<cpu %>|<ready pods>" (a figure not known yet is empty)
+  local h r
+  h=$(kubectl -n "$NS" get hpa "$hpa" -o jsonpath='{.status.currentReplicas}|{.status.desiredReplicas}|{.status.currentMetrics[0].resource.current.averageUtilization}')
+  r=$(kubectl -n "$NS" get deploy gavel-bid-api -o jsonpath='{.status.readyReplicas}')
+  echo "$h|${r:-0}"
+}
+# Waits (up to <seconds>) until the HPA and the Deployment reach <test> on $cur (the HPA's
+# current replicas), $des (desired), $cpu (average utilisation of the CPU request) and $rdy
+# (the Deployment's ready pods), printing them every 5 s.
+hpa_wait() {  # <what> <seconds> <test>
+  local what=$1 secs=$2 test=$3 t0
+  # cur, des, cpu, rdy: left set for the caller (the state that passed).
+  t0=$(date +%s)
+  while :; do
+    IFS='|' read -r cur des cpu rdy <<<"$(hpa_state)"
+    printf 'hpa: +%3ss replicas %s desired %s cpu %s%% (target 70%%) ready %s\n' "$(( $(date +%s) - hpa_t0 ))" "$cur" "$des" "${cpu:-?}" "$rdy"
+    if eval "$test"; then return 0; fi
+    (( $(date +%s) - t0 < secs )) || fail "$what: not within ${secs}s"
+    sleep 5
+  done
+}
+hpa_t0=$(date +%s)
+# Idle first (the previous step's load has faded from the HPA's figures), so that what
+# follows is this load's doing.
+hpa_wait "HPA at its 2 minimum pods, below its target, before the load" 90 '[[ $cur == 2 && $rdy == 2 ]] && (( ${cpu:-100} < 70 ))'
+auction hpa "$(in_s 3600)" | kubectl apply -f -
+kubectl -n "$AUC" wait auction/hpa --for=jsonpath='{.status.phase}'=Open --timeout=60s
+python3 scripts/cluster/bid-load.py "ws://$svc_ip:$svc_port/v1/ws" "$AUC/hpa" 300 8 "$WORK/hpa.json" &
+load=$!
+hpa_t0=$(date +%s)
+echo "bid load started (8 clients through the Service)"
+hpa_wait "scale-out under bid load" 180 '(( cur > 2 && rdy > 2 ))'
+out_after=$(( $(date +%s) - hpa_t0 )) out_to=$cur
+kill -TERM "$load"
+wait "$load"; load=
+hpa_t0=$(date +%s)
+echo "bid load stopped"
+check_acks "$WORK/hpa.json" hpa
+hpa_wait "scale-in after the load" 180 '[[ $cur == 2 && $rdy == 2 ]]'
+echo "ok: scaled out to $out_to pods ${out_after}s into the load, back to 2 $(( $(date +%s) - hpa_t0 ))s after it"
+kubectl -n "$NS" get events --field-selector "involvedObject.kind=HorizontalPodAutoscaler" -o custom-columns=AGE:.lastTimestamp,REASON:.reason,MESSAGE:.message --sort-by=.lastTimestamp | tail -6
 rm -rf "$WORK"
 
 # ---------------------------------------------------------------------------------------

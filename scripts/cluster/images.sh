@@ -13,7 +13,8 @@
 #   Redis and PostgreSQL versions. The PostgreSQL image has an entrypoint that, like the
 #   official one, creates $POSTGRES_USER/$POSTGRES_DB with $POSTGRES_PASSWORD on first start.
 # - The pod sandbox ("pause") image, from Kubernetes' own pause.c (gcc -static).
-# `--no-gavel` builds only the last two kinds (they do not need target/release).
+# - metrics-server, its static binary from kube-build.sh's cache alone in the image.
+# `--no-gavel` builds only the last three kinds (they do not need target/release).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/cluster/versions.sh
@@ -126,3 +127,13 @@ if [[ ! -s $OUT/pause.tar ]]; then
     python3 "$MK" --name "$PAUSE_IMAGE" --out "$OUT/pause.tar" --entrypoint '["/pause"]'
 fi
 echo "$OUT/pause.tar"
+
+# metrics-server: the static binary kube-build.sh caches, alone FROM scratch (non-root).
+ms_bin=$KUBE_CACHE/bin/metrics-server ms=$OUT/metrics-server-$METRICS_SERVER_VERSION.tar
+if [[ ! -s $ms || $ms_bin -nt $ms ]]; then
+  [[ -x $ms_bin ]] || { log "$ms_bin missing: scripts/cluster/kube-build.sh metrics-server"; exit 1; }
+  log "metrics-server $METRICS_SERVER_VERSION"
+  printf '%s /metrics-server\n' "$ms_bin" |
+    python3 "$MK" --name "$METRICS_SERVER_IMAGE" --out "$ms" --entrypoint '["/metrics-server"]' --expose 4443
+fi
+echo "$ms"

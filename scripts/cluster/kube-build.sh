@@ -2,7 +2,8 @@
 # Builds (once) and caches the Kubernetes binaries that the real-cluster suite (#22) and the
 # local control plane (#12) run: kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubelet, kube-proxy, kubectl, etcd at the version Kubernetes itself requires, CoreDNS, and
-# containerd 2 (Kubernetes 1.37 no longer supports containerd 1.x, which is what Debian 12 has).
+# containerd 2 (Kubernetes 1.37 no longer supports containerd 1.x, which is what Debian 12 has),
+# and metrics-server (the resource metrics API that lets the HorizontalPodAutoscaler act).
 #
 # Source comes from the Go module proxy. k8s.io/kubernetes replaces its k8s.io/* staging modules
 # with paths inside its own tree, so `go install k8s.io/kubernetes/cmd/...@vX` is refused; we build
@@ -19,7 +20,7 @@ set -euo pipefail
 . "$(dirname "$0")/versions.sh"
 
 BIN="$KUBE_CACHE/bin"
-all=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns containerd containerd-shim-runc-v2 ctr)
+all=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns containerd containerd-shim-runc-v2 ctr metrics-server)
 if (($#)); then
   for b in "$@"; do
     [[ " ${all[*]} " == *" $b "* ]] || { echo "kube-build: unknown binary $b (one of: ${all[*]})" >&2; exit 2; }
@@ -140,6 +141,13 @@ if needed containerd || needed containerd-shim-runc-v2 || needed ctr; then
     "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" >&2)
+fi
+# --- metrics-server (no replace lines either; static, for its FROM-scratch image) ------------
+if needed metrics-server; then
+  log "building metrics-server $METRICS_SERVER_VERSION"
+  (cd /tmp && GOFLAGS= GOBIN="$BIN" go install -trimpath \
+    -ldflags "-s -w -X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
+    "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION" >&2)
 fi
 log "done in $(( $(date +%s) - START ))s"
 echo "$BIN"
