@@ -71,6 +71,17 @@ def tree_ticks(root):
     return total
 
 
+def rss_kib(pid):
+    """Resident memory of `pid` (VmRSS), KiB."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def redis_commands(url):
     out = subprocess.run(["redis-cli", "-u", url, "info", "stats"], capture_output=True, text=True).stdout
     m = re.search(r"total_commands_processed:(\d+)", out)
@@ -211,6 +222,8 @@ def main():
             "cpu_total_percent": sum(cpu.values()),
             "redis_commands_per_s": (c1 - c0) / (t1 - t0),
             "redis_used_memory": int(redis_info(redis_url, "used_memory") or 0),
+            "rss_kib": {k: rss_kib(p) for k, p in procs.items() if k != "postgres"},
+            "load_average": os.getloadavg()[0],
             "provisioned_per_s": n / provisioned_in if n else None,
         }
         result["idle"].append(row)
@@ -239,9 +252,14 @@ def main():
         lead_ms = int((10 + m / 50) * 1000)
         ends = int(time.time() * 1000) + lead_ms
         before_storm = used_memory(redis_url), redis_keys(redis_url)
+        load_before = os.getloadavg()[0]
+        ticks0 = {k: tree_ticks(p) for k, p in procs.items()}
         paths = [write(manifests, f"storm-{run}-{m}-{i:05d}", manifest(f"storm-{run}-{m}-{i:05d}", ends, "1s"))
                  for i in range(m)]
+        wait_for(paths, {"Open", "Closed"}, lead_ms / 1000 + 60)
+        ticks1 = {k: tree_ticks(p) for k, p in procs.items()}
         wait_for(paths, {"Closed"}, lead_ms / 1000 + 300)
+        ticks2 = {k: tree_ticks(p) for k, p in procs.items()}
         close_lag, recorded_lag = [], []
         for p in paths:
             s = status(p)
@@ -256,6 +274,14 @@ def main():
         deadline = time.time() + 120
         while redis_keys(redis_url) > before_storm[1] and time.time() < deadline:
             time.sleep(0.5)
+        ticks3 = {k: tree_ticks(p) for k, p in procs.items()}
+        # CPU seconds of each process: provisioning (until all Open), the storm (until all
+        # Closed: close, record, status), and the retention (until their keys left Redis).
+        row["cpu_seconds"] = {
+            phase: {k: (b[k] - a[k]) / TICK for k in procs}
+            for phase, a, b in [("provision", ticks0, ticks1), ("close", ticks1, ticks2), ("leave", ticks2, ticks3)]
+        }
+        row["load_average"] = [load_before, os.getloadavg()[0]]
         row["redis_memory_before_bytes"] = before_storm[0]
         row["redis_memory_after_retention_bytes"] = used_memory(redis_url)
         row["redis_keys_before_after"] = [before_storm[1], redis_keys(redis_url)]
@@ -267,12 +293,14 @@ def main():
     json.dump(result, open(os.path.join(args.out, "many.json"), "w"), indent=2)
     names = list(procs)
     lines = ["## Many auctions", "",
-             "| open auctions, no bids | Redis commands/s | CPU % of one core: " + " / ".join(names) + " | total |",
-             "|---|---|---|---|"]
+             "| open auctions, no bids | Redis commands/s | CPU % of one core: " + " / ".join(names)
+             + " | total | operator memory (RSS) | load average |",
+             "|---|---|---|---|---|---|"]
     for r in result["idle"]:
         lines.append(f"| {r['open_auctions']:,} | {r['redis_commands_per_s']:,.0f} | "
                      + " / ".join(f"{r['cpu_percent'][k]:.1f}" for k in names)
-                     + f" | {r['cpu_total_percent']:.1f} |")
+                     + f" | {r['cpu_total_percent']:.1f} | {r['rss_kib']['operator'] / 1024:.0f} MiB"
+                     + f" | {r['load_average']:.1f} |")
     if result["storm"]:
         lines += ["", "| auctions with the same endsAt | close lag p50 / p99 / max (s) | recorded (status Closed) p50 / p99 / max (s) |",
                   "|---|---|---|"]
@@ -280,6 +308,13 @@ def main():
             c, d = r["close_lag_ms"], r["recorded_lag_ms"]
             lines.append(f"| {r['auctions']:,} | {c['p50']/1000:.2f} / {c['p99']/1000:.2f} / {c['max']/1000:.2f} | "
                          f"{d['p50']/1000:.2f} / {d['p99']/1000:.2f} / {d['max']/1000:.2f} |")
+    if result["storm"]:
+        lines += ["", "| auctions with the same endsAt | CPU seconds until all closed and recorded: " + " / ".join(names)
+                  + " | per 1,000 closes, all processes | load average |", "|---|---|---|---|"]
+        for r in result["storm"]:
+            c = r["cpu_seconds"]["close"]
+            lines.append(f"| {r['auctions']:,} | " + " / ".join(f"{c[k]:.2f}" for k in names)
+                         + f" | {sum(c.values()) * 1000 / r['auctions']:.2f} s | {r['load_average'][0]:.1f} |")
     if result["storm"]:
         lines += ["", "| closes (retention 1s) | Redis memory before / after they left (KiB) | Redis keys before / after |", "|---|---|---|"]
         for r in result["storm"]:

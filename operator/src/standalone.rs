@@ -4,8 +4,10 @@
 //!
 //! - Every `*.yaml` / `*.yml` file of the directory (not hidden, not `*.status.yaml`)
 //!   holds one Auction. Its namespace defaults to `default`.
-//! - The directory is polled (a file whose modification time and length did not change is
-//!   not read again; a status write is not a change); a changed file is reconciled at once, and every auction
+//! - The directory is polled: its own modification time at every poll, every file's every
+//!   tenth poll or when the directory changed (a file created, removed or
+//!   renamed); a file whose modification time and length did not change is not read again,
+//!   and a status write is not a change. A changed file is reconciled at once, and every auction
 //!   again when its plan asks (start, effective end) or when it changed in Redis (bids, a
 //!   halt, lost data: [`gavel_engine::changes`]), at most once per `--status-refresh`.
 //!   An open auction nobody bids on costs nothing until its end.
@@ -40,7 +42,6 @@ use std::collections::BTreeMap;
 
 use gavel_crds::{Auction, AuctionStatus, Phase};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, warn};
@@ -59,6 +60,10 @@ pub const STATUS_SUFFIX: &str = ".status.yaml";
 
 /// Files modified this recently are read on every scan, whatever their modification time.
 const RECENT: Duration = Duration::from_secs(1);
+
+/// A directory whose own modification time did not change is listed in full only every
+/// this many polls (to notice files rewritten in place); at rest a poll costs one `stat`.
+const FULL_SCAN_POLLS: u32 = 10;
 
 /// Due again after this long if a reconcile task never reports back (it panicked).
 const ERROR_RETRY: Duration = Duration::from_secs(1);
@@ -137,6 +142,20 @@ pub struct Standalone {
     backoffs: Backoffs,
     /// The ledger as last written (`None` until read at the first scan).
     ledger: Option<Ledger>,
+    /// The entries changed in a way the ledger may not hold yet (an auction read, changed
+    /// or forgotten): orphans are looked for and the ledger rebuilt only then, not at
+    /// every scan (with 10,000 auctions that cloned and compared them all every `--poll`).
+    ledger_dirty: bool,
+    /// Auctions deleted and forgotten since the ledger was last written: the ledger still
+    /// lists them until then, and they must not be adopted as orphans again (which deleted
+    /// every removed auction again at every scan, for ever).
+    forgotten: HashSet<String>,
+    /// The directory's modification time at the last full listing.
+    dir_stamp: Option<SystemTime>,
+    /// When the directory was last listed in full.
+    full_scan: Option<Instant>,
+    /// The last listing read a file (new, changed or recent): list again at the next poll.
+    relist: bool,
 }
 
 /// A finished reconcile, back from its task.
@@ -216,6 +235,11 @@ impl Standalone {
             metrics,
             backoffs,
             ledger: None,
+            ledger_dirty: true,
+            forgotten: HashSet::new(),
+            dir_stamp: None,
+            full_scan: None,
+            relist: true,
             poll,
             stdout,
             entries: HashMap::new(),
@@ -428,14 +452,43 @@ impl Standalone {
         if self.ledger.is_none() {
             self.ledger = Some(read_ledger(&self.dir).await);
         }
-        let mut seen = HashSet::new();
         // One blocking task lists the directory and stats every manifest (thousands of
-        // files cost a few system calls each, not a task each).
+        // files cost a few system calls each, not a task each) — only when the directory
+        // changed (a file created, removed or renamed) or every FULL_SCAN_POLLS polls (a
+        // file rewritten in place changes its own time, not the directory's).
         let dir = self.dir.clone();
-        let listing = tokio::task::spawn_blocking(move || list_manifests(&dir))
-            .await
-            .map_err(|e| anyhow::anyhow!("directory scan failed: {e}"))?
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.dir.display()))?;
+        let last = self.dir_stamp.filter(|_| {
+            !self.relist
+                && self
+                    .full_scan
+                    .is_some_and(|t| t.elapsed() < self.poll * FULL_SCAN_POLLS)
+        });
+        let listing = tokio::task::spawn_blocking(move || {
+            let stamp = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+            // A change within the clock's granularity could leave the same time: a
+            // directory modified in the last second is listed again.
+            let quiet = stamp.is_some_and(|m| m.elapsed().is_ok_and(|age| age > RECENT));
+            if quiet && last.is_some() && stamp == last {
+                return Ok((stamp, None));
+            }
+            list_manifests(&dir).map(|listing| (stamp, Some(listing)))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("directory scan failed: {e}"))?
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.dir.display()))?;
+        let listing = match listing {
+            (_, None) => {
+                self.settle_ledger().await;
+                return Ok(());
+            }
+            (stamp, Some(listing)) => {
+                self.dir_stamp = stamp;
+                self.full_scan = Some(Instant::now());
+                self.relist = false;
+                listing
+            }
+        };
+        let mut seen = HashSet::new();
         for (path, stamp) in listing {
             if let (Some(entry), Some((modified, _))) = (self.entries.get(&path), stamp)
                 && !entry.deleting
@@ -447,6 +500,8 @@ impl Standalone {
                 seen.insert(path);
                 continue;
             }
+            // Read now: listed again at the next poll too, until it is a second old.
+            self.relist = true;
             let Ok(text) = tokio::fs::read_to_string(&path).await else {
                 continue; // removed or unreadable right now; the next scan decides
             };
@@ -480,6 +535,9 @@ impl Standalone {
                     if changed {
                         entry.generation += 1;
                     }
+                    if entry.auction.as_ref() != Some(&auction) {
+                        self.ledger_dirty = true;
+                    }
                     entry.auction = Some(auction);
                     entry.parse_error = None;
                 }
@@ -496,9 +554,16 @@ impl Standalone {
                 entry.due = Some(Instant::now());
             }
         }
-        self.adopt_orphans();
-        self.save_ledger().await;
+        self.settle_ledger().await;
         Ok(())
+    }
+
+    /// Looks for orphans and writes the ledger, if the entries changed since.
+    async fn settle_ledger(&mut self) {
+        if self.ledger_dirty {
+            self.adopt_orphans();
+            self.save_ledger().await;
+        }
     }
 
     /// Every auction of the ledger that no file names any more (its file was removed while
@@ -530,7 +595,7 @@ impl Standalone {
             .map(auction_key)
             .collect();
         for (key, held) in ledger {
-            if claimed.contains(key) || adopted.contains(key) {
+            if claimed.contains(key) || adopted.contains(key) || self.forgotten.contains(key) {
                 continue;
             }
             info!(
@@ -570,6 +635,8 @@ impl Standalone {
             })
             .collect();
         if self.ledger.as_ref() == Some(&ledger) {
+            self.ledger_dirty = false;
+            self.forgotten.clear();
             return;
         }
         let text = match serde_yaml::to_string(&ledger) {
@@ -584,7 +651,11 @@ impl Standalone {
             }
         };
         match write_atomically(&self.dir.join(LEDGER_FILE), &text).await {
-            Ok(()) => self.ledger = Some(ledger),
+            Ok(()) => {
+                self.ledger = Some(ledger);
+                self.ledger_dirty = false;
+                self.forgotten.clear();
+            }
             Err(e) => warn!(error = %e, "cannot write {LEDGER_FILE}; retrying at the next scan"),
         }
     }
@@ -709,8 +780,11 @@ impl Standalone {
         let Some(entry) = self.entries.remove(path) else {
             return;
         };
+        self.ledger_dirty = true;
         if let Some(a) = &entry.auction {
             let key = auction_key(a);
+            // Gone: not an orphan to adopt again from the ledger not yet rewritten.
+            self.forgotten.insert(key.clone());
             self.metrics.set_phase(&key, None);
             self.backoffs.reset(&key);
         }
@@ -828,17 +902,22 @@ async fn read_status(path: &Path) -> Option<AuctionStatus> {
     serde_yaml::from_str(&text).ok()
 }
 
+/// Writes `text` to a temporary file renamed over `path`, so a reader sees the old text or
+/// the new one, never a part. One blocking task for the whole write (not one per system
+/// call: a close storm writes a thousand status files).
 async fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = tokio::fs::File::create(&tmp).await?;
-    file.write_all(text.as_bytes()).await?;
-    file.flush().await?;
-    drop(file);
-    tokio::fs::rename(&tmp, path).await
+    let (path, text) = (path.to_owned(), text.to_owned());
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// `namespace/name` of an Auction read from a file (its namespace defaulted).
