@@ -97,6 +97,30 @@ type Ledger = BTreeMap<String, Held>;
 /// A file's modification time and length.
 type Stamp = (SystemTime, u64);
 
+/// When this operator last changed the directory itself (a status file or the ledger
+/// written or removed). A directory whose modification time is not later changed because
+/// of those writes only (as far as it can tell): it is not listed again for them, so a
+/// close storm's thousands of status writes do not make every poll list every file.
+/// Someone else's change made in the same instant is noticed by the next full listing
+/// (within ten polls).
+#[derive(Default)]
+struct OwnWrites(std::sync::Mutex<Option<SystemTime>>);
+
+impl OwnWrites {
+    /// Notes a change of the directory just made by this operator.
+    fn mark(&self) {
+        let now = SystemTime::now();
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|l| l < now) {
+            *last = Some(now);
+        }
+    }
+
+    fn last(&self) -> Option<SystemTime> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// One manifest file and what the operator knows of it.
 #[derive(Default)]
 struct Entry {
@@ -156,6 +180,8 @@ pub struct Standalone {
     full_scan: Option<Instant>,
     /// The last listing read a file (new, changed or recent): list again at the next poll.
     relist: bool,
+    /// This operator's own last change of the directory.
+    own: Arc<OwnWrites>,
 }
 
 /// A finished reconcile, back from its task.
@@ -240,6 +266,7 @@ impl Standalone {
             dir_stamp: None,
             full_scan: None,
             relist: true,
+            own: Arc::default(),
             poll,
             stdout,
             entries: HashMap::new(),
@@ -383,6 +410,7 @@ impl Standalone {
             let permits = self.permits.clone();
             let metrics = self.metrics.clone();
             let stdout = self.stdout;
+            let own = self.own.clone();
             let span = reconcile_span(&job.auction, job.deleting);
             let task = self.running.spawn(
                 async move {
@@ -394,8 +422,14 @@ impl Standalone {
                         Ok(outcome) if !outcome.released && !job.deleting => {
                             let status = with_parse_error(outcome.status.clone(), &job);
                             metrics.set_phase(&job.key, status.phase);
-                            write_status(&job.path, job.auction.status.as_ref(), status, stdout)
-                                .await
+                            write_status(
+                                &job.path,
+                                job.auction.status.as_ref(),
+                                status,
+                                stdout,
+                                &own,
+                            )
+                            .await
                         }
                         _ => None,
                     };
@@ -463,12 +497,15 @@ impl Standalone {
                     .full_scan
                     .is_some_and(|t| t.elapsed() < self.poll * FULL_SCAN_POLLS)
         });
+        let own = self.own.last();
         let listing = tokio::task::spawn_blocking(move || {
             let stamp = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
             // A change within the clock's granularity could leave the same time: a
             // directory modified in the last second is listed again.
             let quiet = stamp.is_some_and(|m| m.elapsed().is_ok_and(|age| age > RECENT));
-            if quiet && last.is_some() && stamp == last {
+            // Changed by this operator's own writes only.
+            let ours = stamp.is_some_and(|m| own.is_some_and(|own| m <= own));
+            if last.is_some() && ((quiet && stamp == last) || ours) {
                 return Ok((stamp, None));
             }
             list_manifests(&dir).map(|listing| (stamp, Some(listing)))
@@ -650,7 +687,9 @@ impl Standalone {
                 return;
             }
         };
-        match write_atomically(&self.dir.join(LEDGER_FILE), &text).await {
+        let written = write_atomically(&self.dir.join(LEDGER_FILE), &text).await;
+        self.own.mark();
+        match written {
             Ok(()) => {
                 self.ledger = Some(ledger);
                 self.ledger_dirty = false;
@@ -767,7 +806,7 @@ impl Standalone {
                 if !job.deleting {
                     let old = entry.status.clone();
                     if let Some(status) =
-                        write_status(path, old.as_ref(), status, self.stdout).await
+                        write_status(path, old.as_ref(), status, self.stdout, &self.own).await
                     {
                         entry.status = Some(status);
                     }
@@ -798,6 +837,7 @@ impl Standalone {
         };
         if let Some(status_file) = status_file {
             let _ = tokio::fs::remove_file(status_file).await;
+            self.own.mark();
         }
         // The ledger is written at the next scan (within `--poll`), once for every auction
         // forgotten meanwhile, not once each: a storm of removals would write the whole
@@ -810,7 +850,9 @@ impl Standalone {
         let Some(entry) = self.entries.get_mut(path) else {
             return;
         };
-        if let Some(status) = write_status(path, entry.status.as_ref(), status, self.stdout).await {
+        if let Some(status) =
+            write_status(path, entry.status.as_ref(), status, self.stdout, &self.own).await
+        {
             entry.status = Some(status);
         }
     }
@@ -839,6 +881,7 @@ async fn write_status(
     old: Option<&AuctionStatus>,
     status: AuctionStatus,
     stdout: bool,
+    own: &OwnWrites,
 ) -> Option<AuctionStatus> {
     if !status::differs(old, &status) && status_file_exists(path) {
         return None;
@@ -853,7 +896,9 @@ async fn write_status(
     if stdout {
         println!("---\n# {}\n{yaml}", path.display());
     }
-    if let Err(e) = write_atomically(&status_path(path), &yaml).await {
+    let written = write_atomically(&status_path(path), &yaml).await;
+    own.mark();
+    if let Err(e) = written {
         warn!(file = %path.display(), error = %e, "cannot write the status file");
     }
     Some(status)
