@@ -268,12 +268,16 @@ def main():
         before_storm = used_memory(redis_url), redis_keys(redis_url)
         load_before = os.getloadavg()[0]
         ticks0 = {k: tree_ticks(p) for k, p in procs.items()}
+        commands0 = redis_commands(redis_url)
         paths = [write(manifests, f"storm-{run}-{m}-{i:05d}", manifest(f"storm-{run}-{m}-{i:05d}", ends, "1s"))
                  for i in range(m)]
         wait_for(paths, {"Open", "Closed"}, lead_ms / 1000 + 60)
         ticks1 = {k: tree_ticks(p) for k, p in procs.items()}
         wait_for(paths, {"Closed"}, lead_ms / 1000 + 300)
         ticks2 = {k: tree_ticks(p) for k, p in procs.items()}
+        # Work that does not depend on the machine's load: Redis commands for the storm's
+        # whole life (provision, close, record, leave).
+        commands2 = redis_commands(redis_url)
         close_lag, recorded_lag = [], []
         for p in paths:
             s = status(p)
@@ -296,6 +300,7 @@ def main():
             for phase, a, b in [("provision", ticks0, ticks1), ("close", ticks1, ticks2), ("leave", ticks2, ticks3)]
         }
         row["load_average"] = [load_before, os.getloadavg()[0]]
+        row["redis_commands_per_auction"] = (commands2 - commands0) / m
         row["redis_memory_before_bytes"] = before_storm[0]
         row["redis_memory_after_retention_bytes"] = used_memory(redis_url)
         row["redis_keys_before_after"] = [before_storm[1], redis_keys(redis_url)]
