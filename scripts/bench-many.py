@@ -5,13 +5,17 @@ Redis, PostgreSQL).
 
 - idle: N open auctions nobody bids on (manifests ending in two hours); once they are all
   open, CPU of each process from /proc/<pid>/stat (utime + stime, PostgreSQL with its
-  backends) and Redis commands/s over --sample seconds.
+  backends), resident memory of each, and Redis commands/s over --sample seconds.
 - storm: M auctions with the same endsAt; close lag = status closedAt − endsAt (the
-  close script's Redis time), and recorded lag = when the status file said Closed (the
-  result is in PostgreSQL) − endsAt; p50 / p99 / max.
+  close script's Redis time), and recorded lag = the ResultRecorded condition's
+  lastTransitionTime (the result is in PostgreSQL) − endsAt; p50 / p99 / max; the CPU
+  seconds of each process while provisioning, until all are closed and recorded, and
+  until their keys left Redis (retention 1s); Redis commands per auction; Redis memory
+  before and after. Each row has the load average it was measured at (a shared machine
+  moves the wall-clock figures, much less the CPU seconds).
 
-Usage: bench-many.py --env .gavel/env [--idle 0,1000] [--storm 100,500] [--sample 20]
-                     [--out target/bench]
+Usage: bench-many.py --env .gavel/env [--idle 0,1000,10000] [--storm 100,1000,10000]
+                     [--sample 20] [--out target/bench]
 Writes <out>/many.json and prints a Markdown summary (also <out>/many.md).
 """
 import argparse
