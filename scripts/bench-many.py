@@ -5,13 +5,17 @@ Redis, PostgreSQL).
 
 - idle: N open auctions nobody bids on (manifests ending in two hours); once they are all
   open, CPU of each process from /proc/<pid>/stat (utime + stime, PostgreSQL with its
-  backends) and Redis commands/s over --sample seconds.
+  backends), resident memory of each, and Redis commands/s over --sample seconds.
 - storm: M auctions with the same endsAt; close lag = status closedAt − endsAt (the
-  close script's Redis time), and recorded lag = when the status file said Closed (the
-  result is in PostgreSQL) − endsAt; p50 / p99 / max.
+  close script's Redis time), and recorded lag = the ResultRecorded condition's
+  lastTransitionTime (the result is in PostgreSQL) − endsAt; p50 / p99 / max; the CPU
+  seconds of each process while provisioning, until all are closed and recorded, and
+  until their keys left Redis (retention 1s); Redis commands per auction; Redis memory
+  before and after. Each row has the load average it was measured at (a shared machine
+  moves the wall-clock figures, much less the CPU seconds).
 
-Usage: bench-many.py --env .gavel/env [--idle 0,1000] [--storm 100,500] [--sample 20]
-                     [--out target/bench]
+Usage: bench-many.py --env .gavel/env [--idle 0,1000,10000] [--storm 100,1000,10000]
+                     [--sample 20] [--out target/bench]
 Writes <out>/many.json and prints a Markdown summary (also <out>/many.md).
 """
 import argparse
@@ -69,6 +73,17 @@ def tree_ticks(root):
         if int(entry) == root or ppid == root:
             total += ticks
     return total
+
+
+def rss_kib(pid):
+    """Resident memory of `pid` (VmRSS), KiB."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def redis_commands(url):
@@ -130,14 +145,28 @@ def status(path):
     return {
         "phase": phase.group(1) if phase else None,
         "closed_at": parse_ms(closed.group(1)) if closed else None,
+        "recorded_at": recorded_at(text),
         "mtime_ms": int(os.stat(path + ".status.yaml").st_mtime * 1000),
     }
 
 
+def recorded_at(text):
+    """When the operator saw the result recorded: the ResultRecorded condition's
+    lastTransitionTime (the file's time would be that of a later write, e.g. when the
+    auction left Redis at the end of its retention)."""
+    for item in re.split(r"^- ", text.split("\nconditions:\n", 1)[-1], flags=re.M)[1:]:
+        if re.search(r"^\s*type: ResultRecorded\s*$", item, re.M) and re.search(r"^\s*status: '?True'?\s*$", item, re.M):
+            at = re.search(r"^\s*lastTransitionTime: (.+)$", item, re.M)
+            return parse_ms(at.group(1)) if at else None
+    return None
+
+
 def wait_for(paths, phases, timeout):
     deadline = time.time() + timeout
+    pending = list(paths)
     while True:
-        pending = [p for p in paths if (status(p) or {}).get("phase") not in phases]
+        # Only those not there yet are read again (10,000 status files per look is work).
+        pending = [p for p in pending if (status(p) or {}).get("phase") not in phases]
         if not pending:
             return
         if time.time() > deadline:
@@ -211,6 +240,8 @@ def main():
             "cpu_total_percent": sum(cpu.values()),
             "redis_commands_per_s": (c1 - c0) / (t1 - t0),
             "redis_used_memory": int(redis_info(redis_url, "used_memory") or 0),
+            "rss_kib": {k: rss_kib(p) for k, p in procs.items() if k != "postgres"},
+            "load_average": os.getloadavg()[0],
             "provisioned_per_s": n / provisioned_in if n else None,
         }
         result["idle"].append(row)
@@ -239,14 +270,23 @@ def main():
         lead_ms = int((10 + m / 50) * 1000)
         ends = int(time.time() * 1000) + lead_ms
         before_storm = used_memory(redis_url), redis_keys(redis_url)
+        load_before = os.getloadavg()[0]
+        ticks0 = {k: tree_ticks(p) for k, p in procs.items()}
+        commands0 = redis_commands(redis_url)
         paths = [write(manifests, f"storm-{run}-{m}-{i:05d}", manifest(f"storm-{run}-{m}-{i:05d}", ends, "1s"))
                  for i in range(m)]
+        wait_for(paths, {"Open", "Closed"}, lead_ms / 1000 + 60)
+        ticks1 = {k: tree_ticks(p) for k, p in procs.items()}
         wait_for(paths, {"Closed"}, lead_ms / 1000 + 300)
+        ticks2 = {k: tree_ticks(p) for k, p in procs.items()}
+        # Work that does not depend on the machine's load: Redis commands for the storm's
+        # whole life (provision, close, record, leave).
+        commands2 = redis_commands(redis_url)
         close_lag, recorded_lag = [], []
         for p in paths:
             s = status(p)
             close_lag.append(s["closed_at"] - ends)
-            recorded_lag.append(s["mtime_ms"] - ends)
+            recorded_lag.append((s["recorded_at"] or s["mtime_ms"]) - ends)
         row = {
             "auctions": m,
             "close_lag_ms": {"p50": pct(close_lag, .5), "p99": pct(close_lag, .99), "max": max(close_lag)},
@@ -256,6 +296,15 @@ def main():
         deadline = time.time() + 120
         while redis_keys(redis_url) > before_storm[1] and time.time() < deadline:
             time.sleep(0.5)
+        ticks3 = {k: tree_ticks(p) for k, p in procs.items()}
+        # CPU seconds of each process: provisioning (until all Open), the storm (until all
+        # Closed: close, record, status), and the retention (until their keys left Redis).
+        row["cpu_seconds"] = {
+            phase: {k: (b[k] - a[k]) / TICK for k in procs}
+            for phase, a, b in [("provision", ticks0, ticks1), ("close", ticks1, ticks2), ("leave", ticks2, ticks3)]
+        }
+        row["load_average"] = [load_before, os.getloadavg()[0]]
+        row["redis_commands_per_auction"] = (commands2 - commands0) / m
         row["redis_memory_before_bytes"] = before_storm[0]
         row["redis_memory_after_retention_bytes"] = used_memory(redis_url)
         row["redis_keys_before_after"] = [before_storm[1], redis_keys(redis_url)]
@@ -267,12 +316,14 @@ def main():
     json.dump(result, open(os.path.join(args.out, "many.json"), "w"), indent=2)
     names = list(procs)
     lines = ["## Many auctions", "",
-             "| open auctions, no bids | Redis commands/s | CPU % of one core: " + " / ".join(names) + " | total |",
-             "|---|---|---|---|"]
+             "| open auctions, no bids | Redis commands/s | CPU % of one core: " + " / ".join(names)
+             + " | total | operator memory (RSS) | load average |",
+             "|---|---|---|---|---|---|"]
     for r in result["idle"]:
         lines.append(f"| {r['open_auctions']:,} | {r['redis_commands_per_s']:,.0f} | "
                      + " / ".join(f"{r['cpu_percent'][k]:.1f}" for k in names)
-                     + f" | {r['cpu_total_percent']:.1f} |")
+                     + f" | {r['cpu_total_percent']:.1f} | {r['rss_kib']['operator'] / 1024:.0f} MiB"
+                     + f" | {r['load_average']:.1f} |")
     if result["storm"]:
         lines += ["", "| auctions with the same endsAt | close lag p50 / p99 / max (s) | recorded (status Closed) p50 / p99 / max (s) |",
                   "|---|---|---|"]
@@ -280,6 +331,13 @@ def main():
             c, d = r["close_lag_ms"], r["recorded_lag_ms"]
             lines.append(f"| {r['auctions']:,} | {c['p50']/1000:.2f} / {c['p99']/1000:.2f} / {c['max']/1000:.2f} | "
                          f"{d['p50']/1000:.2f} / {d['p99']/1000:.2f} / {d['max']/1000:.2f} |")
+    if result["storm"]:
+        lines += ["", "| auctions with the same endsAt | CPU seconds until all closed and recorded: " + " / ".join(names)
+                  + " | per 1,000 closes, all processes | load average |", "|---|---|---|---|"]
+        for r in result["storm"]:
+            c = r["cpu_seconds"]["close"]
+            lines.append(f"| {r['auctions']:,} | " + " / ".join(f"{c[k]:.2f}" for k in names)
+                         + f" | {sum(c.values()) * 1000 / r['auctions']:.2f} s | {r['load_average'][0]:.1f} |")
     if result["storm"]:
         lines += ["", "| closes (retention 1s) | Redis memory before / after they left (KiB) | Redis keys before / after |", "|---|---|---|"]
         for r in result["storm"]:

@@ -12,16 +12,17 @@
 #                 from two load processes of 10,000 (one per bid-api: the per-process
 #                 open-file limit here is 20,000)
 # Results: target/bench/*.json and *.svg, and target/bench/summary.md.
-#      many       scripts/bench-many.py: CPU per process and Redis commands/s with 0 and
-#                 1,000 open auctions nobody bids on, close lag of 100 and 500 auctions
-#                 with the same endsAt, Redis memory per open auction, per bid in the
-#                 replay window, and after closed auctions left Redis (retention 1s)
+#      many       scripts/bench-many.py: CPU per process, operator memory and Redis
+#                 commands/s with 0, 1,000 and 10,000 open auctions nobody bids on; close
+#                 lag and CPU of 100, 1,000 and 10,000 auctions with the same endsAt;
+#                 Redis memory per open auction, per bid in the replay window, and after
+#                 the 10,000 closed auctions left Redis (retention 1s)
 #      cluster    scripts/bench-cluster.py: 100 auctions, 300 bidders on all of them, on the
 #                 single Redis and then on a second local platform whose Redis is a cluster
 #                 of three masters: per Redis process, scripts/s, accepted bids/s of its own
 #                 auctions, CPU, and live events sent over the cluster bus
 # Knobs: BENCH_SECONDS (20), BENCH_BIDDERS (1000), BENCH_WATCHERS (10000), BENCH_IDLE (20000),
-#        BENCH_MANY_IDLE (0,1000), BENCH_MANY_STORM (100,500), BENCH_MANY_SAMPLE (20 s),
+#        BENCH_MANY_IDLE (0,1000,10000), BENCH_MANY_STORM (100,1000,10000), BENCH_MANY_SAMPLE (20 s),
 #        BENCH_CLUSTER_AUCTIONS (100), BENCH_CLUSTER_BIDDERS (300), BENCH_CLUSTER_SECONDS (10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,9 +89,9 @@ load --scenario watchers --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provi
   --auctions bench/watched --bidders 20 --rate 100 --watchers "$WATCHERS" \
   --duration "${SECONDS_PER_RUN}s"
 
-echo "== many auctions: idle cost at ${BENCH_MANY_IDLE:-0,1000} open auctions, close storms of ${BENCH_MANY_STORM:-100,500}, Redis memory"
+echo "== many auctions: idle cost at ${BENCH_MANY_IDLE:-0,1000,10000} open auctions, close storms of ${BENCH_MANY_STORM:-100,1000,10000}, Redis memory"
 python3 scripts/bench-many.py --env "$DIR/env" --out "$OUT" --load target/release/gavel-load \
-  --idle "${BENCH_MANY_IDLE:-0,1000}" --storm "${BENCH_MANY_STORM:-100,500}" --sample "${BENCH_MANY_SAMPLE:-20}"
+  --idle "${BENCH_MANY_IDLE:-0,1000,10000}" --storm "${BENCH_MANY_STORM:-100,1000,10000}" --sample "${BENCH_MANY_SAMPLE:-20}"
 
 echo "== cluster: ${BENCH_CLUSTER_AUCTIONS:-100} auctions on one Redis, then on a Redis Cluster of three masters"
 python3 scripts/bench-cluster.py --single-env "$DIR/env" --cluster-dir "$OUT/cluster-platform" \

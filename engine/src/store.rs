@@ -369,11 +369,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for item in &fresh {
-            if let AuctionEvent::Closed(result) = &item.event {
-                insert_result(&mut tx, &item.auction, result).await?;
-            }
-        }
+        let results: Vec<(&AuctionId, &AuctionResult)> = fresh
+            .iter()
+            .filter_map(|i| match &i.event {
+                AuctionEvent::Closed(result) => Some((&i.auction, result)),
+                _ => None,
+            })
+            .collect();
+        insert_results(&mut tx, &results).await?;
         // The outbound feed's public events of what is newly recorded, in the same
         // transaction: the feed never misses nor invents an event of the record.
         let feed: Vec<crate::outbound::FeedEntry> = fresh
@@ -751,6 +754,75 @@ type ResultRow = (
     i64,
     bool,
 );
+
+/// The results of a flush batch in one statement (a close storm flushes hundreds of
+/// closes per batch: one round trip, not one each).
+async fn insert_results(
+    conn: &mut sqlx::PgConnection,
+    results: &[(&AuctionId, &AuctionResult)],
+) -> Result<(), StoreError> {
+    match results {
+        [] => return Ok(()),
+        [(id, r)] => return insert_result(conn, id, r).await,
+        _ => {}
+    }
+    sqlx::query(
+        "INSERT INTO results (auction_id, seq, winner_id, winner_name, final_price, reserve_met,
+             bid_count, cancelled, closed_at)
+         SELECT a, s, w, n, p, r, b, c, to_timestamp(at / 1000.0)
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
+             $6::bool[], $7::bigint[], $8::bool[], $9::bigint[])
+             AS t(a, s, w, n, p, r, b, c, at)
+         ON CONFLICT (auction_id) DO NOTHING",
+    )
+    .bind(
+        results
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        results
+            .iter()
+            .map(|(_, r)| r.seq as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        results
+            .iter()
+            .map(|(_, r)| r.winner.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        results
+            .iter()
+            .map(|(_, r)| r.winner_name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        results
+            .iter()
+            .map(|(_, r)| r.final_price)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        results
+            .iter()
+            .map(|(_, r)| r.reserve_met)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        results
+            .iter()
+            .map(|(_, r)| r.bid_count as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(results.iter().map(|(_, r)| r.cancelled).collect::<Vec<_>>())
+    .bind(results.iter().map(|(_, r)| r.closed_at).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
 
 async fn insert_result(
     conn: &mut sqlx::PgConnection,

@@ -396,3 +396,48 @@ async fn a_closed_auction_is_flushed_with_its_result_and_can_leave_redis() {
     assert_eq!(history.len(), 1);
     assert_eq!((history[0].bidder.as_str(), history[0].amount), ("A", 5));
 }
+
+/// A close storm's results are written in one statement per flush batch: each auction
+/// gets its own result (winner or none, cancelled or not) from one flusher pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_results_of_many_closes_are_recorded_in_one_pass() {
+    let (engine, _redis) = engine().await;
+    let store = Store::connect_lazy(&database_url().await).unwrap();
+    let mut closed = Vec::new();
+    for k in 0..5i64 {
+        let id = auction_id();
+        let s = settings(1);
+        store.upsert_auction(&id, &s).await.unwrap();
+        engine.provision(&id, &s).await.unwrap();
+        if k % 2 == 0 {
+            engine
+                .place_bid_at(&id, &bidder(&format!("b{k}")), amount(5 + k), Some(2_000))
+                .await
+                .unwrap();
+        }
+        let mode = if k == 4 {
+            gavel_engine::CloseMode::Cancel
+        } else {
+            gavel_engine::CloseMode::AtEnd
+        };
+        let outcome = engine
+            .close_at(&id, mode, Some(1_000_000_001))
+            .await
+            .unwrap();
+        let gavel_engine::CloseOutcome::Closed(result) = outcome else {
+            panic!("{outcome:?}")
+        };
+        closed.push((id, result));
+    }
+    assert!(closed[0].1.winner.is_some() && closed[1].1.winner.is_none());
+    assert!(closed[4].1.cancelled && !closed[0].1.cancelled);
+    let (mut f, _) = flusher(&engine, &store, "storm");
+    f.pass(None).await.unwrap();
+    for (id, result) in &closed {
+        assert_eq!(
+            store.result(id).await.unwrap().as_ref(),
+            Some(result),
+            "{id}"
+        );
+    }
+}

@@ -4,8 +4,10 @@
 //!
 //! - Every `*.yaml` / `*.yml` file of the directory (not hidden, not `*.status.yaml`)
 //!   holds one Auction. Its namespace defaults to `default`.
-//! - The directory is polled (a file whose modification time and length did not change is
-//!   not read again; a status write is not a change); a changed file is reconciled at once, and every auction
+//! - The directory is polled: its own modification time at every poll, every file's every
+//!   tenth poll or when the directory changed (a file created, removed or
+//!   renamed); a file whose modification time and length did not change is not read again,
+//!   and a status write is not a change. A changed file is reconciled at once, and every auction
 //!   again when its plan asks (start, effective end) or when it changed in Redis (bids, a
 //!   halt, lost data: [`gavel_engine::changes`]), at most once per `--status-refresh`.
 //!   An open auction nobody bids on costs nothing until its end.
@@ -40,7 +42,6 @@ use std::collections::BTreeMap;
 
 use gavel_crds::{Auction, AuctionStatus, Phase};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, warn};
@@ -59,6 +60,10 @@ pub const STATUS_SUFFIX: &str = ".status.yaml";
 
 /// Files modified this recently are read on every scan, whatever their modification time.
 const RECENT: Duration = Duration::from_secs(1);
+
+/// A directory whose own modification time did not change is listed in full only every
+/// this many polls (to notice files rewritten in place); at rest a poll costs one `stat`.
+const FULL_SCAN_POLLS: u32 = 10;
 
 /// Due again after this long if a reconcile task never reports back (it panicked).
 const ERROR_RETRY: Duration = Duration::from_secs(1);
@@ -91,6 +96,30 @@ type Ledger = BTreeMap<String, Held>;
 
 /// A file's modification time and length.
 type Stamp = (SystemTime, u64);
+
+/// When this operator last changed the directory itself (a status file or the ledger
+/// written or removed). A directory whose modification time is not later changed because
+/// of those writes only (as far as it can tell): it is not listed again for them, so a
+/// close storm's thousands of status writes do not make every poll list every file.
+/// Someone else's change made in the same instant is noticed by the next full listing
+/// (within ten polls).
+#[derive(Default)]
+struct OwnWrites(std::sync::Mutex<Option<SystemTime>>);
+
+impl OwnWrites {
+    /// Notes a change of the directory just made by this operator.
+    fn mark(&self) {
+        let now = SystemTime::now();
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|l| l < now) {
+            *last = Some(now);
+        }
+    }
+
+    fn last(&self) -> Option<SystemTime> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// One manifest file and what the operator knows of it.
 #[derive(Default)]
@@ -137,6 +166,22 @@ pub struct Standalone {
     backoffs: Backoffs,
     /// The ledger as last written (`None` until read at the first scan).
     ledger: Option<Ledger>,
+    /// The entries changed in a way the ledger may not hold yet (an auction read, changed
+    /// or forgotten): orphans are looked for and the ledger rebuilt only then, not at
+    /// every scan (with 10,000 auctions that cloned and compared them all every `--poll`).
+    ledger_dirty: bool,
+    /// Auctions deleted and forgotten since the ledger was last written: the ledger still
+    /// lists them until then, and they must not be adopted as orphans again (which deleted
+    /// every removed auction again at every scan, for ever).
+    forgotten: HashSet<String>,
+    /// The directory's modification time at the last full listing.
+    dir_stamp: Option<SystemTime>,
+    /// When the directory was last listed in full.
+    full_scan: Option<Instant>,
+    /// The last listing read a file (new, changed or recent): list again at the next poll.
+    relist: bool,
+    /// This operator's own last change of the directory.
+    own: Arc<OwnWrites>,
 }
 
 /// A finished reconcile, back from its task.
@@ -216,6 +261,12 @@ impl Standalone {
             metrics,
             backoffs,
             ledger: None,
+            ledger_dirty: true,
+            forgotten: HashSet::new(),
+            dir_stamp: None,
+            full_scan: None,
+            relist: true,
+            own: Arc::default(),
             poll,
             stdout,
             entries: HashMap::new(),
@@ -359,6 +410,7 @@ impl Standalone {
             let permits = self.permits.clone();
             let metrics = self.metrics.clone();
             let stdout = self.stdout;
+            let own = self.own.clone();
             let span = reconcile_span(&job.auction, job.deleting);
             let task = self.running.spawn(
                 async move {
@@ -370,8 +422,14 @@ impl Standalone {
                         Ok(outcome) if !outcome.released && !job.deleting => {
                             let status = with_parse_error(outcome.status.clone(), &job);
                             metrics.set_phase(&job.key, status.phase);
-                            write_status(&job.path, job.auction.status.as_ref(), status, stdout)
-                                .await
+                            write_status(
+                                &job.path,
+                                job.auction.status.as_ref(),
+                                status,
+                                stdout,
+                                &own,
+                            )
+                            .await
                         }
                         _ => None,
                     };
@@ -428,14 +486,46 @@ impl Standalone {
         if self.ledger.is_none() {
             self.ledger = Some(read_ledger(&self.dir).await);
         }
-        let mut seen = HashSet::new();
         // One blocking task lists the directory and stats every manifest (thousands of
-        // files cost a few system calls each, not a task each).
+        // files cost a few system calls each, not a task each) — only when the directory
+        // changed (a file created, removed or renamed) or every FULL_SCAN_POLLS polls (a
+        // file rewritten in place changes its own time, not the directory's).
         let dir = self.dir.clone();
-        let listing = tokio::task::spawn_blocking(move || list_manifests(&dir))
-            .await
-            .map_err(|e| anyhow::anyhow!("directory scan failed: {e}"))?
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.dir.display()))?;
+        let last = self.dir_stamp.filter(|_| {
+            !self.relist
+                && self
+                    .full_scan
+                    .is_some_and(|t| t.elapsed() < self.poll * FULL_SCAN_POLLS)
+        });
+        let own = self.own.last();
+        let listing = tokio::task::spawn_blocking(move || {
+            let stamp = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+            // A change within the clock's granularity could leave the same time: a
+            // directory modified in the last second is listed again.
+            let quiet = stamp.is_some_and(|m| m.elapsed().is_ok_and(|age| age > RECENT));
+            // Changed by this operator's own writes only.
+            let ours = stamp.is_some_and(|m| own.is_some_and(|own| m <= own));
+            if last.is_some() && ((quiet && stamp == last) || ours) {
+                return Ok((stamp, None));
+            }
+            list_manifests(&dir).map(|listing| (stamp, Some(listing)))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("directory scan failed: {e}"))?
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.dir.display()))?;
+        let listing = match listing {
+            (_, None) => {
+                self.settle_ledger().await;
+                return Ok(());
+            }
+            (stamp, Some(listing)) => {
+                self.dir_stamp = stamp;
+                self.full_scan = Some(Instant::now());
+                self.relist = false;
+                listing
+            }
+        };
+        let mut seen = HashSet::new();
         for (path, stamp) in listing {
             if let (Some(entry), Some((modified, _))) = (self.entries.get(&path), stamp)
                 && !entry.deleting
@@ -447,6 +537,8 @@ impl Standalone {
                 seen.insert(path);
                 continue;
             }
+            // Read now: listed again at the next poll too, until it is a second old.
+            self.relist = true;
             let Ok(text) = tokio::fs::read_to_string(&path).await else {
                 continue; // removed or unreadable right now; the next scan decides
             };
@@ -480,6 +572,9 @@ impl Standalone {
                     if changed {
                         entry.generation += 1;
                     }
+                    if entry.auction.as_ref() != Some(&auction) {
+                        self.ledger_dirty = true;
+                    }
                     entry.auction = Some(auction);
                     entry.parse_error = None;
                 }
@@ -496,9 +591,16 @@ impl Standalone {
                 entry.due = Some(Instant::now());
             }
         }
-        self.adopt_orphans();
-        self.save_ledger().await;
+        self.settle_ledger().await;
         Ok(())
+    }
+
+    /// Looks for orphans and writes the ledger, if the entries changed since.
+    async fn settle_ledger(&mut self) {
+        if self.ledger_dirty {
+            self.adopt_orphans();
+            self.save_ledger().await;
+        }
     }
 
     /// Every auction of the ledger that no file names any more (its file was removed while
@@ -530,7 +632,7 @@ impl Standalone {
             .map(auction_key)
             .collect();
         for (key, held) in ledger {
-            if claimed.contains(key) || adopted.contains(key) {
+            if claimed.contains(key) || adopted.contains(key) || self.forgotten.contains(key) {
                 continue;
             }
             info!(
@@ -570,6 +672,8 @@ impl Standalone {
             })
             .collect();
         if self.ledger.as_ref() == Some(&ledger) {
+            self.ledger_dirty = false;
+            self.forgotten.clear();
             return;
         }
         let text = match serde_yaml::to_string(&ledger) {
@@ -583,8 +687,14 @@ impl Standalone {
                 return;
             }
         };
-        match write_atomically(&self.dir.join(LEDGER_FILE), &text).await {
-            Ok(()) => self.ledger = Some(ledger),
+        let written = write_atomically(&self.dir.join(LEDGER_FILE), &text).await;
+        self.own.mark();
+        match written {
+            Ok(()) => {
+                self.ledger = Some(ledger);
+                self.ledger_dirty = false;
+                self.forgotten.clear();
+            }
             Err(e) => warn!(error = %e, "cannot write {LEDGER_FILE}; retrying at the next scan"),
         }
     }
@@ -696,7 +806,7 @@ impl Standalone {
                 if !job.deleting {
                     let old = entry.status.clone();
                     if let Some(status) =
-                        write_status(path, old.as_ref(), status, self.stdout).await
+                        write_status(path, old.as_ref(), status, self.stdout, &self.own).await
                     {
                         entry.status = Some(status);
                     }
@@ -709,8 +819,11 @@ impl Standalone {
         let Some(entry) = self.entries.remove(path) else {
             return;
         };
+        self.ledger_dirty = true;
         if let Some(a) = &entry.auction {
             let key = auction_key(a);
+            // Gone: not an orphan to adopt again from the ledger not yet rewritten.
+            self.forgotten.insert(key.clone());
             self.metrics.set_phase(&key, None);
             self.backoffs.reset(&key);
         }
@@ -724,6 +837,7 @@ impl Standalone {
         };
         if let Some(status_file) = status_file {
             let _ = tokio::fs::remove_file(status_file).await;
+            self.own.mark();
         }
         // The ledger is written at the next scan (within `--poll`), once for every auction
         // forgotten meanwhile, not once each: a storm of removals would write the whole
@@ -736,7 +850,9 @@ impl Standalone {
         let Some(entry) = self.entries.get_mut(path) else {
             return;
         };
-        if let Some(status) = write_status(path, entry.status.as_ref(), status, self.stdout).await {
+        if let Some(status) =
+            write_status(path, entry.status.as_ref(), status, self.stdout, &self.own).await
+        {
             entry.status = Some(status);
         }
     }
@@ -765,6 +881,7 @@ async fn write_status(
     old: Option<&AuctionStatus>,
     status: AuctionStatus,
     stdout: bool,
+    own: &OwnWrites,
 ) -> Option<AuctionStatus> {
     if !status::differs(old, &status) && status_file_exists(path) {
         return None;
@@ -779,7 +896,9 @@ async fn write_status(
     if stdout {
         println!("---\n# {}\n{yaml}", path.display());
     }
-    if let Err(e) = write_atomically(&status_path(path), &yaml).await {
+    let written = write_atomically(&status_path(path), &yaml).await;
+    own.mark();
+    if let Err(e) = written {
         warn!(file = %path.display(), error = %e, "cannot write the status file");
     }
     Some(status)
@@ -828,17 +947,22 @@ async fn read_status(path: &Path) -> Option<AuctionStatus> {
     serde_yaml::from_str(&text).ok()
 }
 
+/// Writes `text` to a temporary file renamed over `path`, so a reader sees the old text or
+/// the new one, never a part. One blocking task for the whole write (not one per system
+/// call: a close storm writes a thousand status files).
 async fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = tokio::fs::File::create(&tmp).await?;
-    file.write_all(text.as_bytes()).await?;
-    file.flush().await?;
-    drop(file);
-    tokio::fs::rename(&tmp, path).await
+    let (path, text) = (path.to_owned(), text.to_owned());
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// `namespace/name` of an Auction read from a file (its namespace defaulted).

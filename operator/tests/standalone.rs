@@ -18,7 +18,7 @@ use gavel_engine::{
 use gavel_operator::lifecycle::{Lifecycle, local_now, run_flusher};
 use gavel_operator::metrics::Metrics;
 use gavel_operator::plan::Timing;
-use gavel_operator::standalone::{Standalone, status_path};
+use gavel_operator::standalone::{LEDGER_FILE, Standalone, status_path};
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 
@@ -816,6 +816,37 @@ async fn a_file_removed_while_stopped_is_deleted_at_the_next_start() {
     })
     .await;
     assert!(engine.snapshot(&after, None).await.is_ok());
+
+    // Removed while running: deleted once, then left alone. The ledger forgets it (and
+    // the two above), so it is not adopted as an orphan and deleted again at every scan.
+    std::fs::remove_file(&kept_file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !matches!(
+        engine.snapshot(&kept, None).await,
+        Err(EngineError::UnknownAuction(_))
+    ) || status_path(&kept_file).is_file()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the removed file's auction is still live"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let settled = reconciles(&op);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        reconciles(&op),
+        settled,
+        "a deleted auction was reconciled again"
+    );
+    let ledger = std::fs::read_to_string(dir.join(LEDGER_FILE)).unwrap();
+    for name in ["gone", "before", "kept"] {
+        assert!(
+            !ledger.contains(&format!("shop/{name}:")),
+            "{name} is still in the ledger:\n{ledger}"
+        );
+    }
+    assert!(ledger.contains("shop/after:"), "{ledger}");
     op.stop().await;
 }
 
