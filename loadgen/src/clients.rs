@@ -387,8 +387,12 @@ async fn probe(ws: &mut Ws, url: &str, interval: Duration, shared: &Shared) -> C
         }
         let answered = tokio::time::timeout(DRAIN, async {
             while let Some(Ok(message)) = ws.next().await {
-                let Message::Text(text) = message else { continue };
-                let Ok(msg) = ServerFrame::parse(&text) else { continue };
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let Ok(msg) = ServerFrame::parse(&text) else {
+                    continue;
+                };
                 if msg.r#ref.as_ref().and_then(|r| r.as_number()) == Some(counter) {
                     return true;
                 }

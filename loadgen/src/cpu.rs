@@ -134,7 +134,10 @@ pub fn report(
     }
     let mut out: BTreeMap<String, ProcessCpu> =
         out.into_iter().map(|(name, t)| (name, per(t))).collect();
-    out.insert("gavel-load".into(), per(after.own.saturating_sub(before.own)));
+    out.insert(
+        "gavel-load".into(),
+        per(after.own.saturating_sub(before.own)),
+    );
     out
 }
 

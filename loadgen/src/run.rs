@@ -88,7 +88,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let chatty = Duration::from_secs_f64(1.0 / config.chatty_rate.max(0.001));
     let roles = (0..config.idle)
         .map(|_| Role::Idle)
-        .chain((0..config.slow).map(|i| Role::Slow { partial: i % 2 == 0 }))
+        .chain((0..config.slow).map(|i| Role::Slow {
+            partial: i % 2 == 0,
+        }))
         .chain((0..config.chatty).map(|_| Role::Chatty { interval: chatty }))
         .chain(config.probe.then_some(Role::Probe {
             interval: config.probe_interval,
