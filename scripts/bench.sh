@@ -11,6 +11,14 @@
 #      idle       20,000 mostly idle subscribed connections (bid-api memory per connection),
 #                 from two load processes of 10,000 (one per bid-api: the per-process
 #                 open-file limit here is 20,000)
+#      probe      a well-behaved user's bid and GET /healthz, timed every 100 ms, alone and
+#                 while 2,000 slow HTTP connections and 500 clients at 20 messages/s are
+#                 held (one bid-api)
+#    Every load run reports the CPU time (/proc/<pid>/stat) of each bid-api, Redis,
+#    PostgreSQL (with its backends), the operator and the load generator itself, per
+#    processed bid and per delivered frame. With BENCH_PIN=1 (the default on 2 cores or
+#    more) the servers run on the first core(s) and the load generator on the last one
+#    (taskset), so that it does not take the servers' CPU.
 # Results: target/bench/*.json and *.svg, and target/bench/summary.md.
 #      many       scripts/bench-many.py: CPU per process, operator memory and Redis
 #                 commands/s with 0, 1,000 and 10,000 open auctions nobody bids on; close
@@ -23,7 +31,9 @@
 #                 auctions, CPU, and live events sent over the cluster bus
 # Knobs: BENCH_SECONDS (20), BENCH_BIDDERS (1000), BENCH_WATCHERS (10000), BENCH_IDLE (20000),
 #        BENCH_MANY_IDLE (0,1000,10000), BENCH_MANY_STORM (100,1000,10000), BENCH_MANY_SAMPLE (20 s),
-#        BENCH_CLUSTER_AUCTIONS (100), BENCH_CLUSTER_BIDDERS (300), BENCH_CLUSTER_SECONDS (10).
+#        BENCH_CLUSTER_AUCTIONS (100), BENCH_CLUSTER_BIDDERS (300), BENCH_CLUSTER_SECONDS (10),
+#        BENCH_PIN (1 on 2+ cores, 0 to share every core), BENCH_SCENARIOS (all: engine hot
+#        watchers probe many cluster idle; hot-half always follows hot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,13 +43,19 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-20}
 BIDDERS=${BENCH_BIDDERS:-1000}
 WATCHERS=${BENCH_WATCHERS:-10000}
 IDLE=${BENCH_IDLE:-20000}
+SCENARIOS=${BENCH_SCENARIOS:-engine hot watchers probe many cluster idle}
+CORES=$(nproc)
+PIN=${BENCH_PIN:-$([ "$CORES" -ge 2 ] && echo 1 || echo 0)}
 mkdir -p "$OUT"
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 echo "== building release binaries"
 cargo build --release --locked -p gavel-bid-api -p gavel-operator -p gavel-cli -p gavel-loadgen
 
-echo "== engine: place-bid throughput, engine client vs raw EVALSHA"
-cargo bench --locked -p gavel-engine --bench place_bid
+if want engine; then
+  echo "== engine: place-bid throughput, engine client vs raw EVALSHA"
+  cargo bench --locked -p gavel-engine --bench place_bid
+fi
 
 echo "== starting the local platform (release builds)"
 # The load generator is one client machine's worth of users: lift the per-connection
@@ -60,11 +76,43 @@ for url in "${WS[@]}"; do
   PIDS+=("$pid")
 done
 echo "bid-api processes: ${PIDS[*]} at ${WS[*]}"
+pid_on() {
+  local url=${1##*@}; local port=${url##*:}; port=${port%%/*}
+  ss -ltnpH "sport = :$port" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1
+}
+REDIS_PID=$(pid_on "$GAVEL_REDIS_URL")
+PG_PID=$(pid_on "$GAVEL_DATABASE_URL")
+OPERATOR_PID=$(pid_on "$GAVEL_OPERATOR_URL")
+CPU_PIDS="redis=$REDIS_PID,postgres=$PG_PID,operator=$OPERATOR_PID"
+for i in "${!PIDS[@]}"; do CPU_PIDS+=",bid-api=${PIDS[$i]}"; done
+# Pinning: the servers (and PostgreSQL's backends) on every core but the last, the load
+# generator on the last one.
+LOADGEN_CPUS=$((CORES - 1))
+SERVER_CPUS=0-$((CORES > 1 ? CORES - 2 : 0))
+pin_servers() {
+  [ "$PIN" = 1 ] || return 0
+  local pid
+  for pid in "${PIDS[@]}" "$REDIS_PID" "$OPERATOR_PID" "$PG_PID" $(pgrep -P "$PG_PID"); do
+    taskset -a -cp "$SERVER_CPUS" "$pid" >/dev/null || true
+  done
+}
+pin_servers
+if [ "$PIN" = 1 ]; then
+  echo "pinned: servers on CPU $SERVER_CPUS, load generator on CPU $LOADGEN_CPUS"
+  PIN_LOAD=(taskset -c "$LOADGEN_CPUS")
+else
+  PIN_LOAD=()
+fi
 
-load() { target/release/gavel-load --out-dir "$OUT" --redis-url "$GAVEL_REDIS_URL" "$@"; }
+load() {
+  pin_servers # PostgreSQL may have started backends since
+  "${PIN_LOAD[@]}" target/release/gavel-load --out-dir "$OUT" --redis-url "$GAVEL_REDIS_URL" \
+    --cpu-pids "$CPU_PIDS" "$@"
+}
 ALL_URLS=$GAVEL_WS_URLS
 ALL_PIDS=$(IFS=,; echo "${PIDS[*]}")
 
+if want hot; then
 echo "== hot: one auction, $BIDDERS bidders, as fast as possible"
 load --scenario hot --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provision \
   --auctions bench/hot --bidders "$BIDDERS" --duration "${SECONDS_PER_RUN}s"
@@ -83,22 +131,39 @@ load --scenario hot-half --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provi
 sleep 2   # the last bids' commits
 scrape_flush_lag flush-lag-after.json
 python3 scripts/flush-lag.py diff "$OUT/flush-lag-before.json" "$OUT/flush-lag-after.json" > "$OUT/flush-lag.json"
+fi
 
+if want watchers; then
 echo "== watchers: $WATCHERS watchers, ~100 price updates per second"
 load --scenario watchers --ws-urls "$ALL_URLS" --server-pids "$ALL_PIDS" --provision \
   --auctions bench/watched --bidders 20 --rate 100 --watchers "$WATCHERS" \
   --duration "${SECONDS_PER_RUN}s"
+fi
 
+if want probe; then
+echo "== probe: a bid and GET /healthz every 100 ms, alone, then under 2,000 slow connections and 500 busy clients"
+load --scenario probe-quiet --ws-urls "${WS[0]}" --server-pids "${PIDS[0]}" --provision \
+  --auctions bench/probe --bidders 0 --probe --duration 10s
+load --scenario probe --ws-urls "${WS[0]}" --server-pids "${PIDS[0]}" --provision \
+  --auctions bench/probe --bidders 0 --probe --slow 2000 --chatty 500 --chatty-rate 20 \
+  --duration "${SECONDS_PER_RUN}s"
+fi
+
+if want many; then
 echo "== many auctions: idle cost at ${BENCH_MANY_IDLE:-0,1000,10000} open auctions, close storms of ${BENCH_MANY_STORM:-100,1000,10000}, Redis memory"
 python3 scripts/bench-many.py --env "$DIR/env" --out "$OUT" --load target/release/gavel-load \
   --idle "${BENCH_MANY_IDLE:-0,1000,10000}" --storm "${BENCH_MANY_STORM:-100,1000,10000}" --sample "${BENCH_MANY_SAMPLE:-20}"
+fi
 
+if want cluster; then
 echo "== cluster: ${BENCH_CLUSTER_AUCTIONS:-100} auctions on one Redis, then on a Redis Cluster of three masters"
 python3 scripts/bench-cluster.py --single-env "$DIR/env" --cluster-dir "$OUT/cluster-platform" \
   --gavel-local target/release/gavel-local --load target/release/gavel-load --out "$OUT" \
   --auctions "${BENCH_CLUSTER_AUCTIONS:-100}" --bidders "${BENCH_CLUSTER_BIDDERS:-300}" \
   --seconds "${BENCH_CLUSTER_SECONDS:-10}"
+fi
 
+if want idle; then
 echo "== idle: $IDLE subscribed connections"
 per=$((IDLE / ${#WS[@]}))
 for i in "${!WS[@]}"; do
@@ -106,52 +171,6 @@ for i in "${!WS[@]}"; do
     --auctions bench/quiet --bidders 0 --idle "$per" --duration 10s &
 done
 wait
+fi
 
-python3 - "$OUT" <<'EOF'
-import json, os, sys
-out = sys.argv[1]
-load = lambda name: json.load(open(os.path.join(out, name)))
-engine = load("engine.json")
-raw = engine["raw_evalsha_per_second"]
-rows = []
-def processed(r):
-    return (r["accepted"] + sum(r["rejected"].values())) / r["duration_s"]
-for name in ["hot", "hot-half", "watchers"]:
-    r = load(name + ".json")
-    rows.append((name, r))
-lag = load("flush-lag.json")
-idle = [load(f) for f in sorted(os.listdir(out)) if f.startswith("idle-") and f.endswith(".json")]
-lines = ["# Gavel performance (make bench)", "",
-         f"Machine: {os.cpu_count()} cores; Redis, bid-api processes and load generator share it.", "",
-         f"- raw `redis-benchmark` EVALSHA of the place-bid script: {raw:,.0f}/s "
-         f"(pipelined: {engine['raw_evalsha_pipelined_per_second']:,.0f}/s)",
-         f"- engine client, {engine['callers']} callers, the same call: {engine['engine_bids_per_second']:,.0f}/s "
-         f"({engine['ratio']*100:.0f}% of raw EVALSHA)",
-         f"- engine client, accepted bids (a new leader each time): {engine['accepted_bids_per_second']:,.0f}/s; "
-         f"CPU per bid: Redis {engine['redis_cpu_us_per_bid']:.1f} µs, client {engine['client_cpu_us_per_bid']:.1f} µs",
-         *[f"- the same on Redis with AOF `appendfsync {a['appendfsync']}`: {a['engine_bids_per_second']:,.0f} accepted bids/s "
-           f"({a['engine_bids_per_second']/engine['accepted_bids_per_second']*100:.0f}% of no persistence); "
-           f"CPU per bid: Redis {a['redis_cpu_us_per_bid']:.1f} µs, client {a['client_cpu_us_per_bid']:.1f} µs"
-           for a in engine.get("aof", [])],
-         f"- flush lag during hot-half (acceptance in Redis to commit in PostgreSQL, {lag['count']:,} events): "
-         f"p50 ≤ {lag['p50_le_ms']} ms, p99 ≤ {lag['p99_le_ms']} ms, p99.9 ≤ {lag['p999_le_ms']} ms", "",
-         "| scenario | connections | bids processed/s | accepted/s | % of raw EVALSHA (processed) | bid→result p50 / p99 / p99.9 ms | bid→price p50 / p99 / p99.9 ms | lost / out of order |",
-         "|---|---|---|---|---|---|---|---|"]
-for name, r in rows:
-    l, b = r["bid_result_latency"], r["broadcast_latency"]
-    bcast = f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f} / {b['p999_ms']:.1f}" if b["count"] else "–"
-    lines.append(f"| {name} | {r['connections_held']} | {processed(r):,.0f} | {r['accepted_per_s']:,.0f} | "
-                 f"{processed(r)/raw*100:.0f}% | {l['p50_ms']:.1f} / {l['p99_ms']:.1f} / {l['p999_ms']:.1f} | {bcast} | "
-                 f"{r['events_lost']} / {r['events_out_of_order']} |")
-if idle:
-    held = sum(r["connections_held"] for r in idle)
-    per = [r["server_bytes_per_connection"] for r in idle if r["server_bytes_per_connection"]]
-    lines += ["", f"Idle connections held: {held}; bid-api memory per idle connection: "
-              + ", ".join(f"{p/1024:.1f} KiB" for p in per)]
-for part in ["many.md", "cluster.md"]:
-    if os.path.exists(os.path.join(out, part)):
-        lines += ["", open(os.path.join(out, part)).read().rstrip()]
-text = "\n".join(lines) + "\n"
-open(os.path.join(out, "summary.md"), "w").write(text)
-print(text)
-EOF
+python3 scripts/bench-summary.py "$OUT" "$PIN" "$(cat /proc/loadavg)"

@@ -2,7 +2,10 @@
 //!
 //! The process holds one Redis pub/sub client and subscribes to an auction's channel
 //! once, while at least one local connection is interested in it (subscribed to it, or
-//! bid on it and may need `outbid`), never once per socket. One dispatcher task reads
+//! bid on it and may need `outbid`), never once per socket. A connection joins an
+//! auction as a bidder at its first bid there and stays until it closes, so a bid costs
+//! no subscription command: the `outbid` of an event is routed through a per-auction map
+//! from bidder id to that bidder's connections. One dispatcher task reads
 //! every message in order, parses it once, serialises each protocol message once and
 //! hands the shared bytes ([`Utf8Bytes`], reference counted) to every interested
 //! connection's bounded queue with `try_send`. A connection whose queue is full is a slow
@@ -100,15 +103,59 @@ pub struct ConnHandle {
     pub bidder: Option<String>,
 }
 
-struct Member {
-    handle: Arc<ConnHandle>,
-    watching: bool,
-}
-
+/// The local connections interested in one auction.
 #[derive(Default)]
 struct Topic {
-    members: HashMap<u64, Member>,
+    /// Connections subscribed to the auction: every event goes to each.
+    watchers: HashMap<u64, Arc<ConnHandle>>,
+    /// Connections that bid on the auction, by bidder id: an `outbid` goes to the
+    /// displaced bidder's connections only (those not watching already), found in one
+    /// lookup, whatever the number of bidders.
+    bidders: HashMap<String, Vec<Arc<ConnHandle>>>,
     subscribed: bool,
+}
+
+impl Topic {
+    fn is_empty(&self) -> bool {
+        self.watchers.is_empty() && self.bidders.is_empty()
+    }
+
+    fn add(&mut self, handle: &Arc<ConnHandle>, watching: bool) {
+        if watching {
+            self.watchers.insert(handle.id, handle.clone());
+        } else if let Some(bidder) = &handle.bidder {
+            let conns = self.bidders.entry(bidder.clone()).or_default();
+            if !conns.iter().any(|c| c.id == handle.id) {
+                conns.push(handle.clone());
+            }
+        }
+    }
+
+    fn remove(&mut self, handle: &ConnHandle) {
+        self.watchers.remove(&handle.id);
+        if let Some(bidder) = &handle.bidder
+            && let Some(conns) = self.bidders.get_mut(bidder)
+        {
+            conns.retain(|c| c.id != handle.id);
+            if conns.is_empty() {
+                self.bidders.remove(bidder);
+            }
+        }
+    }
+}
+
+/// Hands an event to one connection's queue; `false` when the connection is gone or was
+/// kicked as a slow consumer (its queue is full).
+fn offer(handle: &ConnHandle, event: &Arc<FanoutEvent>, metrics: &Metrics) -> bool {
+    match handle.tx.try_send(event.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics.slow_consumers.inc();
+            handle.kick.kick();
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
 }
 
 struct Inner {
@@ -158,35 +205,37 @@ impl Fanout {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a connection's interest in an auction (`watching`: every event; otherwise
-    /// only its own `outbid`), subscribing this process in Redis if it was not yet. When
-    /// this returns, every later event of the auction reaches the connection's queue.
+    /// Registers a connection's interest in an auction (`watching`: every event; otherwise,
+    /// as a bidder, only its own `outbid`), subscribing this process in Redis if it was not
+    /// yet. When this returns, every later event of the auction reaches the connection's
+    /// queue. An auction this process already follows costs no Redis command.
     pub async fn join(
         &self,
         auction: &AuctionId,
         handle: &Arc<ConnHandle>,
         watching: bool,
     ) -> Result<(), FanoutError> {
+        // Already subscribed: only the map changes. (A `leave` unsubscribing meanwhile
+        // has removed the topic first, under the same lock: then this takes the slow path.)
+        if let Some(topic) = self.topics().get_mut(auction)
+            && topic.subscribed
+        {
+            topic.add(handle, watching);
+            return Ok(());
+        }
         let _order = self.inner.commands.lock().await;
         let need_subscribe = {
             let mut topics = self.topics();
             let topic = topics.entry(auction.clone()).or_default();
-            topic
-                .members
-                .entry(handle.id)
-                .and_modify(|m| m.watching |= watching)
-                .or_insert_with(|| Member {
-                    handle: handle.clone(),
-                    watching,
-                });
+            topic.add(handle, watching);
             !topic.subscribed
         };
         if need_subscribe {
             if let Err(e) = self.inner.subscriber.ssubscribe(auction.channel()).await {
                 let mut topics = self.topics();
                 if let Some(topic) = topics.get_mut(auction) {
-                    topic.members.remove(&handle.id);
-                    if topic.members.is_empty() && !topic.subscribed {
+                    topic.remove(handle);
+                    if topic.is_empty() && !topic.subscribed {
                         topics.remove(auction);
                     }
                 }
@@ -202,26 +251,23 @@ impl Fanout {
         Ok(())
     }
 
-    /// Stops `watching` an auction but keeps `outbid` delivery (after a bid on it).
+    /// Stops `watching` an auction but keeps `outbid` delivery (the connection bid on it
+    /// and joined as a bidder too).
     pub fn stop_watching(&self, auction: &AuctionId, conn: u64) {
-        if let Some(member) = self
-            .topics()
-            .get_mut(auction)
-            .and_then(|t| t.members.get_mut(&conn))
-        {
-            member.watching = false;
+        if let Some(topic) = self.topics().get_mut(auction) {
+            topic.watchers.remove(&conn);
         }
     }
 
     /// Removes a connection from an auction; the last one out unsubscribes the process.
-    pub async fn leave(&self, auction: &AuctionId, conn: u64) {
+    pub async fn leave(&self, auction: &AuctionId, handle: &ConnHandle) {
         let _order = self.inner.commands.lock().await;
         let unsubscribe = {
             let mut topics = self.topics();
             let empty = match topics.get_mut(auction) {
                 Some(topic) => {
-                    topic.members.remove(&conn);
-                    topic.members.is_empty()
+                    topic.remove(handle);
+                    topic.is_empty()
                 }
                 None => false,
             };
@@ -297,26 +343,24 @@ impl Fanout {
                 .outbid
                 .map(|(who, m)| (who, Utf8Bytes::from(m.to_json()))),
         });
-        let target = shared.outbid.as_ref().map(|(who, _)| who.as_str());
+        let metrics = &self.inner.metrics;
         let mut topics = self.topics();
         let Some(topic) = topics.get_mut(&auction) else {
             return;
         };
-        topic.members.retain(|_, member| {
-            let for_me = target.is_some() && member.handle.bidder.as_deref() == target;
-            if !member.watching && !for_me {
-                return true;
+        topic
+            .watchers
+            .retain(|_, handle| offer(handle, &shared, metrics));
+        // The displaced bidder's other connections (a watcher got the event above).
+        if let Some((who, _)) = &shared.outbid
+            && let Some(conns) = topic.bidders.get_mut(who.as_str())
+        {
+            let watchers = &topic.watchers;
+            conns.retain(|c| watchers.contains_key(&c.id) || offer(c, &shared, metrics));
+            if conns.is_empty() {
+                topic.bidders.remove(who.as_str());
             }
-            match member.handle.tx.try_send(shared.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.inner.metrics.slow_consumers.inc();
-                    member.handle.kick.kick();
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        }
         drop(topics);
         if let Some(at) = lag_from {
             let lag = (now_ms() - at).max(0) as f64 / 1000.0;

@@ -37,6 +37,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use futures::SinkExt;
 use gavel_engine::runtime::now_ms;
 use gavel_engine::{AuctionId, BidRequest};
 use tokio::sync::mpsc;
@@ -167,7 +168,7 @@ pub async fn upgrade(
         // write buffer) cost ~150 KiB per idle connection and most of the CPU of a bid;
         // frames here are small, so small buffers do.
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             Connection::new(state, socket, identity, slot).run().await;
             drop(guards);
@@ -176,6 +177,14 @@ pub async fn upgrade(
 
 /// Read chunk of each connection's socket; one frame of the size limit fits in a few.
 const READ_BUFFER_BYTES: usize = 4096;
+
+/// Frames fed without a flush are written to the socket once this many bytes are waiting
+/// (or at the flush): the live events queued for a connection go out in one write. The
+/// buffer grows only as far as a burst needs.
+const WRITE_BUFFER_BYTES: usize = 4096;
+
+/// Queued live events handled before one flush of the connection's socket.
+const EVENT_BATCH: usize = 64;
 
 /// Token bucket of one connection's incoming messages.
 struct RateLimit {
@@ -222,7 +231,8 @@ struct Connection {
     rx: mpsc::Receiver<Arc<FanoutEvent>>,
     /// Subscribed auctions and the epoch and last seq delivered for each.
     subs: HashMap<AuctionId, Delivered>,
-    /// Auctions this connection bid on (for `outbid`).
+    /// Auctions this connection bid on (for `outbid`): joined in the fan-out as a bidder
+    /// at the first bid, left when the connection closes.
     bid_on: HashSet<AuctionId>,
     rate: RateLimit,
     last_seen: Instant,
@@ -300,7 +310,7 @@ impl Connection {
             .chain(self.bid_on.iter().cloned())
             .collect();
         for auction in auctions {
-            self.state.fanout.leave(&auction, self.handle.id).await;
+            self.state.fanout.leave(&auction, &self.handle).await;
         }
         debug!(conn = self.handle.id, "connection closed");
     }
@@ -323,7 +333,7 @@ impl Connection {
                         "too slow: events were dropped; resubscribe with since",
                     );
                 }
-                Some(event) = self.rx.recv() => self.on_event(&event).await,
+                Some(event) = self.rx.recv() => self.on_events(event).await,
                 frame = self.socket.recv() => self.on_frame(frame).await,
                 _ = heartbeat.tick() => {
                     if self.last_seen.elapsed() > self.state.config.heartbeat_timeout {
@@ -361,6 +371,57 @@ impl Connection {
 
     async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
         self.send(Message::Text(text)).await
+    }
+
+    /// Queues a frame without flushing it (see [`Self::flush`]).
+    async fn feed_text(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
+        let deadline = self.state.config.heartbeat_timeout;
+        match tokio::time::timeout(deadline, self.socket.feed(Message::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Gone),
+            Err(_) => {
+                info!(conn = self.handle.id, "dropping connection: writes stuck");
+                Err(Gone)
+            }
+        }
+    }
+
+    /// Writes out the frames fed so far.
+    async fn flush(&mut self) -> Result<(), Gone> {
+        let deadline = self.state.config.heartbeat_timeout;
+        match tokio::time::timeout(deadline, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Gone),
+            Err(_) => {
+                info!(conn = self.handle.id, "dropping connection: writes stuck");
+                Err(Gone)
+            }
+        }
+    }
+
+    /// Handles a live event and the others already queued behind it (up to
+    /// [`EVENT_BATCH`]), then flushes their frames at once.
+    async fn on_events(&mut self, first: Arc<FanoutEvent>) -> Step {
+        let mut event = first;
+        let mut handled = 0;
+        loop {
+            match self.on_event(&event).await {
+                Step::Continue => {}
+                other => return other,
+            }
+            handled += 1;
+            if handled == EVENT_BATCH {
+                break;
+            }
+            match self.rx.try_recv() {
+                Ok(next) => event = next,
+                Err(_) => break,
+            }
+        }
+        match self.flush().await {
+            Ok(()) => Step::Continue,
+            Err(Gone) => Step::Drop,
+        }
     }
 
     async fn send_msg(&mut self, message: &ServerMessage) -> Result<(), Gone> {
@@ -455,7 +516,7 @@ impl Connection {
                     if self.bid_on.contains(&auction) {
                         self.state.fanout.stop_watching(&auction, self.handle.id);
                     } else {
-                        self.state.fanout.leave(&auction, self.handle.id).await;
+                        self.state.fanout.leave(&auction, &self.handle).await;
                     }
                 }
                 Step::Continue

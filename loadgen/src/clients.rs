@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::stats::{ConnStats, Live, SeqTracker};
+use crate::stats::{ConnStats, Live, ProbeStats, SeqTracker};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -41,6 +41,24 @@ pub enum Role {
     },
     /// Subscribes to the first auction and stays silent.
     Idle,
+    /// A slow HTTP client: opens a TCP connection and sends half a request's headers
+    /// (`partial`) or nothing, then waits; when the server closes it, it opens another,
+    /// until the end of the run.
+    Slow {
+        /// Whether it sends the start of a request.
+        partial: bool,
+    },
+    /// A busy client: a WebSocket sending `ping` every `interval` and reading the `pong`.
+    Chatty {
+        /// Time between pings.
+        interval: Duration,
+    },
+    /// The probe of a well-behaved user: every `interval`, a bid on the first auction over
+    /// its WebSocket (bidder `probe`) and a `GET /healthz` on a fresh connection, each timed.
+    Probe {
+        /// Time between probes.
+        interval: Duration,
+    },
 }
 
 /// Shared inputs of every connection.
@@ -82,8 +100,12 @@ pub async fn run(
     mut permit: Option<OwnedSemaphorePermit>,
 ) -> ConnStats {
     let live = shared.live.clone();
+    if let Role::Slow { partial } = role {
+        return slow(&url, partial, &shared, permit).await;
+    }
     let bidder = match role {
         Role::Bidder { index, .. } => Some(format!("bidder-{index}")),
+        Role::Probe { .. } => Some("probe".to_owned()),
         _ => None,
     };
     let mut ws = match connect(&url, bidder.as_deref()).await {
@@ -108,6 +130,15 @@ pub async fn run(
             watch(&mut ws, timed, &shared, shared.auctions.len(), &mut permit).await
         }
         Role::Idle => watch(&mut ws, false, &shared, 1, &mut permit).await,
+        Role::Chatty { interval } => {
+            drop(permit);
+            chat(&mut ws, interval, &shared).await
+        }
+        Role::Probe { interval } => {
+            drop(permit);
+            probe(&mut ws, &url, interval, &shared).await
+        }
+        Role::Slow { .. } => ConnStats::default(),
     };
     live.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     let _ = ws.close(None).await;
@@ -216,6 +247,176 @@ async fn bid(ws: &mut Ws, index: usize, interval: Option<Duration>, shared: &Sha
     stats
 }
 
+/// `host:port` of a WebSocket URL (`ws://host:port/v1/ws`).
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+/// A slow HTTP client, re-opened whenever the server closes it (the header-read timeout),
+/// so that the run holds as many as asked all along.
+async fn slow(
+    url: &str,
+    partial: bool,
+    shared: &Shared,
+    permit: Option<OwnedSemaphorePermit>,
+) -> ConnStats {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stats = ConnStats::default();
+    let live = &shared.live;
+    let address = authority(url).to_owned();
+    let open = || async {
+        let mut stream = TcpStream::connect(&address).await.ok()?;
+        if partial {
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: ")
+                .await
+                .ok()?;
+        }
+        Some(stream)
+    };
+    let Some(mut stream) = open().await else {
+        Live::inc(&live.failed);
+        stats.errored = true;
+        return stats;
+    };
+    drop(permit);
+    Live::inc(&live.ready);
+    let Some(start) = wait_for_start(shared).await else {
+        return stats;
+    };
+    let deadline = start + shared.duration;
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+            read = stream.read(&mut buf) => match read {
+                Ok(n) if n > 0 => {}
+                _ => {
+                    Live::inc(&live.slow_reopened);
+                    match open().await {
+                        Some(s) => stream = s,
+                        None => {
+                            stats.errored = true;
+                            break;
+                        }
+                    }
+                }
+            },
+        }
+    }
+    stats
+}
+
+/// A busy client: a `ping` every `interval` until the end of the run.
+async fn chat(ws: &mut Ws, interval: Duration, shared: &Shared) -> ConnStats {
+    let mut stats = ConnStats::default();
+    Live::inc(&shared.live.ready);
+    let Some(start) = wait_for_start(shared).await else {
+        return stats;
+    };
+    let deadline = start + shared.duration;
+    let ping = gavel_protocol::ClientMessage::Ping.to_json();
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+            _ = ticker.tick() => {
+                if ws.send(Message::text(ping.as_str())).await.is_err() {
+                    stats.errored = true;
+                    break;
+                }
+            }
+            message = ws.next() => {
+                let Some(Ok(message)) = message else {
+                    stats.errored = true;
+                    break;
+                };
+                note_close(&mut stats, &message);
+            }
+        }
+    }
+    stats
+}
+
+/// One `GET /healthz` on a new connection: the time to the status line, or `None` when
+/// the answer is not 200.
+async fn health(address: &str) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    let took = started.elapsed();
+    (&head == b"HTTP/1.1 200").then_some(took)
+}
+
+/// The probe: every `interval`, one bid (waiting for its reply) and one health check.
+async fn probe(ws: &mut Ws, url: &str, interval: Duration, shared: &Shared) -> ConnStats {
+    let mut stats = ConnStats::default();
+    let mut probe = ProbeStats::default();
+    let address = authority(url).to_owned();
+    Live::inc(&shared.live.ready);
+    let Some(start) = wait_for_start(shared).await else {
+        return stats;
+    };
+    let deadline = start + shared.duration;
+    let mut frame = Bid {
+        auction: shared.auctions[0].clone(),
+        amount: None,
+        max: None,
+        r#ref: Ref::Number(0),
+    };
+    let mut ticker = tokio::time::interval(interval);
+    let mut counter = 0;
+    while Instant::now() < deadline {
+        ticker.tick().await;
+        counter += 1;
+        // Ceilings escalate with time like the bidders', so probe bids are accepted too.
+        frame.max = Some(1_000_000 + start.elapsed().as_micros() as i64 * 10);
+        frame.r#ref = Ref::Number(counter);
+        let sent = Instant::now();
+        if ws.send(Message::text(frame.to_json())).await.is_err() {
+            stats.errored = true;
+            break;
+        }
+        let answered = tokio::time::timeout(DRAIN, async {
+            while let Some(Ok(message)) = ws.next().await {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let Ok(msg) = ServerFrame::parse(&text) else {
+                    continue;
+                };
+                if msg.r#ref.as_ref().and_then(|r| r.as_number()) == Some(counter) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        match answered {
+            Ok(true) => {
+                let _ = probe.bid.record((sent.elapsed().as_micros() as u64).max(1));
+            }
+            _ => probe.failed += 1,
+        }
+        match health(&address).await {
+            Some(took) => {
+                let _ = probe.health.record((took.as_micros() as u64).max(1));
+            }
+            None => probe.failed += 1,
+        }
+    }
+    stats.probe = Some(Box::new(probe));
+    stats
+}
+
 /// A watcher (or an idle connection): subscribes to the first `count` auctions, checks
 /// that every `price` arrives once and in order, and times receipts when `timed`.
 async fn watch(
@@ -301,4 +502,16 @@ async fn watch(
         Live::inc(&live.failed);
     }
     stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authority;
+
+    #[test]
+    fn the_authority_of_a_websocket_url() {
+        assert_eq!(authority("ws://127.0.0.1:8080/v1/ws"), "127.0.0.1:8080");
+        assert_eq!(authority("ws://h:1?token=x"), "h:1");
+        assert_eq!(authority("h:2"), "h:2");
+    }
 }

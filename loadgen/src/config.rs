@@ -46,6 +46,29 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub idle: usize,
 
+    /// Slow HTTP connections held during the run: half send the start of a request's
+    /// headers, half nothing; each is opened again when the server closes it.
+    #[arg(long, default_value_t = 0)]
+    pub slow: usize,
+
+    /// Busy WebSocket clients, each sending `--chatty-rate` pings per second.
+    #[arg(long, default_value_t = 0)]
+    pub chatty: usize,
+
+    /// Messages per second of each busy client.
+    #[arg(long, default_value_t = 20.0)]
+    pub chatty_rate: f64,
+
+    /// Run a probe: a well-behaved bidder (`probe`) that bids on the first auction and
+    /// checks `GET /healthz` every `--probe-interval`, each timed (reported as the probe's
+    /// latencies).
+    #[arg(long)]
+    pub probe: bool,
+
+    /// Time between two probes.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub probe_interval: Duration,
+
     /// Watchers whose every `price` message is timed for the broadcast latency (the others
     /// still check order and gaps).
     #[arg(long, default_value_t = 200)]
@@ -67,6 +90,13 @@ pub struct Config {
     /// PIDs of the bid-api processes, to report their memory per connection.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
+
+    /// Processes whose CPU time (`/proc/<pid>/stat`, live children included) is reported
+    /// per processed bid and per delivered frame, as `name=pid` (comma-separated), e.g.
+    /// `bid-api=41,redis=40,postgres=38`. A name given twice is summed. The load
+    /// generator's own CPU is always reported, as `gavel-load`.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu_pids: Vec<crate::cpu::Watched>,
 
     /// Directory for the JSON and SVG results.
     #[arg(long, default_value = "target/bench")]

@@ -9,12 +9,14 @@
 //!
 //! - [`config`]: the command line.
 //! - [`clients`]: the three kinds of connection, speaking protocol v1.
+//! - [`cpu`]: CPU time of the servers and of the load generator, per bid and per frame.
 //! - [`stats`]: counters and latency histograms shared by the connections.
 //! - [`report`]: the JSON result and the SVG chart under `target/bench/`.
 //! - [`run`]: provisioning, starting the connections, progress, collecting the result.
 
 pub mod clients;
 pub mod config;
+pub mod cpu;
 pub mod report;
 pub mod run;
 pub mod stats;

@@ -7,6 +7,8 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::cpu::ProcessCpu;
+
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Serialize, Clone, Copy, Default)]
 pub struct Percentiles {
@@ -34,6 +36,17 @@ impl Percentiles {
             max_ms: h.max() as f64 / 1000.0,
         }
     }
+}
+
+/// The probe's latencies while the load was held.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct ProbeReport {
+    /// Bid → reply over the probe's WebSocket.
+    pub bid: Percentiles,
+    /// `GET /healthz` on a new TCP connection → status line.
+    pub health: Percentiles,
+    /// Probes unanswered (5 s) or not 200.
+    pub failed: u64,
 }
 
 /// Everything a run measured.
@@ -87,6 +100,17 @@ pub struct Report {
     pub server_bytes_per_connection: Option<u64>,
     /// Accepted bids in each second of the run.
     pub accepted_timeline: Vec<u64>,
+    /// Slow HTTP connections the server closed that were opened again during the run.
+    pub slow_reopened: u64,
+    /// The probe's latencies, with `--probe`.
+    pub probe: Option<ProbeReport>,
+    /// Bids answered during the bidding window (the CPU figures divide by these).
+    pub cpu_bids: u64,
+    /// Frames delivered during the bidding window: `price` frames and bid replies.
+    pub cpu_frames: u64,
+    /// CPU of each `--cpu-pids` process and of the load generator (`gavel-load`) over the
+    /// bidding window, in total and per bid and per frame.
+    pub cpu: BTreeMap<String, ProcessCpu>,
 }
 
 impl Report {
@@ -121,6 +145,34 @@ impl Report {
         }
         if let Some(per) = self.server_bytes_per_connection {
             s += &format!("  bid-api memory: {per} bytes per connection\n");
+        }
+        if let Some(p) = &self.probe {
+            s += &format!(
+                "  probe: bid -> result p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms ({} probes); GET /healthz p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms; failed {}\n",
+                p.bid.p50_ms,
+                p.bid.p99_ms,
+                p.bid.max_ms,
+                p.bid.count,
+                p.health.p50_ms,
+                p.health.p99_ms,
+                p.health.max_ms,
+                p.failed,
+            );
+        }
+        if !self.cpu.is_empty() {
+            s += &format!(
+                "  CPU over the window ({} bids, {} frames):\n",
+                self.cpu_bids, self.cpu_frames
+            );
+            let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+            for (name, c) in &self.cpu {
+                s += &format!(
+                    "    {name:<12} {:>6.1}% of a core  {:>7} µs/bid  {:>6} µs/frame\n",
+                    c.core_percent,
+                    opt(c.us_per_bid),
+                    opt(c.us_per_frame),
+                );
+            }
         }
         if !self.close_codes.is_empty() {
             s += &format!("  close codes from the servers: {:?}\n", self.close_codes);

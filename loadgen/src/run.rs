@@ -9,7 +9,8 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::clients::{self, Role, Shared};
 use crate::config::Config;
-use crate::report::{Percentiles, Report};
+use crate::cpu;
+use crate::report::{Percentiles, ProbeReport, Report};
 use crate::stats::{ConnStats, Live};
 
 /// Longest wait for every connection to open and subscribe.
@@ -84,8 +85,16 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let interval = (config.rate > 0)
         .then(|| Duration::from_secs_f64(config.bidders as f64 / config.rate as f64));
     let timed = config.timed_watchers.min(config.watchers);
+    let chatty = Duration::from_secs_f64(1.0 / config.chatty_rate.max(0.001));
     let roles = (0..config.idle)
         .map(|_| Role::Idle)
+        .chain((0..config.slow).map(|i| Role::Slow {
+            partial: i % 2 == 0,
+        }))
+        .chain((0..config.chatty).map(|_| Role::Chatty { interval: chatty }))
+        .chain(config.probe.then_some(Role::Probe {
+            interval: config.probe_interval,
+        }))
         .chain((0..config.watchers).map(|i| Role::Watcher { timed: i < timed }))
         .chain((0..config.bidders).map(|index| Role::Bidder { index, interval }));
     let gate = Arc::new(Semaphore::new(config.connect_parallelism.max(1)));
@@ -125,6 +134,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         config.duration
     );
 
+    let processed = || Live::get(&live.accepted) + Live::get(&live.rejected);
+    let work_before = (processed(), Live::get(&live.prices));
+    let cpu_before = cpu::sample(&config.cpu_pids);
     let started = Instant::now();
     let _ = start_tx.send(Some(started));
     let mut timeline = Vec::new();
@@ -147,6 +159,15 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         last_prices = prices;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // CPU over the bidding window only (not the ramp-up, not the drain of late replies).
+    let cpu_after = cpu::sample(&config.cpu_pids);
+    let bids = processed() - work_before.0;
+    let work = cpu::Work {
+        bids,
+        frames: bids + Live::get(&live.prices) - work_before.1,
+        seconds: elapsed,
+    };
+    let cpu = cpu::report(&config.cpu_pids, &cpu_before, &cpu_after, work);
 
     let mut total = ConnStats::default();
     for task in tasks {
@@ -188,5 +209,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         server_rss_connected_kib: rss_connected,
         server_bytes_per_connection: bytes_per_connection,
         accepted_timeline: timeline,
+        slow_reopened: Live::get(&live.slow_reopened),
+        probe: total.probe.as_deref().map(|p| ProbeReport {
+            bid: Percentiles::of(&p.bid),
+            health: Percentiles::of(&p.health),
+            failed: p.failed,
+        }),
+        cpu_bids: work.bids,
+        cpu_frames: work.frames,
+        cpu,
     })
 }

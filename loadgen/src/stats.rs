@@ -24,6 +24,8 @@ pub struct Live {
     pub ready: AtomicU64,
     /// Connections that failed to open or subscribe.
     pub failed: AtomicU64,
+    /// Slow HTTP connections the server closed and that were opened again.
+    pub slow_reopened: AtomicU64,
 }
 
 impl Live {
@@ -64,6 +66,29 @@ pub struct ConnStats {
     pub unanswered: u64,
     /// The connection ended with a transport error.
     pub errored: bool,
+    /// What the probe measured (only the probe's connection has it).
+    pub probe: Option<Box<ProbeStats>>,
+}
+
+/// What the probe of a well-behaved user measured while the load was held.
+#[derive(Debug)]
+pub struct ProbeStats {
+    /// Bid → reply, µs.
+    pub bid: Histogram<u64>,
+    /// `GET /healthz` on a new connection → status line, µs.
+    pub health: Histogram<u64>,
+    /// Probes that got no answer (or not 200) in time.
+    pub failed: u64,
+}
+
+impl Default for ProbeStats {
+    fn default() -> Self {
+        Self {
+            bid: latency_histogram(),
+            health: latency_histogram(),
+            failed: 0,
+        }
+    }
 }
 
 impl Default for ConnStats {
@@ -78,6 +103,7 @@ impl Default for ConnStats {
             rejections: HashMap::new(),
             unanswered: 0,
             errored: false,
+            probe: None,
         }
     }
 }
@@ -98,6 +124,16 @@ impl ConnStats {
         }
         self.unanswered += other.unanswered;
         self.errored |= other.errored;
+        if let Some(probe) = other.probe {
+            match &mut self.probe {
+                Some(mine) => {
+                    let _ = mine.bid.add(&probe.bid);
+                    let _ = mine.health.add(&probe.health);
+                    mine.failed += probe.failed;
+                }
+                None => self.probe = Some(probe),
+            }
+        }
     }
 
     /// Bid → `price` latency: each timed receipt against the send time of its bid.

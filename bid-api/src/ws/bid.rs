@@ -81,22 +81,27 @@ impl Connection {
             }
         };
         let started = Instant::now();
-        // Be subscribed before the bid lands, so that losing the lead is never missed.
-        let was_interested = self.interested(auction);
-        // The auctions a connection follows (subscribed or bid on) are bounded too.
-        let limit = self.state.config.max_subscriptions;
-        if !was_interested && self.bid_on.len() >= limit {
-            return reply::rejected(
-                auction,
-                r#ref,
-                ErrorCode::TooLarge,
-                format!("at most {limit} auctions bid on per connection; open another"),
-            );
-        }
-        if !was_interested
-            && let Err(e) = self.state.fanout.join(auction, &self.handle, false).await
-        {
-            warn!(%auction, error = %e, "cannot subscribe for outbid notices");
+        // Be in the fan-out as this auction's bidder before the bid lands, so that losing
+        // the lead is never missed: once, at the first bid, whatever its outcome (a
+        // refused bid keeps it, so the next one costs no pub/sub command).
+        let joined_now = !self.bid_on.contains(auction);
+        if joined_now {
+            // The auctions a connection follows (subscribed or bid on) are bounded too.
+            let limit = self.state.config.max_subscriptions;
+            if !self.subs.contains_key(auction) && self.bid_on.len() >= limit {
+                return reply::rejected(
+                    auction,
+                    r#ref,
+                    ErrorCode::TooLarge,
+                    format!("at most {limit} auctions bid on per connection; open another"),
+                );
+            }
+            match self.state.fanout.join(auction, &self.handle, false).await {
+                Ok(()) => {
+                    self.bid_on.insert(auction.clone());
+                }
+                Err(e) => warn!(%auction, error = %e, "cannot subscribe for outbid notices"),
+            }
         }
         let result = self.state.place_bid(auction, &bidder, request).await;
         self.state
@@ -104,53 +109,53 @@ impl Connection {
             .bid_latency
             .observe(started.elapsed().as_secs_f64());
         let reply = match result {
-            Ok(accepted) => {
-                self.bid_on.insert(auction.clone());
-                reply::accepted(auction, r#ref, &accepted)
-            }
-            Err(e) => {
-                if !was_interested {
-                    self.state.fanout.leave(auction, self.handle.id).await;
-                }
-                match e {
-                    PlaceError::Bid(BidError::Rejected(mut r)) => {
-                        if r.code == RejectCode::UnknownAuction {
-                            match self.state.missing(auction).await {
-                                Missing::Unknown => {}
-                                Missing::Closed => r.code = RejectCode::AuctionClosed,
-                                Missing::Restoring | Missing::Unreachable => {
-                                    r.code = RejectCode::Unavailable;
-                                    r.retry_after_ms = Some(1_000);
-                                }
-                            }
+            Ok(accepted) => reply::accepted(auction, r#ref, &accepted),
+            Err(PlaceError::Bid(BidError::Rejected(mut r))) => {
+                if r.code == RejectCode::UnknownAuction {
+                    // Nothing to follow there: no subscription kept for it.
+                    if joined_now && self.bid_on.remove(auction) {
+                        self.forget_bid_on(auction).await;
+                    }
+                    match self.state.missing(auction).await {
+                        Missing::Unknown => {}
+                        Missing::Closed => r.code = RejectCode::AuctionClosed,
+                        Missing::Restoring | Missing::Unreachable => {
+                            r.code = RejectCode::Unavailable;
+                            r.retry_after_ms = Some(1_000);
                         }
-                        reply::refused(auction, r#ref, &r)
-                    }
-                    PlaceError::Bid(BidError::Engine(e)) => {
-                        warn!(%auction, error = %e, "bid failed in the engine");
-                        reply::rejected(
-                            auction,
-                            r#ref,
-                            ErrorCode::Unavailable,
-                            "the bid could not be confirmed; check the snapshot before retrying"
-                                .into(),
-                        )
-                    }
-                    e @ PlaceError::Unconfirmed(..) => {
-                        warn!(%auction, error = %e, "bid accepted but not confirmed as recorded");
-                        reply::rejected(
-                            auction,
-                            r#ref,
-                            ErrorCode::Unavailable,
-                            "the bid was accepted but PostgreSQL did not confirm it: it may \
-                             count; check the snapshot before bidding again"
-                                .into(),
-                        )
                     }
                 }
+                reply::refused(auction, r#ref, &r)
+            }
+            Err(PlaceError::Bid(BidError::Engine(e))) => {
+                warn!(%auction, error = %e, "bid failed in the engine");
+                reply::rejected(
+                    auction,
+                    r#ref,
+                    ErrorCode::Unavailable,
+                    "the bid could not be confirmed; check the snapshot before retrying".into(),
+                )
+            }
+            Err(e @ PlaceError::Unconfirmed(..)) => {
+                warn!(%auction, error = %e, "bid accepted but not confirmed as recorded");
+                reply::rejected(
+                    auction,
+                    r#ref,
+                    ErrorCode::Unavailable,
+                    "the bid was accepted but PostgreSQL did not confirm it: it may \
+                     count; check the snapshot before bidding again"
+                        .into(),
+                )
             }
         };
         self.count(reply)
+    }
+
+    /// Leaves an auction this connection bid on, unless it is subscribed to it.
+    async fn forget_bid_on(&mut self, auction: &AuctionId) {
+        if !self.subs.contains_key(auction) {
+            self.state.fanout.leave(auction, &self.handle).await;
+        }
     }
 
     /// Counts a bid's reply in `gavel_bids_total{outcome}`.

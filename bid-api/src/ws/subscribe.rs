@@ -51,7 +51,7 @@ impl Connection {
             Ok(s) => s,
             Err(e) => {
                 if !was_interested {
-                    self.state.fanout.leave(&auction, self.handle.id).await;
+                    self.state.fanout.leave(&auction, &self.handle).await;
                 } else if !self.subs.contains_key(&auction) {
                     self.state.fanout.stop_watching(&auction, self.handle.id);
                 }
@@ -202,7 +202,11 @@ impl Connection {
             Err(e) => {
                 warn!(%auction, error = %e, "cannot read the restored state");
                 self.subs.remove(auction);
-                self.state.fanout.stop_watching(auction, self.handle.id);
+                if self.bid_on.contains(auction) {
+                    self.state.fanout.stop_watching(auction, self.handle.id);
+                } else {
+                    self.state.fanout.leave(auction, &self.handle).await;
+                }
                 self.reply(&reply::error(
                     ErrorCode::Unavailable,
                     "the auction was restored but its state cannot be read; subscribe again".into(),
@@ -226,6 +230,7 @@ impl Connection {
         Ok(())
     }
 
+    /// One live event: its frames are fed, not flushed (the caller flushes a batch).
     pub(super) async fn on_event(&mut self, event: &FanoutEvent) -> Step {
         let mine = event
             .outbid
@@ -235,7 +240,7 @@ impl Connection {
         let Some(&delivered) = self.subs.get(&event.auction) else {
             if let Some(frame) = mine
                 && self.bid_on.contains(&event.auction)
-                && self.send_text(frame).await.is_err()
+                && self.feed_text(frame).await.is_err()
             {
                 return Step::Drop;
             }
@@ -271,12 +276,12 @@ impl Connection {
             },
         );
         for frame in event.public.iter().cloned() {
-            if self.send_text(frame).await.is_err() {
+            if self.feed_text(frame).await.is_err() {
                 return Step::Drop;
             }
         }
         if let Some(frame) = mine
-            && self.send_text(frame).await.is_err()
+            && self.feed_text(frame).await.is_err()
         {
             return Step::Drop;
         }
