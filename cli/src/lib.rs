@@ -35,6 +35,21 @@ pub use local::{LocalOptions, LocalPlatform, OperatorMode, PlatformError};
 pub use manifest::AuctionSpec;
 pub use protocol::{ClientMessage, ErrorCode, Outcome, ServerMessage};
 
+/// Logs of a command-line tool: text lines on stderr (coloured only on a terminal),
+/// filtered by `RUST_LOG`, `default_level` without it. Call at the start of `main`.
+pub fn init_logging(default_level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(gavel_engine::startup::log_colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ))
+        .init();
+}
+
 /// Lets a closed pipe end the process quietly, as it does other Unix tools
 /// (`gavel-local status | head -1`): Rust starts programs with SIGPIPE ignored, which turns
 /// the next write to stdout into a "Broken pipe" panic. Call first thing in `main`.

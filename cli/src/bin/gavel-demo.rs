@@ -525,15 +525,7 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     gavel_cli::exit_quietly_on_closed_pipe();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(gavel_engine::startup::log_colours(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        ))
-        .init();
+    gavel_cli::init_logging("warn");
     let cli = Cli::parse();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)

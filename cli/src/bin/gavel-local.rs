@@ -581,15 +581,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_cli() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(gavel_engine::startup::log_colours(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        ))
-        .init();
+    gavel_cli::init_logging("info");
     let cli = Cli::parse();
     let dir = if cli.dir.is_absolute() {
         cli.dir

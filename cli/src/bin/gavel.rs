@@ -782,15 +782,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     gavel_cli::exit_quietly_on_closed_pipe();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(gavel_engine::startup::log_colours(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        ))
-        .init();
+    gavel_cli::init_logging("warn");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
