@@ -258,25 +258,14 @@ impl Lifecycle {
                 }
                 Step::Restore(mode) => self.restore(&id, &mut obs, mode).await?,
                 Step::Close(mode) => match self.engine.close(&id, mode).await? {
-                    CloseOutcome::Closed(result) => {
-                        info!(
-                            auction = %id,
-                            winner = result.winner_name.as_deref().unwrap_or("-"),
-                            final_price = result.final_price,
-                            bids = result.bid_count,
-                            cancelled = result.cancelled,
-                            "auction closed"
-                        );
-                        if !deleting {
-                            // Closed: bids are refused from now on. Recording the result
-                            // waits for the close event to reach PostgreSQL; the reconcile
-                            // yields and comes back at once, so in a close storm every
-                            // auction due is closed before any waits on the flush (and the
-                            // flushers meanwhile commit the closes in batches). The status
-                            // is written then, once, closed and recorded.
-                            return Ok(self.closed_yield(auction, &obs));
-                        }
-                    }
+                    CloseOutcome::Closed(result) => info!(
+                        auction = %id,
+                        winner = result.winner_name.as_deref().unwrap_or("-"),
+                        final_price = result.final_price,
+                        bids = result.bid_count,
+                        cancelled = result.cancelled,
+                        "auction closed"
+                    ),
                     CloseOutcome::NotEnded { ends_at } => {
                         debug!(auction = %id, ends_at, "not ended yet (soft close moved the end)")
                     }
@@ -443,22 +432,6 @@ impl Lifecycle {
         };
         flusher.drain(DRAIN_TIMEOUT).await?;
         Ok(true)
-    }
-
-    /// The outcome of a reconcile that has just closed the auction: come back at once to
-    /// record the result; the status stays what the object says until then (nothing to
-    /// write, no event yet).
-    fn closed_yield(&self, auction: &Auction, obs: &Observed) -> Outcome {
-        match &auction.status {
-            Some(status) => Outcome {
-                status: status.clone(),
-                events: Vec::new(),
-                requeue: Some(Duration::ZERO),
-                released: false,
-            },
-            // Never written (closed by its first reconcile): describe it now.
-            None => self.finish(auction, obs, Some(Duration::ZERO), false),
-        }
     }
 
     fn finish(

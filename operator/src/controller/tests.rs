@@ -259,20 +259,6 @@ async fn an_ended_auction_is_closed_recorded_reported_and_announced() {
         ..AuctionStatus::default()
     });
 
-    // The reconcile that closes it yields at once (so that in a close storm every auction
-    // due is closed before any waits on the flush): no status written yet, no request.
-    let action = tokio::time::timeout(
-        Duration::from_secs(10),
-        reconcile(Arc::new(a.clone()), f.ctx.clone()),
-    )
-    .await
-    .expect("the closing reconcile sent a request")
-    .unwrap();
-    assert_eq!(action, Action::requeue(Duration::ZERO));
-    no_more_requests(&mut f.server).await;
-    assert!(f.engine.snapshot(&id, None).await.unwrap().result.is_some());
-
-    // The requeue records the result, then reports it.
     let task = tokio::spawn(reconcile(Arc::new(a.clone()), f.ctx.clone()));
     let status = expect_status(&mut f.server, &a).await;
     assert_eq!(status.phase, Some(Phase::Closed));
